@@ -1,0 +1,38 @@
+# halftunes: every target creates .venv on first use, so a fresh clone needs only Python 3.11+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-fast lint format demo bench chaos clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff format --check halftunes_cli tests bench
+	$(BIN)/ruff check halftunes_cli tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format halftunes_cli tests bench
+	$(BIN)/ruff check --fix halftunes_cli tests bench
+
+demo: $(STAMP)
+	$(BIN)/python bench/demo.py
+
+chaos: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py --chaos-rounds=200
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

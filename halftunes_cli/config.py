@@ -1,0 +1,293 @@
+"""Session configurations (NSURLSessionConfiguration): defaults, config file, env and flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError, InsecureURLError, UnsupportedURLError
+
+APP_NAME = "halftunes"
+DEFAULT_API_URL = "https://itunes.apple.com"
+SESSION_KINDS = ("default", "ephemeral", "background")
+CACHE_POLICIES = (
+    "use-protocol",
+    "reload-ignoring-cache",
+    "return-cache-else-load",
+    "return-cache-dont-load",
+)
+
+
+def _default_state_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_state_dir(APP_NAME))
+
+
+def _default_download_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_music_dir()) / APP_NAME
+
+
+def _default_config_path() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir(APP_NAME)) / "config.toml"
+
+
+# key -> (python type(s) accepted, description used in error messages)
+_KEYS: dict[str, tuple[tuple[type, ...], str]] = {
+    "session": ((str,), "one of default, ephemeral, background"),
+    "download_dir": ((str,), "a path"),
+    "state_dir": ((str,), "a path"),
+    "request_timeout": ((int, float), "a number of seconds > 0"),
+    "resource_timeout": ((int, float), "a number of seconds > 0"),
+    "max_connections_per_host": ((int,), "an integer from 1 to 64"),
+    "retries": ((int,), "an integer from 0 to 100"),
+    "cache_policy": ((str,), "one of " + ", ".join(CACHE_POLICIES)),
+    "allow_insecure_http": ((bool,), "true or false"),
+    "country": ((str,), "a two-letter country code"),
+    "limit": ((int,), "an integer from 1 to 200"),
+    "headers": ((dict,), "a table of strings"),
+    "api_url": ((str,), "an http(s) URL"),
+}
+CONFIG_KEYS = tuple(_KEYS)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(url: str, allow_insecure_http: bool, extra_schemes: tuple[str, ...] = ()) -> str:
+    """The App Transport Security rule: https anywhere, http only to loopback unless allowed."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in extra_schemes:
+        return url
+    if scheme not in ("http", "https"):
+        shown = scheme + ":" if scheme else "no scheme"
+        raise UnsupportedURLError(
+            f"unsupported URL scheme ({shown}) in {url!r}",
+            "halftunes downloads https:// URLs (and http:// on this machine, file:// paths)",
+        )
+    if not parts.hostname:
+        raise UnsupportedURLError(f"URL has no host: {url!r}")
+    if scheme == "http" and not allow_insecure_http and not is_loopback_host(parts.hostname):
+        raise InsecureURLError(
+            f"refusing plain http:// to {parts.hostname} (App Transport Security rule)",
+            "use https://, or set allow_insecure_http = true in the config file "
+            "(or HALFTUNES_ALLOW_INSECURE_HTTP=1) if you trust the network",
+        )
+    return url
+
+
+@dataclass
+class SessionConfiguration:
+    """What a Session needs to know; build one with default(), ephemeral() or background(id)."""
+
+    kind: str = "default"
+    identifier: str | None = None
+    request_timeout: float = 60.0
+    resource_timeout: float = 7 * 24 * 3600.0
+    headers: dict[str, str] = field(default_factory=dict)
+    max_connections_per_host: int = 6
+    retries: int = 5
+    backoff_base_seconds: float = 0.5
+    backoff_max_seconds: float = 30.0
+    cache_policy: str = "use-protocol"
+    allow_insecure_http: bool = False
+    download_dir: Path = field(default_factory=_default_download_dir)
+    state_dir: Path = field(default_factory=_default_state_dir)
+    api_url: str = DEFAULT_API_URL
+    country: str = "US"
+    limit: int = 25
+    protocol_classes: dict[str, Any] = field(default_factory=dict)
+    # key -> "flag" | "env" | "file" | "default": where each value came from
+    sources: dict[str, str] = field(default_factory=dict)
+    config_path: Path | None = None
+
+    @classmethod
+    def default(cls, **overrides: Any) -> SessionConfiguration:
+        return cls(kind="default", **overrides)
+
+    @classmethod
+    def ephemeral(cls, **overrides: Any) -> SessionConfiguration:
+        return cls(kind="ephemeral", **overrides)
+
+    @classmethod
+    def background(cls, identifier: str = "halftunes", **overrides: Any) -> SessionConfiguration:
+        return cls(kind="background", identifier=identifier, **overrides)
+
+    @property
+    def is_ephemeral(self) -> bool:
+        return self.kind == "ephemeral"
+
+    @property
+    def is_background(self) -> bool:
+        return self.kind == "background"
+
+    @property
+    def persists_state(self) -> bool:
+        return self.kind != "ephemeral"
+
+    def copy(self, **changes: Any) -> SessionConfiguration:
+        return dataclasses.replace(self, **changes)
+
+    def check_url(self, url: str) -> str:
+        return check_url(url, self.allow_insecure_http, tuple(self._extra_schemes()))
+
+    def _extra_schemes(self) -> list[str]:
+        schemes = ["file"]
+        for prefix in self.protocol_classes:
+            scheme = prefix.split(":", 1)[0].lower()
+            if scheme:
+                schemes.append(scheme)
+        return schemes
+
+    def describe(self) -> dict[str, dict[str, Any]]:
+        """Effective values and their sources, for `config show`."""
+        out: dict[str, dict[str, Any]] = {}
+        for key in CONFIG_KEYS:
+            value = self.kind if key == "session" else getattr(self, key)
+            if isinstance(value, Path):
+                value = str(value)
+            out[key] = {"value": value, "source": self.sources.get(key, "default")}
+        return out
+
+
+def _coerce(key: str, raw: Any, origin: str) -> Any:
+    """Validate one value (from the file, env or a flag); env and flags arrive as strings."""
+    types, expected = _KEYS[key]
+    value = raw
+    if isinstance(raw, str) and str not in types:
+        text = raw.strip()
+        try:
+            if bool in types:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    value = True
+                elif low in ("0", "false", "no", "off"):
+                    value = False
+                else:
+                    raise ValueError
+            elif int in types and float not in types:
+                value = int(text)
+            else:
+                value = float(text)
+        except ValueError:
+            raise ConfigError(
+                f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}"
+            ) from None
+    if isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
+    if not isinstance(value, types):
+        raise ConfigError(
+            f"{origin}: {key} has type {type(raw).__name__}", f"expected {expected}"
+        )
+    bad = False
+    if key == "session":
+        bad = value not in SESSION_KINDS
+    elif key == "cache_policy":
+        bad = value not in CACHE_POLICIES
+    elif key in ("request_timeout", "resource_timeout"):
+        bad = not value > 0
+    elif key == "max_connections_per_host":
+        bad = not 1 <= value <= 64
+    elif key == "retries":
+        bad = not 0 <= value <= 100
+    elif key == "limit":
+        bad = not 1 <= value <= 200
+    elif key == "country":
+        bad = not (len(value) == 2 and value.isalpha())
+        value = value.upper()
+    elif key == "headers":
+        bad = not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
+    elif key == "api_url":
+        bad = urlsplit(value).scheme not in ("http", "https")
+    if bad:
+        raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
+    return value
+
+
+def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(
+                f"config file {path} does not exist", "unset HALFTUNES_CONFIG or create the file"
+            ) from None
+        return {}
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"config file {path} is not valid TOML: {exc}", "fix the file or move it away"
+        ) from None
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown key {unknown[0]!r}",
+            "known keys: " + ", ".join(CONFIG_KEYS),
+        )
+    return table
+
+
+def load_configuration(
+    flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+) -> SessionConfiguration:
+    """Build the effective configuration: flag > environment > config file > default."""
+    env = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit = "HALFTUNES_CONFIG" in env and env["HALFTUNES_CONFIG"] != ""
+    path = Path(env["HALFTUNES_CONFIG"]).expanduser() if explicit else _default_config_path()
+    file_values = _read_config_file(path, explicit)
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key in CONFIG_KEYS:
+        env_name = "HALFTUNES_" + key.upper()
+        if key in flags:
+            values[key] = _coerce(key, flags[key], f"option --{key.replace('_', '-')}")
+            sources[key] = "flag"
+        elif key != "headers" and env.get(env_name, "") != "":
+            values[key] = _coerce(key, env[env_name], f"environment variable {env_name}")
+            sources[key] = "env"
+        elif key in file_values:
+            values[key] = _coerce(key, file_values[key], f"config file {path}")
+            sources[key] = "file"
+        else:
+            sources[key] = "default"
+
+    kind = values.pop("session", "default")
+    for key in ("download_dir", "state_dir"):
+        if key in values:
+            values[key] = Path(values[key]).expanduser()
+    if "api_url" in values:
+        values["api_url"] = values["api_url"].rstrip("/")
+    config = SessionConfiguration(kind=kind, **values)
+    if kind == "background":
+        config.identifier = "halftunes"
+    config.sources = sources
+    config.config_path = path
+    config.check_url(config.api_url)  # the plain-http rule applies to the API too
+    return config

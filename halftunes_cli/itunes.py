@@ -1,0 +1,165 @@
+"""The iTunes Search API client: search, lookup, the `Track` model, caching and pacing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote_plus, urlencode
+
+from .errors import ApiError, OfflineMissError, RateLimitedError, UsageError
+from .session import Session
+
+# Apple documents roughly 20 calls a minute; a burst of 20 then one every 3 s.
+RATE_CAPACITY = 20.0
+RATE_PER_SECOND = 20.0 / 60.0
+SEARCH_CACHE_SECONDS = 3600.0
+
+
+@dataclass
+class Track:
+    trackId: int
+    trackName: str
+    artistName: str
+    collectionName: str | None
+    previewUrl: str | None
+    trackTimeMillis: int | None
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @classmethod
+    def from_api(cls, item: dict[str, Any]) -> Track:
+        return cls(
+            trackId=int(item["trackId"]),
+            trackName=str(item.get("trackName") or ""),
+            artistName=str(item.get("artistName") or ""),
+            collectionName=item.get("collectionName"),
+            previewUrl=item.get("previewUrl") or None,
+            trackTimeMillis=item.get("trackTimeMillis"),
+            raw=item,
+        )
+
+    @property
+    def has_preview(self) -> bool:
+        return bool(self.previewUrl)
+
+
+def encode_term(term: str) -> str:
+    """Apple's rule: UTF-8, percent-encoded, spaces as '+'; & + # / survive as %XX."""
+    return quote_plus(term, safe="", encoding="utf-8")
+
+
+class ITunesClient:
+    def __init__(self, session: Session, api_url: str | None = None):
+        self.session = session
+        self.api_url = (api_url or session.configuration.api_url).rstrip("/")
+
+    @property
+    def _store(self):
+        return self.session.store if self.session.configuration.persists_state else None
+
+    def search_url(self, term: str, limit: int, country: str, media: str, entity: str) -> str:
+        query = urlencode({"limit": limit, "country": country, "media": media, "entity": entity})
+        return f"{self.api_url}/search?term={encode_term(term)}&{query}"
+
+    def search(self, term: str, limit: int = 25, country: str = "US", media: str = "music",
+               entity: str = "song", offline: bool = False) -> list[Track]:  # fmt: skip
+        term = term.strip()
+        if not term:
+            raise UsageError("search term is empty", 'try: halftunes search "jack johnson"')
+        if len(term) > 1000:
+            raise UsageError(f"search term is too long ({len(term)} characters, at most 1000)")
+        if not 1 <= limit <= 200:
+            raise UsageError(f"--limit must be between 1 and 200, not {limit}")
+        url = self.search_url(term, limit, country.upper(), media, entity)
+        items = self._get_json(url, offline=offline)
+        tracks = [Track.from_api(i) for i in items if _is_track(i)]
+        if self._store is not None and tracks:
+            self._store.put_tracks([t.raw for t in tracks])
+        return tracks
+
+    def lookup(self, ids: list[int | str]) -> list[Track]:
+        out: list[Track] = []
+        for start in range(0, len(ids), 150):
+            chunk = ",".join(str(i) for i in ids[start : start + 150])
+            items = self._get_json(f"{self.api_url}/lookup?id={chunk}", cache=False)
+            out += [Track.from_api(i) for i in items if _is_track(i)]
+        if self._store is not None and out:
+            self._store.put_tracks([t.raw for t in out])
+        return out
+
+    # -- transport ---------------------------------------------------------------------------
+    def _get_json(self, url: str, offline: bool = False, cache: bool = True) -> list[dict]:
+        policy = self.session.configuration.cache_policy
+        if offline:
+            policy = "return-cache-dont-load"
+        store = self._store if cache else None
+        key = "GET " + url
+        if store is not None and policy != "reload-ignoring-cache":
+            hit = store.cache_get(key)
+            fresh = hit is not None and (
+                policy in ("return-cache-else-load", "return-cache-dont-load")
+                or time.time() - hit[1] < hit[2]
+            )
+            if fresh:
+                return self._parse(hit[0].encode(), url)
+        if policy == "return-cache-dont-load":
+            raise OfflineMissError(
+                "no cached answer for this search (--offline)",
+                "run the same search once while online",
+            )
+        self._pace()
+        task = self.session.data_task(url, retry_statuses=frozenset({500, 502, 503, 504}),
+                                      max_bytes=16 << 20)  # fmt: skip
+        task.run()
+        if task.error is not None:
+            raise task.error
+        response = task.response
+        assert response is not None and task.data is not None
+        if response.status_code in (403, 429):
+            raise RateLimitedError(
+                f"the iTunes API refused the call (HTTP {response.status_code}): rate limited",
+                "Apple allows about 20 calls a minute; wait a minute and try again",
+            )
+        if response.status_code >= 400:
+            raise ApiError(f"the iTunes API answered HTTP {response.status_code} for {url}")
+        items = self._parse(task.data, url)
+        if store is not None:
+            store.cache_put(key, task.data.decode("utf-8", "replace"), SEARCH_CACHE_SECONDS)
+        return items
+
+    def _pace(self) -> None:
+        store = self._store
+        if store is None:
+            return
+        wait = store.take_tokens("itunes-rate", RATE_CAPACITY, RATE_PER_SECOND)
+        if wait > 0:
+            time.sleep(min(wait, 10.0))
+
+    @staticmethod
+    def _parse(body: bytes, url: str) -> list[dict]:
+        # Apple answers text/javascript; parse whatever the Content-Type says.
+        try:
+            payload = json.loads(body.decode("utf-8-sig"))
+        except (UnicodeDecodeError, ValueError):
+            snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
+            raise ApiError(
+                f"the iTunes API sent something that is not JSON: {snippet!r}",
+                "the service may be down or a proxy may be in the way; try again later",
+            ) from None
+        if (
+            not isinstance(payload, dict)
+            or not isinstance(payload.get("results"), list)
+            or not all(isinstance(i, dict) for i in payload["results"])
+        ):
+            raise ApiError("the iTunes API answer has an unexpected shape (no results list)")
+        return payload["results"]
+
+
+def _is_track(item: dict) -> bool:
+    return isinstance(item.get("trackId"), int | str) and str(item.get("trackId")).isdigit()
+
+
+def cache_key(url: str) -> str:
+    return hashlib.sha256(url.encode()).hexdigest()

@@ -1,0 +1,71 @@
+"""Protocol handlers mounted by URL prefix (the NSURLProtocol analogue); `file://` ships."""
+
+from __future__ import annotations
+
+import os
+from email.utils import formatdate
+from urllib.parse import unquote, urlsplit
+
+from requests.adapters import BaseAdapter
+from requests.models import PreparedRequest, Response
+from urllib3 import HTTPResponse
+
+
+class FileAdapter(BaseAdapter):
+    """Serves file:// URLs with the same Range / If-Range / ETag rules as an HTTP server."""
+
+    def send(self, request: PreparedRequest, stream: bool = False, **kwargs) -> Response:  # type: ignore[override]
+        path = unquote(urlsplit(request.url).path)
+        response = Response()
+        response.url = request.url
+        response.request = request
+        if request.method not in ("GET", "HEAD"):
+            return self._status(response, 405)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return self._status(response, 404)
+        except (PermissionError, IsADirectoryError):
+            return self._status(response, 403)
+        f = os.fdopen(fd, "rb")
+        st = os.fstat(f.fileno())
+        if not os.path.isfile(path):
+            f.close()
+            return self._status(response, 403)
+        size = st.st_size
+        etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"'
+        headers = {"ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+                   "Accept-Ranges": "bytes"}  # fmt: skip
+        rng = request.headers.get("Range")
+        if_range = request.headers.get("If-Range")
+        if rng and if_range is not None and if_range not in (etag, headers["Last-Modified"]):
+            rng = None
+        start, status = 0, 200
+        if rng and rng.startswith("bytes=") and rng[6:].rstrip("-").isdigit():
+            start = int(rng[6:].rstrip("-"))
+            if start >= size:
+                f.close()
+                headers["Content-Range"] = f"bytes */{size}"
+                return self._status(response, 416, headers)
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+        f.seek(start)
+        headers["Content-Length"] = str(size - start)
+        response.status_code = status
+        response.headers.update(headers)
+        response.raw = HTTPResponse(body=f, headers=headers, status=status,
+                                    preload_content=False, decode_content=False)  # fmt: skip
+        return response
+
+    @staticmethod
+    def _status(response: Response, status: int, headers: dict | None = None) -> Response:
+        import io
+
+        response.status_code = status
+        response.headers.update(headers or {})
+        response.headers["Content-Length"] = "0"
+        response.raw = HTTPResponse(body=io.BytesIO(b""), status=status, preload_content=False)
+        return response
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,162 @@
+"""Pure resume logic: request headers, strict Content-Range parsing, the 200/206/416 decision."""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class Action(enum.Enum):
+    APPEND = "append"  # write this body at the offset we asked for
+    RESTART = "restart"  # this body is the whole resource: truncate and write it from 0
+    REFETCH = "refetch"  # this body is unusable: truncate and ask again from 0
+    COMPLETE = "complete"  # the partial already holds the whole resource
+    RETRY = "retry"  # transient: ask again from the same offset after a back-off
+    FAIL = "fail"  # final: keep the partial, report the error
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    total: int | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    start: int | None  # None for the unsatisfied form "bytes */TOTAL"
+    end: int | None
+    total: int | None  # None for "bytes 0-9/*"
+
+
+_CR_RE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """Parse a Content-Range header strictly (RFC 9110 14.4); None when it is not valid."""
+    if value is None:
+        return None
+    m = _CR_RE.match(value.strip())
+    if not m:
+        return None
+    start_s, end_s, total_s = m.groups()
+    total = None if total_s == "*" else int(total_s)
+    if start_s is None:
+        if total is None:
+            return None  # "bytes */*" means nothing
+        return ContentRange(None, None, total)
+    start, end = int(start_s), int(end_s)
+    if end < start or (total is not None and end >= total):
+        return None
+    return ContentRange(start, end, total)
+
+
+def is_strong_etag(etag: str | None) -> bool:
+    return bool(etag) and not etag.startswith("W/") and etag.startswith('"')
+
+
+def validator_for(etag: str | None, last_modified: str | None) -> str | None:
+    """What If-Range may carry: a strong ETag, else Last-Modified (RFC 9110 13.1.5)."""
+    if is_strong_etag(etag):
+        return etag
+    if last_modified:
+        return last_modified
+    return None
+
+
+def request_headers(offset: int, etag: str | None, last_modified: str | None) -> dict[str, str]:
+    """Headers for a (re)start at `offset`. Without a validator we never ask for a range."""
+    headers = {"Accept-Encoding": "identity"}
+    validator = validator_for(etag, last_modified)
+    if offset > 0 and validator is not None:
+        headers["Range"] = f"bytes={offset}-"
+        headers["If-Range"] = validator
+    return headers
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def content_length(headers: Mapping[str, str]) -> int | None:
+    value = _header(headers, "Content-Length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value.strip())
+
+
+def decide(
+    status: int,
+    headers: Mapping[str, str],
+    offset: int,
+    known_total: int | None,
+) -> Decision:
+    """What to do with a response to a request that asked for bytes from `offset` on.
+
+    `offset` 0 means no Range was sent. `known_total` is the total we saw before, if any.
+    """
+    if status == 200:
+        total = content_length(headers)
+        if offset == 0:
+            return Decision(Action.APPEND, total, "")
+        return Decision(
+            Action.RESTART,
+            total,
+            "server sent the whole file (range ignored or file changed): restarting from 0",
+        )
+    if status == 206:
+        cr = parse_content_range(_header(headers, "Content-Range"))
+        if offset == 0:
+            if cr is not None and cr.start == 0 and cr.total is not None:
+                if cr.end == cr.total - 1:
+                    return Decision(Action.APPEND, cr.total, "")
+            return Decision(Action.REFETCH, None, "unexpected partial answer to a full request")
+        if cr is None or cr.start is None:
+            return Decision(Action.REFETCH, None, "invalid Content-Range: restarting from 0")
+        if cr.start != offset:
+            return Decision(
+                Action.REFETCH,
+                None,
+                f"server answered from byte {cr.start}, not {offset}: restarting from 0",
+            )
+        if known_total is not None and cr.total is not None and cr.total != known_total:
+            return Decision(Action.REFETCH, None, "file size changed on the server: restarting")
+        if cr.total is not None and cr.end != cr.total - 1:
+            # A range that stops short: we asked for the rest, so this is not it.
+            return Decision(Action.REFETCH, None, "server sent a truncated range: restarting")
+        return Decision(Action.APPEND, cr.total if cr.total is not None else known_total, "")
+    if status == 416:
+        cr = parse_content_range(_header(headers, "Content-Range"))
+        total = cr.total if cr is not None else None
+        if total is not None and offset == total and (known_total in (None, total)):
+            return Decision(Action.COMPLETE, total, "")
+        return Decision(Action.REFETCH, None, "range not satisfiable: restarting from 0")
+    if status in RETRYABLE_STATUSES:
+        return Decision(Action.RETRY, known_total, f"HTTP {status}")
+    return Decision(Action.FAIL, known_total, f"HTTP {status}")
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    import time
+
+    now = time.time() if now is None else now
+    return max(0.0, when.timestamp() - now)

@@ -1,0 +1,517 @@
+"""The state file (SQLite, WAL): download records, search cache, owner locks and recovery."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import StateError
+
+STATE_FILE_NAME = "downloads.db"
+SCHEMA_VERSION = 1
+ACTIVE = ("queued", "running")
+STATUSES = ("queued", "running", "paused", "completed", "failed")
+
+_SCHEMA = """
+CREATE TABLE downloads (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    url TEXT NOT NULL,
+    path TEXT NOT NULL,
+    path_key TEXT NOT NULL,
+    part_path TEXT NOT NULL,
+    status TEXT NOT NULL,
+    bytes_received INTEGER NOT NULL DEFAULT 0,
+    bytes_total INTEGER,
+    etag TEXT,
+    last_modified TEXT,
+    error TEXT,
+    owner TEXT,
+    owner_pid INTEGER,
+    session TEXT NOT NULL DEFAULT 'default',
+    session_id TEXT,
+    title TEXT,
+    boot_id TEXT,
+    request TEXT,
+    announced INTEGER NOT NULL DEFAULT 1,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX downloads_status ON downloads(status);
+CREATE INDEX downloads_owner ON downloads(owner);
+CREATE INDEX downloads_path_key ON downloads(path_key);
+CREATE TABLE tracks (id TEXT PRIMARY KEY, json TEXT NOT NULL, fetched REAL NOT NULL);
+CREATE TABLE http_cache (key TEXT PRIMARY KEY, body TEXT NOT NULL, fetched REAL NOT NULL,
+                         max_age REAL NOT NULL DEFAULT 0);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+PUBLIC_KEYS = (
+    "id", "url", "path", "part_path", "status", "bytes_received", "bytes_total", "error",
+    "title", "etag", "last_modified", "session", "owner_pid", "created", "updated",
+)  # fmt: skip
+
+
+def boot_id() -> str | None:
+    """Identifies this boot of the machine: a partial written before a reboot is not trusted."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
+def public_record(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: row.get(key) for key in PUBLIC_KEYS}
+
+
+class OwnerLock:
+    """A lock file held for the life of a process that owns transfers.
+
+    The kernel drops the lock when the process dies, even if it lingers as a zombie, so a
+    held lock is the proof of life (pids alone are reused and zombies answer kill -0).
+    """
+
+    def __init__(self, state_dir: Path):
+        self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self.dir = state_dir / "owners"
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.path = self.dir / f"{self.token}.lock"
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_lock_held(path: Path) -> bool:
+    """True when some live process holds an flock on `path`."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: assume alive rather than steal a live transfer
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return True
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+class Store:
+    """One state file per state dir; `Store(None)` keeps everything in memory (ephemeral)."""
+
+    def __init__(self, state_dir: Path | None):
+        self.state_dir = state_dir
+        self.path = state_dir / STATE_FILE_NAME if state_dir is not None else None
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._owner: OwnerLock | None = None
+        self._boot = boot_id()
+        self.notices: list[str] = []  # said once to the user (e.g. a state file moved aside)
+
+    # -- opening -----------------------------------------------------------------------------
+    @property
+    def is_persistent(self) -> bool:
+        return self.path is not None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = self._open()
+        return self._conn
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            conn = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.executescript(_SCHEMA)
+            return conn
+        assert self.state_dir is not None
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"cannot create state dir {self.state_dir}: {exc.strerror}",
+                "set HALFTUNES_STATE_DIR to a writable folder",
+            ) from None
+        if not self.state_dir.is_dir():
+            raise StateError(f"state dir {self.state_dir} is not a directory")
+        if not self.path.exists() and not self.path.is_symlink():
+            self._create()
+        return self._connect_checked()
+
+    def _create(self) -> None:
+        """Build the database beside its final name, then link it in: never half-created."""
+        assert self.path is not None
+        tmp = self.path.with_name(f".{STATE_FILE_NAME}.new-{os.getpid()}-{secrets.token_hex(3)}")
+        try:
+            fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            conn = sqlite3.connect(tmp, isolation_level=None)
+            conn.executescript(_SCHEMA)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.close()
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # another process won the race: use theirs
+        except OSError as exc:
+            raise StateError(f"cannot create state file {self.path}: {exc.strerror}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _connect_checked(self) -> sqlite3.Connection:
+        assert self.path is not None
+        path = self.path
+        if path.is_dir():
+            self._move_aside("it is a directory")
+        try:
+            if path.stat().st_size == 0:
+                self._move_aside("it is empty")
+        except FileNotFoundError:
+            self._create()
+        conn = None
+        try:
+            conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                conn.close()
+                raise StateError(
+                    f"state file {path} is from a newer halftunes (format {version}, "
+                    f"this one reads {SCHEMA_VERSION}); refusing to touch it",
+                    "upgrade halftunes, or point HALFTUNES_STATE_DIR elsewhere",
+                )
+            names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+            if version != SCHEMA_VERSION or "downloads" not in names:
+                raise sqlite3.DatabaseError("not a halftunes state file")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            return conn
+        except sqlite3.DatabaseError as exc:
+            if conn is not None:
+                conn.close()
+            self._move_aside(str(exc))
+            return self._connect_checked()
+
+    def _move_aside(self, why: str) -> None:
+        assert self.path is not None
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):
+                side = Path(str(self.path) + suffix)
+                if side.exists():
+                    os.replace(side, Path(str(aside) + suffix))
+        except OSError as exc:
+            raise StateError(
+                f"state file {self.path} is unusable ({why}) and could not be moved aside: "
+                f"{exc.strerror}"
+            ) from None
+        raise StateError(
+            f"state file {self.path} was unusable ({why}); moved it aside to {aside.name}",
+            "the next command starts with a clean state; partial downloads were left in place",
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._owner is not None:
+                self._owner.release()
+                self._owner = None
+
+    # -- transactions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE: one writer at a time across processes; commit or roll back."""
+        with self._lock:
+            conn = self.conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as exc:
+                raise self._db_error(exc) from None
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    conn.execute("COMMIT")
+                except sqlite3.DatabaseError as exc:
+                    with contextlib.suppress(sqlite3.DatabaseError):
+                        conn.execute("ROLLBACK")
+                    raise self._db_error(exc) from None
+
+    def _db_error(self, exc: sqlite3.DatabaseError) -> StateError:
+        return StateError(f"state file {self.path or ':memory:'}: {exc}")
+
+    def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                return [dict(r) for r in self.conn.execute(sql, params)]
+            except sqlite3.DatabaseError as exc:
+                raise self._db_error(exc) from None
+
+    # -- owners --------------------------------------------------------------------------------
+    def owner_token(self) -> str:
+        """This process's owner token (its lock is taken on first use)."""
+        with self._lock:
+            if self._owner is None:
+                if self.state_dir is None:
+                    self._owner = _MemoryOwner()  # type: ignore[assignment]
+                else:
+                    self._owner = OwnerLock(self.state_dir)
+            return self._owner.token
+
+    def is_owner_alive(self, token: str | None) -> bool:
+        if not token:
+            return False
+        if self._owner is not None and token == self._owner.token:
+            return True
+        if self.state_dir is None:
+            return False
+        return is_lock_held(self.state_dir / "owners" / f"{token}.lock")
+
+    # -- records -------------------------------------------------------------------------------
+    def get(self, record_id: str) -> dict[str, Any] | None:
+        rows = self.query("SELECT * FROM downloads WHERE id = ?", (record_id,))
+        return rows[0] if rows else None
+
+    def all(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+        if ids is None:
+            return self.query("SELECT * FROM downloads ORDER BY seq")
+        found = {r["id"]: r for r in self._get_many(ids)}
+        return [found[i] for i in ids if i in found]
+
+    def _get_many(self, ids: list[str]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            out += self.query(f"SELECT * FROM downloads WHERE id IN ({marks})", tuple(chunk))
+        return out
+
+    def insert(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+        now = time.time()
+        seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM downloads").fetchone()[0]
+        row = {
+            "bytes_received": 0, "bytes_total": None, "etag": None, "last_modified": None,
+            "error": None, "owner": None, "owner_pid": None, "session": "default",
+            "session_id": None, "title": None, "boot_id": None, "request": None, "announced": 1,
+            **record, "seq": seq, "created": now, "updated": now,
+            "path_key": str(record["path"]).casefold(),
+        }  # fmt: skip
+        cols = ",".join(row)
+        conn.execute(
+            f"INSERT INTO downloads ({cols}) VALUES ({','.join('?' * len(row))})",
+            tuple(row.values()),
+        )
+
+    def update(self, conn: sqlite3.Connection, record_id: str, **fields: Any) -> None:
+        fields["updated"] = time.time()
+        if "path" in fields:
+            fields["path_key"] = str(fields["path"]).casefold()
+        sets = ",".join(f"{k} = ?" for k in fields)
+        conn.execute(f"UPDATE downloads SET {sets} WHERE id = ?", (*fields.values(), record_id))
+
+    def set_fields(self, record_id: str, **fields: Any) -> None:
+        with self.transaction() as conn:
+            self.update(conn, record_id, **fields)
+
+    def delete(self, conn: sqlite3.Connection, record_id: str) -> None:
+        conn.execute("DELETE FROM downloads WHERE id = ?", (record_id,))
+
+    def path_taken(self, conn: sqlite3.Connection, path: str, record_id: str) -> bool:
+        row = conn.execute(
+            "SELECT 1 FROM downloads WHERE path_key = ? AND id != ? LIMIT 1",
+            (path.casefold(), record_id),
+        ).fetchone()
+        return row is not None
+
+    def checkpoint(
+        self,
+        record_id: str,
+        owner: str,
+        bytes_received: int,
+        bytes_total: int | None,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> str | None:
+        """Record a fsynced length; returns a pending request ('pause'/'cancel') if any."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT owner, request FROM downloads WHERE id = ?", (record_id,)
+            ).fetchone()
+            if row is None:
+                return "cancel"
+            if row["owner"] != owner:
+                return "pause"  # someone took it over: stop writing
+            self.update(
+                conn,
+                record_id,
+                bytes_received=bytes_received,
+                bytes_total=bytes_total,
+                etag=etag,
+                last_modified=last_modified,
+                boot_id=self._boot,
+            )
+            return row["request"]
+
+    def requests_for(self, owner: str) -> dict[str, str]:
+        rows = self.query(
+            "SELECT id, request FROM downloads WHERE owner = ? AND request IS NOT NULL", (owner,)
+        )
+        return {r["id"]: r["request"] for r in rows}
+
+    # -- recovery ------------------------------------------------------------------------------
+    def reconcile(self) -> list[dict[str, Any]]:
+        """Mark transfers whose owner died as paused, with their partial re-checkpointed."""
+        if self.path is None:
+            return []
+        rows = self.query("SELECT id, owner, owner_pid FROM downloads WHERE status = 'running'")
+        dead_owners = {r["owner"] for r in rows if not self.is_owner_alive(r["owner"])}
+        if not dead_owners:
+            return []
+        fixed = []
+        with self.transaction() as conn:
+            for row in conn.execute("SELECT * FROM downloads WHERE status = 'running'").fetchall():
+                row = dict(row)
+                if row["owner"] not in dead_owners:
+                    continue
+                received = self.recover_partial(row)
+                who = "the background worker" if row["session"] == "background" else "the process"
+                error = (
+                    f"{who} (pid {row['owner_pid']}) stopped while downloading; "
+                    f"paused at {received} bytes: run `halftunes resume {row['id']}`"
+                )
+                if row["request"] == "cancel":
+                    with contextlib.suppress(OSError):
+                        os.unlink(row["part_path"])
+                    self.delete(conn, row["id"])
+                    continue
+                self.update(
+                    conn,
+                    row["id"],
+                    status="paused",
+                    bytes_received=received,
+                    owner=None,
+                    request=None,
+                    error=error,
+                    boot_id=self._boot,
+                )
+                row.update(status="paused", bytes_received=received, error=error)
+                fixed.append(row)
+        for token in dead_owners:
+            if token and self.state_dir is not None:
+                with contextlib.suppress(OSError):
+                    (self.state_dir / "owners" / f"{token}.lock").unlink()
+        return fixed
+
+    def recover_partial(self, row: dict[str, Any]) -> int:
+        """How many bytes of the partial may be trusted after its owner stopped.
+
+        Same boot: everything the dead process wrote is in the page cache, so the partial's
+        length is right; fsync it now and that length becomes the checkpoint. Another boot
+        (power cut, reboot): only the last checkpoint was on disk; cut the partial back to it.
+        """
+        part = row["part_path"]
+        checkpoint = int(row["bytes_received"] or 0)
+        try:
+            size = os.path.getsize(part)
+        except OSError:
+            return 0
+        same_boot = self._boot is not None and row.get("boot_id") == self._boot
+        total = row.get("bytes_total")
+        try:
+            if same_boot and (total is None or size <= total):
+                with open(part, "rb+") as f:
+                    os.fsync(f.fileno())
+                return size
+            keep = min(checkpoint, size)
+            with open(part, "rb+") as f:
+                f.truncate(keep)
+                os.fsync(f.fileno())
+            return keep
+        except OSError:
+            return min(checkpoint, size)
+
+    # -- caches (search results and tracks) -----------------------------------------------------
+    def put_tracks(self, tracks: list[dict[str, Any]]) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO tracks (id, json, fetched) VALUES (?, ?, ?)",
+                [(str(t["trackId"]), json.dumps(t), now) for t in tracks if "trackId" in t],
+            )
+
+    def get_tracks(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for r in self.query(f"SELECT id, json FROM tracks WHERE id IN ({marks})", tuple(chunk)):
+                out[r["id"]] = json.loads(r["json"])
+        return out
+
+    def cache_get(self, key: str) -> tuple[str, float, float] | None:
+        rows = self.query("SELECT body, fetched, max_age FROM http_cache WHERE key = ?", (key,))
+        if not rows:
+            return None
+        return rows[0]["body"], rows[0]["fetched"], rows[0]["max_age"]
+
+    def cache_put(self, key: str, body: str, max_age: float) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO http_cache (key, body, fetched, max_age) VALUES (?,?,?,?)",
+                (key, body, time.time(), max_age),
+            )
+
+    def take_tokens(self, name: str, capacity: float, per_second: float) -> float:
+        """A token bucket shared by every process on this state file; returns seconds to wait."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()
+            now = time.time()
+            tokens, last = (capacity, now) if row is None else json.loads(row["value"])
+            tokens = min(capacity, tokens + (now - last) * per_second)
+            wait = 0.0 if tokens >= 1 else (1 - tokens) / per_second
+            tokens -= 1
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                (name, json.dumps([tokens, now])),
+            )
+            return wait
+
+
+class _MemoryOwner:
+    def __init__(self) -> None:
+        self.token = f"{os.getpid()}-memory"
+
+    def release(self) -> None:
+        pass
