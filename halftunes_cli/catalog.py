@@ -200,6 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
             "status": None,
             "bytes_sent": 0,
             "time": time.time(),
+            "ended": None,
         }
         self.state.record(entry)
         return entry
@@ -449,6 +450,8 @@ class _Handler(BaseHTTPRequestHandler):
                         time.sleep(ahead)
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
+        finally:
+            entry["ended"] = time.time()
 
     def _upload(self) -> None:
         entry = self._entry()

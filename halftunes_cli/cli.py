@@ -129,13 +129,27 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main_callback(
-    session: Annotated[str | None, typer.Option("--session", help="Session configuration: "
-                       "default, ephemeral or background.", metavar="KIND")] = None,  # fmt: skip
-    no_color: Annotated[bool, typer.Option("--no-color", help="No colours (also NO_COLOR).")] = False,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            "--session",
+            help="Session configuration: default, ephemeral or background.",
+            metavar="KIND",
+        ),
+    ] = None,  # fmt: skip
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colours (also NO_COLOR).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log requests and retries.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                       help="Print the version and exit.")] = False,  # fmt: skip
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Log requests and retries.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,  # fmt: skip
 ) -> None:
     """halftunes: search iTunes, download previews, pause / resume / cancel them.
 
@@ -164,7 +178,9 @@ def search(
     term: Annotated[list[str], typer.Argument(help="Words to search for.", show_default=False)],
     limit: Annotated[int | None, typer.Option("--limit", help="1 to 200 results.")] = None,
     country: Annotated[str | None, typer.Option("--country", help="Store country code.")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Apple's result objects as JSON.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Apple's result objects as JSON.")
+    ] = False,
     offline: Annotated[bool, typer.Option("--offline", help="Answer from the cache only.")] = False,
 ) -> None:
     """Search the iTunes catalog for songs.
@@ -660,7 +676,9 @@ def _list(json_out: bool) -> None:
 
 
 @app.command("list")
-def list_(json_out: Annotated[bool, typer.Option("--json", help="Records as JSON.")] = False) -> None:
+def list_(
+    json_out: Annotated[bool, typer.Option("--json", help="Records as JSON.")] = False,
+) -> None:
     """List downloads with their status and progress (alias: status).
 
     Example:
@@ -671,7 +689,9 @@ def list_(json_out: Annotated[bool, typer.Option("--json", help="Records as JSON
 
 
 @app.command("status", hidden=True)
-def status_(json_out: Annotated[bool, typer.Option("--json", help="Records as JSON.")] = False) -> None:
+def status_(
+    json_out: Annotated[bool, typer.Option("--json", help="Records as JSON.")] = False,
+) -> None:
     """Alias of list."""
     _list(json_out)
 
@@ -772,8 +792,9 @@ def upload(
     file: Annotated[Path, typer.Argument(help="File to send.", show_default=False)],
     url: Annotated[str, typer.Argument(help="Where to send it.", show_default=False)],
     method: Annotated[str, typer.Option("--method", help="PUT (default) or POST.")] = "PUT",
-    header: Annotated[list[str] | None, typer.Option("--header", help="Extra header 'K: V' "
-                      "(repeatable).")] = None,  # fmt: skip
+    header: Annotated[
+        list[str] | None, typer.Option("--header", help="Extra header 'K: V' (repeatable).")
+    ] = None,  # fmt: skip
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
     """Upload a file with PUT or POST (streamed, with progress; only PUT is retried).
@@ -885,8 +906,9 @@ def config_show(
 @config_app.command("path")
 def config_path() -> None:
     """Print the config file's path (it may not exist yet)."""
-    config = _config()
-    print(config.config_path)
+    from .config import config_file_path
+
+    print(config_file_path()[0])
 
 
 def main() -> None:

@@ -170,11 +170,11 @@ class SessionConfiguration:
         return out
 
 
-def _coerce(key: str, raw: Any, origin: str) -> Any:
+def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
     """Validate one value (from the file, env or a flag); env and flags arrive as strings."""
     types, expected = _KEYS[key]
     value = raw
-    if isinstance(raw, str) and str not in types:
+    if from_text and isinstance(raw, str) and str not in types:
         text = raw.strip()
         try:
             if bool in types:
@@ -196,9 +196,7 @@ def _coerce(key: str, raw: Any, origin: str) -> Any:
     if isinstance(value, bool) and bool not in types:
         raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
     if not isinstance(value, types):
-        raise ConfigError(
-            f"{origin}: {key} has type {type(raw).__name__}", f"expected {expected}"
-        )
+        raise ConfigError(f"{origin}: {key} has type {type(raw).__name__}", f"expected {expected}")
     bad = False
     if key == "session":
         bad = value not in SESSION_KINDS
@@ -252,14 +250,21 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
     return table
 
 
+def config_file_path(environ: Any = None) -> tuple[Path, bool]:
+    """The config file's path, and whether HALFTUNES_CONFIG named it explicitly."""
+    env = os.environ if environ is None else environ
+    if env.get("HALFTUNES_CONFIG"):
+        return Path(env["HALFTUNES_CONFIG"]).expanduser(), True
+    return _default_config_path(), False
+
+
 def load_configuration(
     flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None
 ) -> SessionConfiguration:
     """Build the effective configuration: flag > environment > config file > default."""
     env = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    explicit = "HALFTUNES_CONFIG" in env and env["HALFTUNES_CONFIG"] != ""
-    path = Path(env["HALFTUNES_CONFIG"]).expanduser() if explicit else _default_config_path()
+    path, explicit = config_file_path(env)
     file_values = _read_config_file(path, explicit)
 
     values: dict[str, Any] = {}
@@ -273,7 +278,7 @@ def load_configuration(
             values[key] = _coerce(key, env[env_name], f"environment variable {env_name}")
             sources[key] = "env"
         elif key in file_values:
-            values[key] = _coerce(key, file_values[key], f"config file {path}")
+            values[key] = _coerce(key, file_values[key], f"config file {path}", False)
             sources[key] = "file"
         else:
             sources[key] = "default"

@@ -28,6 +28,14 @@ def _clean(text: str) -> str:
     return text
 
 
+def _undot(text: str) -> str:
+    """No leading dots (hidden files, `..`) and no trailing dots or spaces (Windows)."""
+    text = text.strip(" ")
+    if text.startswith("."):
+        text = "_" + text.lstrip(".")
+    return text.rstrip(" .")
+
+
 def _truncate_utf8(text: str, max_bytes: int) -> str:
     encoded = text.encode("utf-8")
     if len(encoded) <= max_bytes:
@@ -43,10 +51,8 @@ def safe_filename(stem: str, ext: str = "", suffix: str = "", fallback: str = "d
     """`stem + suffix + ext` made safe: no separators, no `..`, no reserved names, <= 200 bytes."""
     ext = safe_extension(ext)
     stem = _clean(stem)
-    suffix = _clean(suffix) if suffix else ""
-    stem = stem.rstrip(" .").lstrip(" ")
-    while stem.startswith("."):
-        stem = stem[1:].lstrip(" ")
+    suffix = _FORBIDDEN.sub("_", suffix) if suffix else ""
+    stem = _undot(stem)
     if not stem:
         stem = fallback
     budget = MAX_NAME_BYTES - len((suffix + ext).encode("utf-8"))
@@ -66,9 +72,11 @@ def extension_from_url(url: str) -> str:
     return safe_extension(ext)
 
 
-def track_filename(artist: str | None, title: str | None, preview_url: str, suffix: str = "") -> str:
-    artist = (artist or "").strip()
-    title = (title or "").strip()
+def track_filename(
+    artist: str | None, title: str | None, preview_url: str, suffix: str = ""
+) -> str:
+    artist = _undot(_clean(artist or ""))
+    title = _undot(_clean(title or ""))
     stem = f"{artist} - {title}" if artist and title else (title or artist or "track")
     return safe_filename(stem, extension_from_url(preview_url) or ".m4a", suffix)
 

@@ -75,9 +75,14 @@ def _build_http(config: SessionConfiguration) -> requests.Session:
 def translate_request_error(exc: Exception, url: str) -> HalftunesError:
     """The one boundary where requests/urllib3 errors become ours."""
     import requests
+    import urllib3
 
     if isinstance(exc, HalftunesError):
         return exc
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        return TransferError(f"timed out reading from {url}", "the server stalled")
+    if isinstance(exc, urllib3.exceptions.HTTPError):
+        return TransferError(f"connection to {url} broke: {_root_reason(exc)}")
     if isinstance(exc, requests.exceptions.SSLError):
         return TransferError(
             f"TLS verification failed for {url}",

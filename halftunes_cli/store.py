@@ -325,7 +325,7 @@ class Store:
             "bytes_received": 0, "bytes_total": None, "etag": None, "last_modified": None,
             "error": None, "owner": None, "owner_pid": None, "session": "default",
             "session_id": None, "title": None, "boot_id": None, "request": None, "announced": 1,
-            **record, "seq": seq, "created": now, "updated": now,
+            "boot_id": self._boot, **record, "seq": seq, "created": now, "updated": now,
             "path_key": str(record["path"]).casefold(),
         }  # fmt: skip
         cols = ",".join(row)
@@ -336,6 +336,8 @@ class Store:
 
     def update(self, conn: sqlite3.Connection, record_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
+        if fields.get("status") == "running":
+            fields.setdefault("boot_id", self._boot)  # this boot's page cache holds its bytes
         if "path" in fields:
             fields["path_key"] = str(fields["path"]).casefold()
         sets = ",".join(f"{k} = ?" for k in fields)

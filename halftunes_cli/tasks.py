@@ -419,6 +419,7 @@ class DownloadTask(Task):
         offset = self._starting_offset()
         deadline = time.monotonic() + cfg.resource_timeout
         failures = 0
+        high_water = offset
         while True:
             self._check_stop()
             if time.monotonic() > deadline:
@@ -432,7 +433,13 @@ class DownloadTask(Task):
             offset = self.bytes_received
             if outcome == "done":
                 return
-            failures = 0 if progressed else failures + 1
+            # Only new ground counts as progress: a server that keeps breaking the same way
+            # (and sends us back to byte 0) must still run out of retries.
+            if progressed and self.bytes_received > high_water:
+                high_water = self.bytes_received
+                failures = 0
+            else:
+                failures += 1
             if failures > cfg.retries:
                 raise self._last_error or TransferError(f"giving up on {self.url}")
             wait = self.session.backoff_seconds(max(failures, 1), self._retry_after)
@@ -446,6 +453,7 @@ class DownloadTask(Task):
     def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
         """One request. Returns (bytes flowed?, 'done' | 'retry')."""
         import requests
+        import urllib3
 
         self._retry_after = None
         try:
@@ -501,7 +509,8 @@ class DownloadTask(Task):
             start = offset
             try:
                 self._stream(response, offset)
-            except (requests.exceptions.RequestException, OSError) as exc:
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                    OSError) as exc:  # fmt: skip
                 if isinstance(exc, OSError) and getattr(exc, "_halftunes_disk", False):
                     raise _disk_error(exc, self.part_path) from None
                 self._check_stop()

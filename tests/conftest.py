@@ -1,0 +1,193 @@
+"""Shared fixtures: a real catalog server on 127.0.0.1:0, isolated dirs, the real CLI."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from halftunes_cli.catalog import CatalogServer
+
+HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--chaos-rounds", type=int, default=12, help="rounds for test_chaos")
+
+
+def _become_subreaper() -> None:
+    # Detached workers re-parent to us instead of PID 1 (which does not reap here),
+    # so each test can reap exactly the processes it made.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+_become_subreaper()
+
+
+def sha256_file(path: Path | str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Env:
+    """One test's world: its dirs, its environment, and helpers to run the CLI."""
+
+    def __init__(self, tmp: Path, server: CatalogServer):
+        self.tmp = tmp
+        self.server = server
+        self.state_dir = tmp / "state"
+        self.download_dir = tmp / "downloads"
+        self.home = tmp / "home"
+        self.home.mkdir()
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.home),
+            "XDG_CONFIG_HOME": str(self.home / ".config"),
+            "XDG_STATE_HOME": str(self.home / ".state"),
+            "XDG_CACHE_HOME": str(self.home / ".cache"),
+            "HALFTUNES_API_URL": server.url,
+            "HALFTUNES_STATE_DIR": str(self.state_dir),
+            "HALFTUNES_DOWNLOAD_DIR": str(self.download_dir),
+            "PYTHONUNBUFFERED": "1",
+            "LANG": "C.UTF-8",
+        }
+        self.procs: list[subprocess.Popen] = []
+
+    def run(self, *args: str, input: str | None = None, timeout: float = 60,
+            env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        return subprocess.run([HALFTUNES, *args], input=input, capture_output=True, text=True,
+                              timeout=timeout, env={**self.env, **(env or {})})  # fmt: skip
+
+    def json(self, *args: str, **kw) -> object:
+        result = self.run(*args, "--json", **kw)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def spawn(self, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
+        proc = subprocess.Popen([HALFTUNES, *args], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env={**self.env, **(env or {})}, **kw)  # fmt: skip
+        self.procs.append(proc)
+        return proc
+
+    def records(self) -> dict[str, dict]:
+        return {r["id"]: r for r in self.json("list")}
+
+    def record(self, rid: str) -> dict | None:
+        return self.records().get(str(rid))
+
+    def wait_for(self, predicate, timeout: float = 20, interval: float = 0.02, what: str = ""):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"timed out waiting for {what or predicate}")
+
+    def state_record(self, rid: str) -> dict | None:
+        """Read the record straight from SQLite (no CLI, no reconcile)."""
+        import sqlite3
+
+        db = self.state_dir / "downloads.db"
+        if not db.exists():
+            return None
+        conn = sqlite3.connect(db, timeout=10)
+        conn.row_factory = sqlite3.Row
+        try:
+            row = conn.execute("SELECT * FROM downloads WHERE id = ?", (str(rid),)).fetchone()
+            return dict(row) if row else None
+        finally:
+            conn.close()
+
+    # -- server helpers -------------------------------------------------------------------
+    def track(self, tid: int, size: int | None = None, version: int | None = None) -> dict:
+        st = self.server.state
+        if size is not None:
+            st.sizes[tid] = size
+        if version is not None:
+            st.versions[tid] = version
+        return st.tracks[tid]
+
+    def fault(self, **fault) -> None:
+        with self.server.state.lock:
+            self.server.state.faults.append(fault)
+
+    def preview_requests(self, tid: int) -> list[dict]:
+        return self.server.state.requests_for(f"/previews/{tid}/")
+
+    def expected_sha(self, tid: int) -> str:
+        return self.server.state.sha256_of(tid)
+
+    def worker_pid(self) -> int | None:
+        try:
+            return int((self.state_dir / "worker.pid").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def cleanup(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        pid = self.worker_pid()
+        if pid is not None:
+            with _suppress():
+                os.kill(pid, signal.SIGKILL)
+        reap_children()
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], OSError)
+
+
+def reap_children(timeout: float = 5.0) -> None:
+    """Reap every exited child (orphaned workers re-parented to us)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def server():
+    srv = CatalogServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def env(tmp_path, server):
+    e = Env(tmp_path, server)
+    yield e
+    e.cleanup()
+
+
+def fetch_sha(url: str) -> str:
+    return hashlib.sha256(requests.get(url, timeout=30).content).hexdigest()

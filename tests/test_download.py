@@ -1,0 +1,375 @@
+"""Foreground downloads end to end: real CLI processes against the real local server."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import sha256_file
+
+T1, T2 = 1000001, 1000002  # Jack Johnson - Better Together / Banana Pancakes
+MB = 1_000_000
+
+
+def part_size(env, rid) -> int:
+    row = env.state_record(rid)
+    if row is None:
+        return 0
+    try:
+        return os.path.getsize(row["part_path"])
+    except OSError:
+        return 0
+
+
+def start_throttled(env, tid, size=3 * MB, bps=1_000_000, *args):
+    env.track(tid, size=size)
+    env.server.state.throttle_bps = bps
+    proc = env.spawn("download", str(tid), *args)
+    env.wait_for(lambda: part_size(env, tid) > 50_000, what="bytes flowing")
+    return proc
+
+
+def test_download_5mb_sha256(env):
+    env.track(T1, size=5 * MB)
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path == env.download_dir / "Jack Johnson - Better Together.m4a"
+    assert sha256_file(path) == env.expected_sha(T1)
+    assert not Path(str(path) + ".part").exists()
+    rec = env.record(T1)
+    assert rec["status"] == "completed" and rec["bytes_received"] == rec["bytes_total"] == 5 * MB
+    req = env.preview_requests(T1)
+    assert len(req) == 1 and req[0]["range"] is None
+    assert req[0]["accept_encoding"] == "identity"
+
+
+def test_json_output_has_the_contract_keys(env):
+    records = env.json("download", str(T1), str(T2))
+    assert [r["id"] for r in records] == [str(T1), str(T2)]
+    for key in ("id", "url", "path", "part_path", "status", "bytes_received", "bytes_total",
+                "error"):  # fmt: skip
+        assert key in records[0]
+    assert {r["status"] for r in records} == {"completed"}
+
+
+def test_drop_at_40_percent_recovers_from_the_checkpoint(env):
+    size = 2 * MB
+    env.track(T1, size=size)
+    env.fault(path=f"/previews/{T1}/", kind="drop", after=int(size * 0.4))
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    first, second = env.preview_requests(T1)
+    assert first["bytes_sent"] == int(size * 0.4)
+    assert second["range"] == f"bytes={int(size * 0.4)}-"
+    assert second["if_range"] == f'"p{T1}-v1-{size}"'
+    assert second["status"] == 206
+    assert first["bytes_sent"] + second["bytes_sent"] == size  # nothing fetched twice
+
+
+def test_kill_9_then_resume_fetches_only_the_missing_bytes(env):
+    size = 3 * MB
+    proc = start_throttled(env, T1, size)
+    threshold = random.randint(100_000, 2 * MB)
+    env.wait_for(lambda: part_size(env, T1) >= threshold or proc.poll() is not None)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    env.server.state.throttle_bps = None
+    rec = env.record(T1)  # any command notices the dead owner
+    assert rec["status"] == "paused"
+    assert "stopped while downloading" in rec["error"]
+    have = part_size(env, T1)
+    assert rec["bytes_received"] == have > 0
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)
+    last = env.preview_requests(T1)[-1]
+    assert last["range"] == f"bytes={have}-" and last["bytes_sent"] == size - have
+
+
+def test_pause_from_another_process_then_resume(env):
+    proc = start_throttled(env, T1, 3 * MB, 1_000_000)
+    began = time.time()
+    result = env.run("pause", str(T1))
+    returned = time.time()
+    assert result.returncode == 0, result.stderr
+    entry = env.preview_requests(T1)[0]
+    env.wait_for(lambda: entry["ended"] is not None, timeout=5, what="server saw the stop")
+    assert entry["ended"] - began < 1.0, "bytes kept flowing after pause"
+    rec = env.record(T1)
+    assert rec["status"] == "paused"
+    assert rec["bytes_received"] == part_size(env, T1) > 0
+    assert returned - began < 5
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0 and "paused by request" in err
+    env.server.state.throttle_bps = None
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    assert env.preview_requests(T1)[-1]["range"] == f"bytes={rec['bytes_received']}-"
+
+
+def test_cancel_running_leaves_no_partial_and_no_record(env):
+    proc = start_throttled(env, T1)
+    part = Path(env.state_record(T1)["part_path"])
+    result = env.run("cancel", str(T1))
+    assert result.returncode == 0, result.stderr
+    proc.communicate(timeout=20)
+    assert not part.exists()
+    assert env.record(T1) is None
+    assert not any(env.download_dir.iterdir())
+
+
+def test_cancel_completed_keeps_the_file(env):
+    path = env.run("download", str(T1)).stdout.strip()
+    assert env.run("cancel", str(T1)).returncode == 0
+    assert Path(path).exists() and env.record(T1) is None
+
+
+def test_file_changed_between_pause_and_resume_restarts(env):
+    start_throttled(env, T1, 2 * MB)
+    assert env.run("pause", str(T1)).returncode == 0
+    env.track(T1, version=2)
+    env.server.state.throttle_bps = None
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert "restarting from 0" in result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    last = env.preview_requests(T1)[-1]
+    assert last["range"] is not None and last["status"] == 200
+
+
+def test_server_ignoring_range_restarts_cleanly(env):
+    start_throttled(env, T1, 2 * MB)
+    assert env.run("pause", str(T1)).returncode == 0
+    env.server.state.throttle_bps = None
+    env.fault(path=f"/previews/{T1}/", kind="ignore_range")
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    assert env.preview_requests(T1)[-1]["status"] == 200
+
+
+def test_short_body_is_never_completed_but_retried(env):
+    env.track(T1, size=MB)
+    env.fault(path=f"/previews/{T1}/", kind="short", extra=5000)
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    # all bytes arrived but fewer than announced: ask for the rest (416), then start over
+    assert [r["status"] for r in env.preview_requests(T1)] == [200, 416, 200]
+
+
+def test_permanent_short_body_fails_and_keeps_the_partial(env):
+    env.track(T1, size=MB)
+    env.fault(path=f"/previews/{T1}/", kind="lie_length", times=-1)
+    result = env.run("download", str(T1), env={"HALFTUNES_RETRIES": "2"})
+    assert result.returncode == 1
+    rec = env.record(T1)
+    assert rec["status"] == "failed" and rec["error"]
+    assert not Path(rec["path"]).exists()
+    env.server.state.faults.clear()
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(rec["path"]) == env.expected_sha(T1)
+
+
+def test_stalled_server_times_out_and_retries(env):
+    env.track(T1, size=MB)
+    env.fault(path=f"/previews/{T1}/", kind="stall", after=300_000, seconds=4)
+    result = env.run("download", str(T1), env={"HALFTUNES_REQUEST_TIMEOUT": "1"})
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    second = env.preview_requests(T1)[1]
+    assert second["range"] == "bytes=300000-"
+
+
+def test_503_with_retry_after_is_retried(env):
+    env.fault(path=f"/previews/{T1}/", kind="status", status=503, retry_after=1)
+    began = time.monotonic()
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - began >= 1.0  # Retry-After honoured
+    assert [r["status"] for r in env.preview_requests(T1)] == [503, 200]
+
+
+def test_404_fails_without_retry_and_keeps_going(env):
+    env.fault(path=f"/previews/{T1}/", kind="status", status=404)
+    result = env.run("download", str(T1), str(T2))
+    assert result.returncode == 1
+    assert "HTTP 404" in result.stderr
+    assert len(env.preview_requests(T1)) == 1
+    assert env.record(T2)["status"] == "completed"
+
+
+def test_two_downloads_of_the_same_id_at_once(env):
+    env.track(T1, size=2 * MB)
+    env.server.state.throttle_bps = 2_000_000
+    a = env.spawn("download", str(T1))
+    b = env.spawn("download", str(T1))
+    out_a, err_a = a.communicate(timeout=30)
+    out_b, err_b = b.communicate(timeout=30)
+    codes = sorted([a.returncode, b.returncode])
+    assert codes == [0, 1], (err_a, err_b)
+    loser_err = err_a if a.returncode == 1 else err_b
+    assert "right now" in loser_err and "halftunes wait" in loser_err
+    assert len(env.preview_requests(T1)) == 1
+    assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)
+
+
+def test_completed_is_not_fetched_again_unless_forced(env):
+    path = env.run("download", str(T1)).stdout.strip()
+    again = env.run("download", str(T1))
+    assert again.returncode == 0 and again.stdout.strip() == path
+    assert len(env.preview_requests(T1)) == 1
+    forced = env.run("download", str(T1), "--force")
+    assert forced.returncode == 0 and forced.stdout.strip() == path
+    assert len(env.preview_requests(T1)) == 2
+
+
+def test_sigint_pauses_and_exits_130(env):
+    proc = start_throttled(env, T1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "halftunes resume" in err
+    rec = env.record(T1)
+    assert rec["status"] == "paused" and rec["bytes_received"] == part_size(env, T1) > 0
+    env.server.state.throttle_bps = None
+    assert env.run("resume", str(T1)).returncode == 0
+    assert sha256_file(rec["path"]) == env.expected_sha(T1)
+
+
+def test_ephemeral_session_writes_no_state(env):
+    result = env.run("--session", "ephemeral", "download", str(T1), "--json")
+    assert result.returncode == 0, result.stderr
+    rec = json.loads(result.stdout)[0]
+    assert rec["status"] == "completed"
+    assert sha256_file(rec["path"]) == env.expected_sha(T1)
+    assert not env.state_dir.exists()
+
+
+def test_ephemeral_ctrl_c_discards_the_partial(env):
+    env.track(T1, size=3 * MB)
+    env.server.state.throttle_bps = 1_000_000
+    proc = env.spawn("--session", "ephemeral", "download", str(T1))
+    part = env.download_dir / "Jack Johnson - Better Together.m4a.part"
+    env.wait_for(lambda: part.exists() and part.stat().st_size > 0)
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert not part.exists() and not env.state_dir.exists()
+
+
+def test_names_differing_only_in_case_get_the_track_id(env):
+    # 1000001 "Better Together" and the hostile "BETTER TOGETHER" by the same artist
+    other = next(t for t in env.server.state.tracks.values()
+                 if t["trackName"] == "BETTER TOGETHER")["trackId"]  # fmt: skip
+    result = env.run("download", str(T1), str(other))
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.strip().split("\n")
+    assert paths[0].endswith("Jack Johnson - Better Together.m4a")
+    assert paths[1].endswith(f"Jack Johnson - BETTER TOGETHER ({other}).m4a")
+    assert sha256_file(paths[1]) == env.expected_sha(other)
+
+
+def test_hostile_names_stay_inside_the_download_dir(env):
+    hostile = [t["trackId"] for t in env.server.state.tracks.values()
+               if t["collectionName"] == "Hostile Names"]  # fmt: skip
+    result = env.run("download", *map(str, hostile))
+    assert result.returncode == 0, result.stderr
+    for line in result.stdout.strip().split("\n"):
+        path = Path(line)
+        assert path.parent == env.download_dir
+        assert len(path.name.encode()) <= 200 and not path.name.startswith(".")
+    assert len(list(env.download_dir.iterdir())) == len(hostile)
+
+
+def test_ids_from_stdin(env):
+    ids = env.json("search", "jack johnson", "--limit", "3")
+    result = env.run("download", "-", input="\n".join(str(i["trackId"]) for i in ids) + "\n")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().split("\n")) == 3
+
+
+def test_bad_ids_exit_2_and_good_ones_still_download(env):
+    no_preview = next(t for t in env.server.state.tracks.values() if "previewUrl" not in t)
+    result = env.run("download", "999", str(T1), "abc", str(no_preview["trackId"]),
+                     "ftp://example.com/x.mp3")  # fmt: skip
+    assert result.returncode == 2
+    assert "no track with id 999" in result.stderr
+    assert "'abc' is neither" in result.stderr
+    assert "has no preview" in result.stderr
+    assert "unsupported URL scheme (ftp:)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert env.record(T1)["status"] == "completed"
+
+
+def test_url_download_and_plain_http_rule(env):
+    url = f"{env.server.url}/files/big%20song.mp3?size=300000&seed=3"
+    result = env.run("download", url)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).name == "big song.mp3"
+    refused = env.run("download", "http://example.com/song.mp3")
+    assert refused.returncode == 2 and "App Transport Security" in refused.stderr
+
+
+def test_missing_download_dir_is_created_and_a_file_is_refused(env, tmp_path):
+    deep = tmp_path / "a" / "b"
+    assert env.run("download", str(T1), "-o", str(deep)).returncode == 0
+    assert (deep / "Jack Johnson - Better Together.m4a").exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = env.run("download", str(T2), "-o", str(blocker))
+    assert result.returncode == 1 and "not a directory" in result.stderr
+
+
+@pytest.mark.parametrize("kind", ["garbage", "empty", "directory", "future"])
+def test_bad_state_file_is_reported_and_moved_aside(env, kind):
+    assert env.run("download", str(T1)).returncode == 0
+    db = env.state_dir / "downloads.db"
+    for side in ("-wal", "-shm"):
+        Path(str(db) + side).unlink(missing_ok=True)
+    if kind == "garbage":
+        db.write_bytes(b"this is not sqlite" * 100)
+    elif kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "directory":
+        db.unlink()
+        db.mkdir()
+    else:
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA user_version = 99")
+        conn.commit()
+        conn.close()
+    result = env.run("list")
+    assert result.returncode == 1
+    assert str(db) in result.stderr and "Traceback" not in result.stderr
+    aside = list(env.state_dir.glob("downloads.db.corrupt-*"))
+    if kind == "future":
+        assert "newer" in result.stderr and not aside
+        assert env.run("list").returncode == 1  # refused again, untouched
+        return
+    assert len(aside) == 1
+    assert env.run("list", "--json").returncode == 0  # starts clean
+    # the finished file survived
+    assert (env.download_dir / "Jack Johnson - Better Together.m4a").exists()
+
+
+def test_state_is_private(env):
+    assert env.run("download", str(T1)).returncode == 0
+    assert (env.state_dir.stat().st_mode & 0o777) == 0o700
+    assert ((env.state_dir / "downloads.db").stat().st_mode & 0o777) == 0o600
+
+
+def test_unknown_id_for_steering_commands_exits_2(env):
+    for cmd in ("pause", "resume", "cancel"):
+        result = env.run(cmd, "424242")
+        assert result.returncode == 2 and "no download with id 424242" in result.stderr

@@ -1,0 +1,101 @@
+"""The resume decision as a table: (status, headers, offset, known total) -> action."""
+
+import pytest
+
+from halftunes_cli.ranges import (
+    Action,
+    ContentRange,
+    decide,
+    parse_content_range,
+    parse_retry_after,
+    request_headers,
+)
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("bytes 0-9/10", ContentRange(0, 9, 10)),
+        ("bytes 100-199/*", ContentRange(100, 199, None)),
+        ("bytes */500", ContentRange(None, None, 500)),
+        ("bytes 5-4/10", None),  # end before start
+        ("bytes 0-10/10", None),  # end past total
+        ("bytes */*", None),
+        ("bytes=0-9/10", None),
+        ("items 0-9/10", None),
+        ("bytes 0-9", None),
+        ("", None),
+        (None, None),
+        ("bytes -1-9/10", None),
+    ],
+)
+def test_parse_content_range(value, expected):
+    assert parse_content_range(value) == expected
+
+
+@pytest.mark.parametrize(
+    "offset, etag, last_modified, expected",
+    [
+        (0, '"abc"', None, {"Accept-Encoding": "identity"}),
+        (100, '"abc"', "Wed, 10 Nov 2004 11:33:20 GMT",
+         {"Accept-Encoding": "identity", "Range": "bytes=100-", "If-Range": '"abc"'}),
+        (100, 'W/"weak"', "Wed, 10 Nov 2004 11:33:20 GMT",
+         {"Accept-Encoding": "identity", "Range": "bytes=100-",
+          "If-Range": "Wed, 10 Nov 2004 11:33:20 GMT"}),
+        (100, 'W/"weak"', None, {"Accept-Encoding": "identity"}),  # never append blindly
+        (100, None, None, {"Accept-Encoding": "identity"}),
+    ],
+)  # fmt: skip
+def test_request_headers(offset, etag, last_modified, expected):
+    assert request_headers(offset, etag, last_modified) == expected
+
+
+CR = "Content-Range"
+CL = "Content-Length"
+
+
+@pytest.mark.parametrize(
+    "status, headers, offset, known_total, action, total",
+    [
+        (200, {CL: "1000"}, 0, None, Action.APPEND, 1000),
+        (200, {}, 0, None, Action.APPEND, None),
+        (200, {CL: "1000"}, 400, 1000, Action.RESTART, 1000),  # range ignored / file changed
+        (206, {CR: "bytes 400-999/1000"}, 400, 1000, Action.APPEND, 1000),
+        (206, {CR: "bytes 400-999/1000"}, 400, None, Action.APPEND, 1000),
+        (206, {CR: "bytes 300-999/1000"}, 400, 1000, Action.REFETCH, None),  # wrong start
+        (206, {CR: "bytes 400-1199/1200"}, 400, 1000, Action.REFETCH, None),  # other total
+        (206, {CR: "bytes 400-499/1000"}, 400, 1000, Action.REFETCH, None),  # stops short
+        (206, {}, 400, 1000, Action.REFETCH, None),  # no Content-Range
+        (206, {CR: "garbage"}, 400, 1000, Action.REFETCH, None),
+        (206, {CR: "bytes 0-999/1000"}, 0, None, Action.APPEND, 1000),
+        (416, {CR: "bytes */1000"}, 1000, 1000, Action.COMPLETE, 1000),
+        (416, {CR: "bytes */1000"}, 1000, None, Action.COMPLETE, 1000),
+        (416, {CR: "bytes */1200"}, 1000, 1000, Action.REFETCH, None),
+        (416, {}, 1000, 1000, Action.REFETCH, None),
+        (503, {}, 400, 1000, Action.RETRY, 1000),
+        (500, {}, 400, 1000, Action.RETRY, 1000),
+        (429, {}, 400, 1000, Action.RETRY, 1000),
+        (408, {}, 0, None, Action.RETRY, None),
+        (404, {}, 400, 1000, Action.FAIL, 1000),
+        (403, {}, 0, None, Action.FAIL, None),
+        (410, {}, 0, None, Action.FAIL, None),
+    ],
+)
+def test_decide(status, headers, offset, known_total, action, total):
+    decision = decide(status, headers, offset, known_total)
+    assert decision.action is action
+    assert decision.total == total
+
+
+def test_restart_and_refetch_explain_themselves():
+    assert "restarting" in decide(200, {CL: "5"}, 3, 5).reason
+    assert "restarting" in decide(206, {CR: "bytes 1-4/5"}, 3, 5).reason
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("3", 3.0), ("0", 0.0), (None, None), ("soon", None),
+     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)  # fmt: skip
+def test_retry_after(value, expected):
+    assert parse_retry_after(value, now=1e10) == expected

@@ -1,0 +1,113 @@
+"""`halftunes search` end to end against the local catalog server."""
+
+import json
+
+import pytest
+
+
+def test_search_json_is_apples_objects(env):
+    result = env.run("search", "jack", "johnson", "--limit", "5", "--json")
+    assert result.returncode == 0, result.stderr
+    items = json.loads(result.stdout)
+    assert len(items) == 5
+    assert all(i["artistName"] == "Jack Johnson" for i in items)
+    for key in ("trackId", "trackName", "artistName", "collectionName", "previewUrl",
+                "trackTimeMillis"):  # fmt: skip
+        assert key in items[0]
+    sent = env.server.state.requests_for("/search")[-1]
+    assert sent["term"] == "jack johnson"
+    assert sent["user_agent"].startswith("halftunes/")
+
+
+def test_search_plain_lines_on_a_pipe(env):
+    result = env.run("search", "jack johnson", "--limit", "2")
+    lines = result.stdout.strip().split("\n")
+    assert len(lines) == 2
+    fields = lines[0].split("\t")
+    assert fields[0] == "1000001" and fields[2] == "Jack Johnson" and fields[4] == "5:24"
+
+
+@pytest.mark.parametrize("term", ["王菲", "🎸 Guitar", "Rock & Roll #1", "1+1=2", "Either/Or"])
+def test_unicode_and_reserved_characters_reach_the_server(env, term):
+    items = env.json("search", term)
+    assert env.server.state.requests_for("/search")[-1]["term"] == term
+    assert items, f"no result for {term!r}"
+
+
+def test_no_results_is_friendly(env):
+    result = env.run("search", "zzzz-nothing")
+    assert result.returncode == 0 and result.stdout == ""
+    assert "No songs found" in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--limit", "0"], ["--limit", "201"], ["--limit", "abc"]])
+def test_limit_out_of_range_exits_2(env, args):
+    result = env.run("search", "jack", *args)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("term", ["", "   "])
+def test_empty_term_exits_2(env, term):
+    result = env.run("search", term)
+    assert result.returncode == 2 and "empty" in result.stderr
+
+
+def test_overlong_term_exits_2(env):
+    result = env.run("search", "x" * 2000)
+    assert result.returncode == 2 and "too long" in result.stderr
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_rate_limit_exits_1_with_hint(env, status):
+    env.fault(path="/search", kind="status", status=status)
+    result = env.run("search", "jack")
+    assert result.returncode == 1
+    assert "rate limited" in result.stderr and "20 calls a minute" in result.stderr
+    # never cached: the next call goes to the server and succeeds
+    assert env.run("search", "jack").returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["malformed", "html", "wrong_shape"])
+def test_bad_api_bodies_exit_1_without_traceback(env, kind):
+    env.fault(path="/search", kind=kind)
+    result = env.run("search", "jack")
+    assert result.returncode == 1
+    assert "iTunes API" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().split("\n")) <= 2
+
+
+def test_offline_hit_and_miss(env):
+    assert env.run("search", "banana", "--json").returncode == 0
+    before = len(env.server.state.requests_for("/search"))
+    hit = env.run("search", "banana", "--offline", "--json")
+    assert hit.returncode == 0 and json.loads(hit.stdout)[0]["trackName"] == "Banana Pancakes"
+    assert len(env.server.state.requests_for("/search")) == before  # no request
+    miss = env.run("search", "pancakes", "--offline")
+    assert miss.returncode == 1 and "no cached answer" in miss.stderr
+
+
+def test_api_url_must_follow_the_plain_http_rule(env):
+    result = env.run("search", "jack", env={"HALFTUNES_API_URL": "http://example.com"})
+    assert result.returncode == 2
+    assert "App Transport Security" in result.stderr
+
+
+def test_ephemeral_search_leaves_no_state(env):
+    result = env.run("--session", "ephemeral", "search", "jack", "--json")
+    assert result.returncode == 0
+    assert not env.state_dir.exists()
+
+
+def test_server_down_exits_1(env):
+    result = env.run("search", "jack", env={"HALFTUNES_API_URL": "http://127.0.0.1:9",
+                                            "HALFTUNES_RETRIES": "0"})  # fmt: skip
+    assert result.returncode == 1 and "could not connect" in result.stderr
+
+
+def test_help_and_version(env):
+    assert env.run("--version").stdout.startswith("halftunes ")
+    for cmd in ("search", "download", "pause", "resume", "cancel", "list", "wait", "upload",
+                "play"):  # fmt: skip
+        result = env.run(cmd, "--help")
+        assert result.returncode == 0 and "Example" in result.stdout, cmd
