@@ -1,0 +1,235 @@
+"""The background session: a real detached worker process, steered from other processes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import HALFTUNES, sha256_file
+
+from halftunes_cli.store import is_lock_held
+
+MB = 1_000_000
+
+
+def jack_ids(env, n):
+    return [str(t) for t in sorted(env.server.state.tracks)[:n]]
+
+
+def worker_alive(env) -> bool:
+    return is_lock_held(env.state_dir / "worker.lock")
+
+
+def stop_worker(env, sig=signal.SIGKILL) -> None:
+    """Signal the worker and reap it (it is our child: tests are a subreaper)."""
+    pid = env.worker_pid()
+    assert pid is not None
+    os.kill(pid, sig)
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    env.wait_for(lambda: not worker_alive(env), what="worker lock released")
+
+
+def bytes_so_far(env, rid) -> int:
+    row = env.state_record(rid)
+    try:
+        return os.path.getsize(row["part_path"]) if row else 0
+    except OSError:
+        return 0
+
+
+def test_twenty_previews_in_the_background(env):
+    ids = [str(t["trackId"]) for t in env.json("search", "artist", "--limit", "40")
+           if "previewUrl" in t][:20]  # fmt: skip
+    assert len(ids) == 20
+    began = time.monotonic()
+    result = env.run("download", "-b", *ids)
+    elapsed = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ids
+    assert elapsed < 1.0, f"download -b took {elapsed:.2f}s"
+    waited = env.run("wait", "--timeout", "60")
+    assert waited.returncode == 0, waited.stderr
+    records = env.records()
+    for rid in ids:
+        assert records[rid]["status"] == "completed"
+        assert sha256_file(records[rid]["path"]) == env.expected_sha(int(rid))
+    env.wait_for(lambda: not worker_alive(env), what="idle worker exits")
+    assert "worker exiting" in (env.state_dir / "worker.log").read_text()
+
+
+def test_worker_outlives_the_shell_that_started_it(env):
+    env.track(1000001, size=2 * MB)
+    env.server.state.throttle_bps = 2 * MB
+    shell = subprocess.run(["sh", "-c", f'"{HALFTUNES}" download -b 1000001; exit 0'],
+                           env=env.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert shell.returncode == 0, shell.stderr
+    assert worker_alive(env)
+    waited = env.run("wait", "1000001", "--timeout", "30")
+    assert waited.returncode == 0, waited.stderr
+    assert sha256_file(env.record(1000001)["path"]) == env.expected_sha(1000001)
+
+
+def test_ten_racing_commands_start_exactly_one_worker(env):
+    ids = jack_ids(env, 10)
+    for rid in ids:
+        env.track(int(rid), size=500_000)
+    env.server.state.throttle_bps = 1 * MB
+    procs = [env.spawn("download", "-b", rid) for rid in ids]
+    for p in procs:
+        p.communicate(timeout=30)
+        assert p.returncode == 0
+    assert env.run("wait", "--timeout", "60").returncode == 0
+    log = (env.state_dir / "worker.log").read_text()
+    starts = [line for line in log.splitlines() if line.endswith("worker started")]
+    assert len(starts) == 1, log
+
+
+def test_pause_one_background_transfer_leaves_the_others_running(env):
+    ids = jack_ids(env, 3)
+    for rid in ids:
+        env.track(int(rid), size=3 * MB)
+    env.server.state.throttle_bps = 1 * MB
+    assert env.run("download", "-b", *ids).returncode == 0
+    env.wait_for(lambda: all(bytes_so_far(env, r) > 100_000 for r in ids))
+    target, others = ids[0], ids[1:]
+    began = time.time()
+    result = env.run("pause", target)
+    assert result.returncode == 0, result.stderr
+    entry = env.preview_requests(int(target))[0]
+    env.wait_for(lambda: entry["ended"] is not None, timeout=5)
+    assert entry["ended"] - began < 1.0
+    assert env.record(target)["status"] == "paused"
+    for rid in others:
+        assert env.preview_requests(int(rid))[0]["ended"] is None  # still flowing
+        assert env.record(rid)["status"] == "running"
+    paused_at = env.record(target)["bytes_received"]
+    assert paused_at == bytes_so_far(env, target)
+    env.server.state.throttle_bps = None
+    assert env.run("resume", "-b", target).returncode == 0
+    assert env.run("wait", "--timeout", "60").returncode == 0
+    assert env.preview_requests(int(target))[-1]["range"] == f"bytes={paused_at}-"
+    for rid in ids:
+        assert sha256_file(env.record(rid)["path"]) == env.expected_sha(int(rid))
+
+
+def test_kill_9_of_the_worker_then_resume_all(env):
+    ids = jack_ids(env, 3)
+    size = 3 * MB
+    bps = 1 * MB
+    for rid in ids:
+        env.track(int(rid), size=size)
+    env.server.state.throttle_bps = bps
+    assert env.run("download", "-b", *ids).returncode == 0
+    env.wait_for(lambda: all(bytes_so_far(env, r) > 300_000 for r in ids))
+    stop_worker(env, signal.SIGKILL)
+    records = env.records()  # any command notices the dead owner
+    for rid in ids:
+        assert records[rid]["status"] == "paused"
+        assert "background worker" in records[rid]["error"]
+        assert records[rid]["bytes_received"] == bytes_so_far(env, rid)
+    env.server.state.throttle_bps = None
+    assert env.run("resume", "--all", "-b").returncode == 0
+    assert env.run("wait", "--timeout", "60").returncode == 0
+    for rid in ids:
+        assert sha256_file(env.record(rid)["path"]) == env.expected_sha(int(rid))
+        served = sum(r["bytes_sent"] for r in env.preview_requests(int(rid)))
+        assert served - size <= bps  # at most one checkpoint interval fetched twice
+
+
+def test_sigterm_pauses_everything_and_exits(env):
+    ids = jack_ids(env, 2)
+    for rid in ids:
+        env.track(int(rid), size=3 * MB)
+    env.server.state.throttle_bps = 1 * MB
+    assert env.run("download", "-b", *ids).returncode == 0
+    env.wait_for(lambda: all(bytes_so_far(env, r) > 100_000 for r in ids))
+    stop_worker(env, signal.SIGTERM)
+    for rid in ids:
+        row = env.state_record(rid)
+        assert row["status"] == "paused" and row["error"] is None
+        assert row["bytes_received"] == bytes_so_far(env, rid)
+
+
+def test_wait_timeout_exits_124_and_failures_exit_1(env):
+    env.track(1000001, size=3 * MB)
+    env.server.state.throttle_bps = 500_000
+    assert env.run("download", "-b", "1000001").returncode == 0
+    result = env.run("wait", "--timeout", "0.3")
+    assert result.returncode == 124
+    assert env.run("cancel", "1000001").returncode == 0
+    env.server.state.throttle_bps = None
+    env.fault(path="/previews/1000002/", kind="status", status=404)
+    assert env.run("download", "-b", "1000002").returncode == 0
+    result = env.run("wait", "1000002", "--timeout", "30")
+    assert result.returncode == 1 and "HTTP 404" in result.stderr
+
+
+def test_finished_transfers_are_announced_once_on_a_terminal(env):
+    assert env.run("download", "-b", "1000001").returncode == 0
+    assert env.run("wait", "--timeout", "30").returncode == 0
+    piped = env.run("list")
+    assert "background download" not in piped.stderr  # not a terminal: keep it for later
+
+    def run_with_tty_stderr() -> tuple[str, str]:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([HALFTUNES, "list", "--json"], stdout=subprocess.PIPE,
+                                stderr=slave, env=env.env, text=True)  # fmt: skip
+        os.close(slave)
+        out, _ = proc.communicate(timeout=30)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:
+                break
+            if not data:
+                break
+            chunks.append(data)
+        os.close(master)
+        return out, b"".join(chunks).decode()
+
+    out, err = run_with_tty_stderr()
+    assert "1 background download finished" in err and "Better Together" in err
+    assert "background download" not in out  # never on stdout
+    _, err = run_with_tty_stderr()
+    assert "finished" not in err  # once
+
+
+def test_worker_log_is_rotated(env):
+    env.state_dir.mkdir(mode=0o700)
+    (env.state_dir / "worker.log").write_bytes(b"x" * (2 << 20))
+    assert env.run("download", "-b", "1000001").returncode == 0
+    assert env.run("wait", "--timeout", "30").returncode == 0
+    assert (env.state_dir / "worker.log.1").stat().st_size == 2 << 20
+    assert (env.state_dir / "worker.log").stat().st_size < 100_000
+
+
+def test_library_background_session_reattaches(env):
+    code = f"""
+import sys
+from halftunes_cli import Session, SessionConfiguration
+cfg = SessionConfiguration.background("my-app", state_dir=sys.argv[1], download_dir=sys.argv[2])
+session = Session(cfg)
+task = session.download_task({env.server.url + "/files/a.bin?size=200000&seed=5"!r})
+task.resume()
+again = Session(SessionConfiguration.background("my-app", state_dir=sys.argv[1]))
+tasks = again.all_tasks()
+assert [t.record_id for t in tasks] == [task.record_id], tasks
+assert tasks[0].wait(30)
+print(tasks[0].state, tasks[0].record["path"])
+"""
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code, str(env.state_dir),
+                             str(env.download_dir)], capture_output=True, text=True,
+                            env=env.env, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    status, path = result.stdout.split(maxsplit=1)
+    assert status == "completed" and Path(path.strip()).stat().st_size == 200000
