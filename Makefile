@@ -18,15 +18,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff format --check halftunes_cli tests bench
-	$(BIN)/ruff check halftunes_cli tests bench
+	$(BIN)/ruff format --check halftunes_cli tests bench scripts
+	$(BIN)/ruff check halftunes_cli tests bench scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format halftunes_cli tests bench
-	$(BIN)/ruff check --fix halftunes_cli tests bench
+	$(BIN)/ruff format halftunes_cli tests bench scripts
+	$(BIN)/ruff check --fix halftunes_cli tests bench scripts
 
 demo: $(STAMP)
-	$(BIN)/python bench/demo.py
+	$(BIN)/python scripts/demo.py
 
 chaos: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py --chaos-rounds=200

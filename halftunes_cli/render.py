@@ -155,7 +155,8 @@ class ProgressDelegate:
             bar = tqdm(total=task.bytes_total, initial=task.bytes_received - 0, unit="B",
                        unit_scale=True, unit_divisor=1024, position=self._position, leave=True,
                        desc=_printable(title)[:32].ljust(32), file=sys.stderr,
-                       bar_format="{desc} {postfix}", dynamic_ncols=True)  # fmt: skip
+                       bar_format="{desc} {bar:20} {postfix[0]}", postfix=[""],
+                       dynamic_ncols=True)  # fmt: skip
             self._position += 1
             bar.start_bytes = task.bytes_received
             bar.start_time = time.monotonic()
@@ -182,7 +183,14 @@ class ProgressDelegate:
                         f"ETA {duration(left)}")  # fmt: skip
             else:
                 text = f"{human_bytes(total_written)}  {human_bytes(speed)}/s"
-            bar.set_postfix_str(text, refresh=True)
+            self._show(bar, text, total_written, total_expected)
+
+    @staticmethod
+    def _show(bar, text: str, done: int | None, total: int | None) -> None:
+        bar.total = total
+        bar.n = done or 0
+        bar.postfix[0] = text
+        bar.refresh()
 
     def on_note(self, task, message) -> None:
         with self._lock:
@@ -199,10 +207,19 @@ class ProgressDelegate:
             if bar is not None:
                 state = task.state.value
                 if state == "completed":
-                    bar.set_postfix_str(f"done, {human_bytes(task.bytes_total)}", refresh=True)
+                    self._show(
+                        bar,
+                        f"done, {human_bytes(task.bytes_total)}",
+                        task.bytes_total,
+                        task.bytes_total,
+                    )
                 else:
-                    bar.set_postfix_str(f"{state} at {human_bytes(task.bytes_received)}",
-                                        refresh=True)  # fmt: skip
+                    self._show(
+                        bar,
+                        f"{state} at {human_bytes(task.bytes_received)}",
+                        task.bytes_received,
+                        task.bytes_total,
+                    )
 
     def close(self) -> None:
         with self._lock:

@@ -324,7 +324,7 @@ class Store:
         row = {
             "bytes_received": 0, "bytes_total": None, "etag": None, "last_modified": None,
             "error": None, "owner": None, "owner_pid": None, "session": "default",
-            "session_id": None, "title": None, "boot_id": None, "request": None, "announced": 1,
+            "session_id": None, "title": None, "request": None, "announced": 1,
             "boot_id": self._boot, **record, "seq": seq, "created": now, "updated": now,
             "path_key": str(record["path"]).casefold(),
         }  # fmt: skip
