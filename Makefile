@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py --chaos-rounds=200
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py --chaos-rounds=216 --storm-seconds=60 -s
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

@@ -135,7 +135,10 @@ def decide(
     if status == 416:
         cr = parse_content_range(_header(headers, "Content-Range"))
         total = cr.total if cr is not None else None
-        if total is not None and offset == total and (known_total in (None, total)):
+        # If-Range guarantees the server compared validators first (a mismatch yields a 200),
+        # so a 416 whose total equals our offset says the partial is the whole file, even if
+        # an earlier answer announced a different length (a short body or a lie).
+        if total is not None and offset == total:
             return Decision(Action.COMPLETE, total, "")
         return Decision(Action.REFETCH, None, "range not satisfiable: restarting from 0")
     if status in RETRYABLE_STATUSES:

@@ -21,7 +21,8 @@ HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--chaos-rounds", type=int, default=12, help="rounds for test_chaos")
+    parser.addoption("--chaos-rounds", type=int, default=18, help="rounds for test_chaos")
+    parser.addoption("--storm-seconds", type=int, default=15, help="length of the storm")
 
 
 def _become_subreaper() -> None:

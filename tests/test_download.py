@@ -163,22 +163,34 @@ def test_short_body_is_never_completed_but_retried(env):
     result = env.run("download", str(T1))
     assert result.returncode == 0, result.stderr
     assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
-    # all bytes arrived but fewer than announced: ask for the rest (416), then start over
-    assert [r["status"] for r in env.preview_requests(T1)] == [200, 416, 200]
+    # all bytes arrived but fewer than announced: asking for the rest says there is no more
+    assert [r["status"] for r in env.preview_requests(T1)] == [200, 416]
 
 
-def test_permanent_short_body_fails_and_keeps_the_partial(env):
+def test_length_lie_is_never_completed_early(env):
     env.track(T1, size=MB)
-    env.fault(path=f"/previews/{T1}/", kind="lie_length", times=-1)
-    result = env.run("download", str(T1), env={"HALFTUNES_RETRIES": "2"})
-    assert result.returncode == 1
+    env.fault(path=f"/previews/{T1}/", kind="lie_length")
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    assert [r["status"] for r in env.preview_requests(T1)] == [200, 416]
+
+
+def test_4xx_after_a_drop_fails_and_keeps_the_partial(env):
+    env.track(T1, size=MB)
+    env.fault(path=f"/previews/{T1}/", kind="drop", after=400_000)
+    env.fault(path=f"/previews/{T1}/", kind="status", status=403, times=-1)
+    result = env.run("download", str(T1))
+    assert result.returncode == 1 and "HTTP 403" in result.stderr
     rec = env.record(T1)
-    assert rec["status"] == "failed" and rec["error"]
+    assert rec["status"] == "failed" and "403" in rec["error"]
+    assert rec["bytes_received"] == part_size(env, T1) == 400_000
     assert not Path(rec["path"]).exists()
     env.server.state.faults.clear()
     result = env.run("resume", str(T1))
     assert result.returncode == 0, result.stderr
     assert sha256_file(rec["path"]) == env.expected_sha(T1)
+    assert env.preview_requests(T1)[-1]["range"] == "bytes=400000-"
 
 
 def test_stalled_server_times_out_and_retries(env):

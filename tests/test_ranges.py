@@ -71,6 +71,7 @@ CL = "Content-Length"
         (416, {CR: "bytes */1000"}, 1000, 1000, Action.COMPLETE, 1000),
         (416, {CR: "bytes */1000"}, 1000, None, Action.COMPLETE, 1000),
         (416, {CR: "bytes */1200"}, 1000, 1000, Action.REFETCH, None),
+        (416, {CR: "bytes */1000"}, 1000, 10**10, Action.COMPLETE, 1000),  # after a length lie
         (416, {}, 1000, 1000, Action.REFETCH, None),
         (503, {}, 400, 1000, Action.RETRY, 1000),
         (500, {}, 400, 1000, Action.RETRY, 1000),
