@@ -84,7 +84,9 @@ _HOSTILE = [
 ]  # fmt: skip
 
 
-def build_tracks(base_url: str, count: int = 300) -> dict[int, dict]:
+def build_tracks(
+    base_url: str, count: int = 300, preview_base: str | None = None
+) -> dict[int, dict]:
     tracks: dict[int, dict] = {}
     rng = random.Random(1234)
     track_id = 1_000_000
@@ -110,7 +112,7 @@ def build_tracks(base_url: str, count: int = 300) -> dict[int, dict]:
             "artworkUrl100": f"{base_url}/art/{track_id}.jpg",
         }
         if preview is not None:
-            t["previewUrl"] = f"{base_url}/previews/{track_id}/{preview}"
+            t["previewUrl"] = f"{preview_base or base_url}/previews/{track_id}/{preview}"
         tracks[track_id] = t
 
     for artist, (album, songs) in _ARTISTS.items():
@@ -132,9 +134,10 @@ def build_tracks(base_url: str, count: int = 300) -> dict[int, dict]:
 class CatalogState:
     """Everything the server knows; tests reach it directly when the server runs in-process."""
 
-    def __init__(self, base_url: str, preview_size: int | None = None, count: int = 300):
+    def __init__(self, base_url: str, preview_size: int | None = None, count: int = 300,
+                 preview_base: str | None = None):  # fmt: skip
         self.base_url = base_url
-        self.tracks = build_tracks(base_url, count)
+        self.tracks = build_tracks(base_url, count, preview_base)
         self.preview_size = preview_size
         self.sizes: dict[int, int] = {}
         self.versions: dict[int, int] = {}
@@ -529,15 +532,27 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(entry, 200, {"ok": True}, "application/json")
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        # Clients that hang up mid-request are part of the job (pause, kill -9): no noise.
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
+
 class CatalogServer:
     """The server on 127.0.0.1; `start()` runs it in a thread, `url` is its base URL."""
 
-    def __init__(self, port: int = 0, preview_size: int | None = None, count: int = 300):
+    def __init__(self, port: int = 0, preview_size: int | None = None, count: int = 300,
+                 preview_base: str | None = None):  # fmt: skip
         handler = type("Handler", (_Handler,), {})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd = _QuietServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.state = CatalogState(self.url, preview_size, count)
+        self.state = CatalogState(self.url, preview_size, count, preview_base)
         handler.state = self.state
         self._thread: threading.Thread | None = None
 
@@ -557,14 +572,47 @@ class CatalogServer:
         self.stop()
 
 
+def write_previews(state: CatalogState, root: str) -> None:
+    """Write every preview as a static file, byte-identical to what the server sends."""
+    from pathlib import Path
+
+    for track_id, track in state.tracks.items():
+        url = track.get("previewUrl")
+        if not url:
+            continue
+        name = unquote(urlsplit(url).path).rsplit("/", 1)[-1]
+        folder = Path(root) / "previews" / str(track_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        size = state.size_of(track_id)
+        with open(folder / name, "wb") as f:
+            for start in range(0, size, 4 << 20):
+                f.write(body_slice(state.seed_of(track_id), start, min(size, start + (4 << 20))))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m halftunes_cli.catalog", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--preview-size", type=int, default=None, help="bytes per preview")
     parser.add_argument("--throttle", type=int, default=None, help="bytes per second per request")
+    parser.add_argument("--count", type=int, default=300, help="tracks in the catalog")
+    parser.add_argument(
+        "--preview-base",
+        default=None,
+        help="base URL for previewUrl (e.g. a static server with the same files)",
+    )
+    parser.add_argument(
+        "--write-previews",
+        metavar="DIR",
+        default=None,
+        help="write every preview under DIR/previews/<id>/ and exit",
+    )
     args = parser.parse_args(argv)
-    server = CatalogServer(args.port, args.preview_size)
+    server = CatalogServer(args.port, args.preview_size, args.count, args.preview_base)
+    if args.write_previews:
+        write_previews(server.state, args.write_previews)
+        server.httpd.server_close()
+        return
     server.state.throttle_bps = args.throttle
     print(server.url, flush=True)
     try:

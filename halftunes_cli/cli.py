@@ -121,6 +121,22 @@ def _open_store(config):
     return store
 
 
+def _complete_ids(incomplete: str) -> list[str]:
+    """Shell completion of download ids from the state file (read only, never fails)."""
+    try:
+        from .config import load_configuration
+        from .store import Store
+
+        config = load_configuration({})
+        path = Path(config.state_dir) / "downloads.db"
+        if not path.exists():
+            return []
+        rows = Store(Path(config.state_dir)).query("SELECT id, title FROM downloads ORDER BY seq")
+        return [r["id"] for r in rows if r["id"].startswith(incomplete)]
+    except Exception:  # noqa: BLE001 - completion must never print a traceback
+        return []
+
+
 def _version(value: bool) -> None:
     if value:
         print(f"halftunes {__version__}")
@@ -175,7 +191,10 @@ def main_callback(
 # -- search ----------------------------------------------------------------------------------
 @app.command()
 def search(
-    term: Annotated[list[str], typer.Argument(help="Words to search for.", show_default=False)],
+    term: Annotated[
+        list[str],
+        typer.Argument(help="Words to search for.", show_default=False, metavar="TERM"),
+    ],
     limit: Annotated[int | None, typer.Option("--limit", help="1 to 200 results.")] = None,
     country: Annotated[str | None, typer.Option("--country", help="Store country code.")] = None,
     json_out: Annotated[
@@ -505,7 +524,7 @@ def _resume_entries(items, resume_all, store, batch):
 @app.command()
 def download(
     items: Annotated[list[str], typer.Argument(help="Track ids or URLs; - reads ids from stdin.",
-                                               show_default=False, metavar="ID_OR_URL...")],
+                                               show_default=False, metavar="ID_OR_URL")],
     background: Annotated[bool, typer.Option("-b", "--background",
                           help="Hand the transfers to the background worker.")] = False,
     output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir",
@@ -528,7 +547,10 @@ def download(
 
 @app.command()
 def resume(
-    ids: Annotated[list[str] | None, typer.Argument(help="Download ids.", show_default=False)] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Download ids.", show_default=False, autocompletion=_complete_ids),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every paused or failed download.")] = False,
     background: Annotated[bool, typer.Option("-b", "--background",
                           help="Continue in the background worker.")] = False,
@@ -550,7 +572,7 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
     import contextlib
 
     from . import render
-    from .errors import UnknownIdError, UsageError
+    from .errors import HalftunesError, UnknownIdError, UsageError
     from .manager import wait_until_stopped
     from .store import public_record
 
@@ -594,7 +616,8 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
         for rid in waiting:
             row = wait_until_stopped(store, rid, timeout=30)
             if row is not None and row["status"] == "running":
-                batch.error(UsageError.__mro__[1](f"{rid}: its owner did not stop within 30 s"))
+                batch.error(HalftunesError(f"{rid}: its owner did not stop within 30 s",
+                                           "try again, or check `halftunes list`"))  # fmt: skip
             elif action == "cancel" and row is not None:
                 with store.transaction() as conn:
                     with contextlib.suppress(OSError):
@@ -621,7 +644,10 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
 
 @app.command()
 def pause(
-    ids: Annotated[list[str] | None, typer.Argument(help="Download ids.", show_default=False)] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Download ids.", show_default=False, autocompletion=_complete_ids),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every queued or running download.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:  # fmt: skip
@@ -638,7 +664,10 @@ def pause(
 
 @app.command()
 def cancel(
-    ids: Annotated[list[str] | None, typer.Argument(help="Download ids.", show_default=False)] = None,
+    ids: Annotated[
+        list[str] | None,
+        typer.Argument(help="Download ids.", show_default=False, autocompletion=_complete_ids),
+    ] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every download record.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the records as JSON.")] = False,
 ) -> None:  # fmt: skip
@@ -760,6 +789,11 @@ def wait(
     finally:
         if bars is not None:
             bars.close()
+    if sys.stderr.isatty():
+        # The user watched these finish: nothing left to announce later.
+        with store.transaction() as conn:
+            for r in rows:
+                conn.execute("UPDATE downloads SET announced = 1 WHERE id = ?", (r["id"],))
     if json_out:
         render.print_json([public_record(r) for r in rows])
     bad = [r for r in rows if r["status"] != "completed"]
@@ -852,7 +886,12 @@ def upload(
 # -- play / config ---------------------------------------------------------------------------
 @app.command()
 def play(
-    id_: Annotated[str, typer.Argument(metavar="ID", help="A completed download's id.")],
+    id_: Annotated[
+        str,
+        typer.Argument(
+            metavar="ID", help="A completed download's id.", autocompletion=_complete_ids
+        ),
+    ],
 ) -> None:
     """Play a finished download with the first player found (ffplay, mpv, afplay, xdg-open).
 

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from conftest import HALFTUNES, Env, reap_children, sha256_file
 
 from halftunes_cli.store import is_lock_held
@@ -84,7 +85,7 @@ class Round:
             self.interrupt(proc)
         if proc is not None:
             proc.communicate(timeout=60)
-        for attempt in range(6):
+        for _attempt in range(6):
             row = env.state_record(self.rid)
             if row is not None and row["status"] == "completed":
                 break
@@ -148,6 +149,7 @@ class Round:
         return {"kind": self.kind, "mode": self.mode, "over": over, "failures": failures}
 
 
+@pytest.mark.timeout(1800)
 def test_chaos_rounds(request, tmp_path, server):
     rounds = request.config.getoption("--chaos-rounds")
     server.state.throttle_bps = THROTTLE
@@ -201,6 +203,7 @@ def summarize(results: list[dict], elapsed: float) -> str:
 # -- the concurrency storm ---------------------------------------------------------------------
 
 
+@pytest.mark.timeout(600)
 def test_concurrency_storm(request, env):
     seconds = request.config.getoption("--storm-seconds")
     ids = [str(t) for t in sorted(env.server.state.tracks)[:6]]

@@ -1,0 +1,576 @@
+"""`make bench`: halftunes side by side with curl, wget, aria2c and plain requests, on loopback.
+
+Writes bench/RESULTS.md and bench/results.json. Every scenario alternates the tools, takes a
+warm-up run and then the median of RUNS runs (min-max shown). Whole-process wall time, CPU
+(user+sys) and peak RSS come from GNU time around each command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+GIB = 1 << 30
+MIB = 1 << 20
+WORK = Path(os.environ.get("BENCH_WORK", tempfile.mkdtemp(prefix="halftunes-bench-")))
+TIME = shutil.which("time") or "/usr/bin/time"
+
+results: dict = {"runs": RUNS, "scenarios": {}, "skipped": []}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- tools ---------------------------------------------------------------------------------------
+def ensure_tools() -> dict[str, bool]:
+    want = {"curl": "curl", "wget": "wget", "aria2c": "aria2", "nginx": "nginx-light",
+            TIME: "time"}  # fmt: skip
+    missing = [pkg for exe, pkg in want.items() if not shutil.which(exe) and not Path(exe).exists()]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
+        log(f"installing {' '.join(missing)} with apt-get")
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], capture_output=True,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    have = {exe: bool(shutil.which(exe)) or Path(exe).exists() for exe in want}
+    for exe, ok in have.items():
+        if not ok:
+            results["skipped"].append(f"{exe} not available: its rows are skipped")
+    return have
+
+
+def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Run cmd under GNU time: wall, user+sys CPU, peak RSS (KiB) of the whole process."""
+    fmt = "%e %U %S %M"
+    out = WORK / "time.out"
+    began = time.perf_counter()
+    proc = subprocess.run([TIME, "-f", fmt, "-o", str(out), *cmd], env=env, cwd=cwd,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    wall = time.perf_counter() - began
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {proc.stderr[-400:]!r}")
+    e, u, s, m = out.read_text().strip().splitlines()[-1].split()
+    return {"wall": wall, "cpu": float(u) + float(s), "rss_mib": int(m) / 1024}
+
+
+def summarize(samples: list[dict], nbytes: int | None = None) -> dict:
+    out = {}
+    for key in ("wall", "cpu", "rss_mib"):
+        vals = [s[key] for s in samples]
+        out[key] = {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+    if nbytes:
+        out["mib_per_s"] = nbytes / MIB / out["wall"]["median"]
+    out["samples"] = samples
+    return out
+
+
+# -- servers -------------------------------------------------------------------------------------
+class Servers:
+    def __init__(self, have_nginx: bool, preview_size: int, count: int):
+        self.static = WORK / "static"
+        self.nginx = None
+        self.static_url = None
+        if have_nginx:
+            self._start_nginx()
+        args = [sys.executable, "-m", "halftunes_cli.catalog", "--port", "0",
+                "--preview-size", str(preview_size), "--count", str(count)]  # fmt: skip
+        if self.static_url:
+            subprocess.run([*args, "--preview-base", self.static_url, "--write-previews",
+                            str(self.static)], check=True)  # fmt: skip
+            args += ["--preview-base", self.static_url]
+        self.catalog = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.api = self.catalog.stdout.readline().strip()
+        self.files = self.static_url or self.api
+
+    def _start_nginx(self) -> None:
+        import socket
+
+        self.static.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        conf = WORK / "nginx.conf"
+        conf.write_text(f"""
+worker_processes 1; daemon off; pid {WORK}/nginx.pid; error_log {WORK}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
+  server {{ listen 127.0.0.1:{port}; root {self.static}; etag on;
+    location / {{ types {{ }} default_type application/octet-stream; }} }} }}
+""")
+        self.nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(WORK)],
+                                      stderr=subprocess.DEVNULL)  # fmt: skip
+        self.static_url = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(self.static_url + "/", timeout=1)
+            except urllib.error.HTTPError:
+                return
+            except OSError:
+                time.sleep(0.05)
+                continue
+            return
+
+    def stop(self) -> None:
+        self.catalog.terminate()
+        self.catalog.wait()
+        if self.nginx is not None:
+            self.nginx.terminate()
+            self.nginx.wait()
+
+
+def make_big_file(servers: Servers, name: str, size: int) -> str:
+    if servers.static_url:
+        path = servers.static / name
+        if not path.exists() or path.stat().st_size != size:
+            from halftunes_cli.catalog import body_slice
+
+            with open(path, "wb") as f:
+                for start in range(0, size, 16 * MIB):
+                    f.write(body_slice(11, start, min(size, start + 16 * MIB)))
+        return f"{servers.static_url}/{name}"
+    return f"{servers.api}/files/{name}?size={size}&seed=11"
+
+
+def ht_env(state: Path, downloads: Path, api: str) -> dict:
+    return {**os.environ, "HALFTUNES_API_URL": api, "HALFTUNES_STATE_DIR": str(state),
+            "HALFTUNES_DOWNLOAD_DIR": str(downloads)}  # fmt: skip
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+REQUESTS_BASELINE = """
+import sys, requests
+url, out = sys.argv[1], sys.argv[2]
+with requests.get(url, stream=True, timeout=60) as r:
+    r.raise_for_status()
+    with open(out, "wb") as f:
+        for chunk in r.iter_content(1 << 20):
+            f.write(chunk)
+"""
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+def s1_large(servers: Servers, have: dict, size: int = GIB) -> None:
+    url = make_big_file(servers, "big.bin", size)
+    out = WORK / "s1"
+    baseline = WORK / "baseline.py"
+    baseline.write_text(REQUESTS_BASELINE)
+    tools = {"halftunes": lambda d: [HALFTUNES, "--session", "ephemeral", "-q", "download",
+                                     url, "-o", str(d)],
+             "requests": lambda d: [sys.executable, str(baseline), url, str(d / "big.bin")]}  # fmt: skip
+    if have["curl"]:
+        tools["curl"] = lambda d: ["curl", "-sS", "-o", str(d / "big.bin"), url]
+    if have["wget"]:
+        tools["wget"] = lambda d: ["wget", "-q", "-O", str(d / "big.bin"), url]
+    if have["aria2c"]:
+        tools["aria2c -x1"] = lambda d: ["aria2c", "-q", "-x1", "--allow-overwrite=true",
+                                         "--file-allocation=none", "-d", str(d), "-o", "big.bin", url]  # fmt: skip
+    samples = alternate(tools, out, lambda d: (d / "big.bin").stat().st_size == size,
+                        settle=2.0)  # fmt: skip
+    results["scenarios"]["S1 one 1 GiB file"] = {k: summarize(v, size) for k, v in samples.items()}
+
+
+def alternate(tools: dict, out: Path, check, settle: float = 0.0) -> dict:
+    samples: dict[str, list] = {k: [] for k in tools}
+    for run in range(RUNS + 1):  # run 0 is the warm-up
+        for name, build in tools.items():
+            d = fresh(out)
+            sample = measure(build(d))
+            if not check(d):
+                raise RuntimeError(f"{name} produced a wrong result")
+            if run > 0:
+                samples[name].append(sample)
+            shutil.rmtree(d, ignore_errors=True)
+            if settle:
+                time.sleep(settle)  # freed pages go back to the host; every tool pays the same
+        log(
+            f"  run {run}: "
+            + ", ".join(f"{k} {v[-1]['wall']:.2f}s" for k, v in samples.items() if v)
+        )
+    return samples
+
+
+def cached_ids(servers: Servers, state: Path, n: int) -> tuple[list[str], list[str]]:
+    """n track ids with previews; halftunes' track cache in `state` is warmed with them."""
+    items: list[dict] = []
+    first = 1_000_001
+    while len(items) < n:
+        ids = ",".join(str(i) for i in range(first, first + 150))
+        first += 150
+        got = json.loads(urllib.request.urlopen(f"{servers.api}/lookup?id={ids}").read())
+        if not got["results"]:
+            break
+        items += [i for i in got["results"] if i.get("previewUrl")]
+    items = items[:n]
+    ids = [str(i["trackId"]) for i in items]
+    env = ht_env(state, WORK / "warm", servers.api)
+    for start in range(0, len(ids), 150):  # lookups go into the cache, not on the clock
+        subprocess.run([HALFTUNES, "download", "--json", *ids[start : start + 150], "-o",
+                        str(WORK / "warm")], env=env, capture_output=True)  # fmt: skip
+    with sqlite3.connect(state / "downloads.db") as c:
+        c.execute("DELETE FROM downloads")
+    shutil.rmtree(WORK / "warm", ignore_errors=True)
+    return ids, [i["previewUrl"] for i in items]
+
+
+def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
+    state = fresh(WORK / "s2-state")
+    ids, urls = cached_ids(servers, state, n)
+    assert len(ids) == n, len(ids)
+    listing = WORK / "s2-urls.txt"
+    listing.write_text("\n".join(urls) + "\n")
+    out = WORK / "s2"
+    aria_list = WORK / "s2-aria.txt"
+    aria_list.write_text("".join(f"{u}\n  out=p{i}.m4a\n" for i, u in enumerate(urls)))
+
+    def halftunes(d):
+        db = state / "downloads.db"
+        with sqlite3.connect(db) as c:  # keep the cached tracks, forget the downloads
+            c.execute("DELETE FROM downloads")
+        return [HALFTUNES, "-q", "download", *ids, "-o", str(d)]
+
+    tools = {"halftunes": halftunes}
+    env = ht_env(state, out, servers.api)
+    if have["curl"]:
+        tools["xargs -P 6 curl"] = lambda d: ["sh", "-c", f"cd {d} && awk '{{print NR\" \"$0}}' "
+                                              f"{listing} | xargs -P 6 -n 2 sh -c 'curl -sS -o p$0.m4a $1'"]  # fmt: skip
+    if have["wget"]:
+        tools["wget -i"] = lambda d: ["wget", "-q", "-i", str(listing), "-P", str(d), "-nd",
+                                      "--no-clobber"]  # fmt: skip
+    if have["aria2c"]:
+        tools["aria2c -j 6 -i"] = lambda d: ["aria2c", "-q", "-j", "6", "-i", str(aria_list),
+                                             "-d", str(d), "--file-allocation=none"]  # fmt: skip
+
+    def check(d: Path) -> bool:
+        files = [p for p in d.rglob("*") if p.is_file() and not p.name.endswith(".part")]
+        return len(files) == n
+
+    samples: dict[str, list] = {k: [] for k in tools}
+    for run in range(RUNS + 1):
+        for name, build in tools.items():
+            d = fresh(out)
+            cmd = build(d)
+            sample = measure(cmd, env=env if name == "halftunes" else None)
+            if not check(d):
+                raise RuntimeError(f"S2 {name} did not fetch {n} files")
+            if run > 0:
+                samples[name].append(sample)
+        log(
+            f"  run {run}: "
+            + ", ".join(f"{k} {v[-1]['wall']:.2f}s" for k, v in samples.items() if v)
+        )
+    results["scenarios"]["S2 200 previews of 1 MiB"] = {
+        k: summarize(v, n * MIB) for k, v in samples.items()
+    }
+
+
+def s3_scaling(servers_small: Servers) -> None:
+    state = fresh(WORK / "s3-state")
+    ids, _ = cached_ids(servers_small, state, 1000)
+    per_file = {}
+    for n in (10, 100, 1000):
+        if len(ids) < n:
+            results["skipped"].append(f"S3 batch of {n}: catalog has only {len(ids)} previews")
+            continue
+        walls = []
+        for _ in range(max(3, RUNS // 2) + 1):
+            with sqlite3.connect(state / "downloads.db") as c:
+                c.execute("DELETE FROM downloads")
+            out = fresh(WORK / "s3")
+            env = ht_env(state, out, servers_small.api)
+            walls.append(measure([HALFTUNES, "-q", "download", *ids[:n]], env=env)["wall"])
+        med = statistics.median(walls[1:])
+        per_file[n] = med / n
+        log(f"  S3 {n}: {med:.2f}s, {1000 * med / n:.2f} ms/file")
+    # 10,000 records already in the state file
+    big = fresh(WORK / "s3-big")
+    from halftunes_cli.store import Store
+
+    store = Store(big)
+    with store.transaction() as conn:
+        for i in range(10_000):
+            store.insert(conn, {"id": f"r{i}", "url": f"https://x/{i}.m4a",
+                                "path": f"/tmp/none/{i}.m4a", "part_path": f"/tmp/none/{i}.m4a.part",
+                                "status": "completed", "bytes_received": 1000, "bytes_total": 1000,
+                                "title": f"Track {i}"})  # fmt: skip
+    with store.transaction() as conn:
+        store.update(conn, "r5000", status="running", owner=store.owner_token())
+    ckpt = []
+    for _ in range(50):
+        t = time.perf_counter()
+        store.checkpoint("r5000", store.owner_token(), 500, 1000, '"e"', None)
+        ckpt.append(time.perf_counter() - t)
+    env = ht_env(big, fresh(WORK / "s3-one"), servers_small.api)
+    lists = [measure([HALFTUNES, "list", "--json"], env=env)["wall"] for _ in range(RUNS + 1)][1:]
+    one = []
+    for _ in range(RUNS + 1):
+        subprocess.run([HALFTUNES, "cancel", ids[0]], env=env, capture_output=True)
+        one.append(measure([HALFTUNES, "-q", "download", ids[0]], env=env)["wall"])
+    store.close()
+    results["scenarios"]["S3 scaling"] = {
+        "per_file_seconds": per_file,
+        "ratio_1000_vs_10": per_file.get(1000, 0) / per_file[10] if 10 in per_file else None,
+        "list_json_10k_seconds": statistics.median(lists),
+        "single_download_10k_seconds": statistics.median(one[1:]),
+        "checkpoint_10k_ms": 1000 * statistics.median(ckpt),
+    }
+
+
+def s4_startup() -> None:
+    empty = fresh(WORK / "s4-state")
+    env = {**os.environ, "HALFTUNES_STATE_DIR": str(empty)}
+    cmds = {"halftunes --version": [HALFTUNES, "--version"],
+            "halftunes --help": [HALFTUNES, "--help"],
+            "halftunes list (empty)": [HALFTUNES, "list"],
+            "python -c 'import typer'": [sys.executable, "-c", "import typer"],
+            "python -c pass": [sys.executable, "-c", "pass"]}  # fmt: skip
+    samples: dict[str, list] = {k: [] for k in cmds}
+    for run in range(2 * RUNS + 1):
+        for name, cmd in cmds.items():
+            s = measure(cmd, env=env)
+            if run:
+                samples[name].append(s)
+    results["scenarios"]["S4 start-up"] = {k: summarize(v) for k, v in samples.items()}
+
+
+def _admin(api: str, path: str, body: dict | None = None):
+    req = urllib.request.Request(api + path, data=json.dumps(body).encode() if body is not None
+                                 else None, method="POST" if body is not None else "GET")  # fmt: skip
+    return json.loads(urllib.request.urlopen(req).read())
+
+
+def s5_control(api: str) -> None:
+    """Latency from starting `pause` to the server seeing the transfer's bytes stop."""
+    out = {"foreground_ms": [], "background_ms": [], "download_b_return_ms": [],
+           "download_b_first_byte_ms": []}  # fmt: skip
+    tid = 1000001
+    for _ in range(RUNS):
+        for mode in ("fg", "bg"):
+            state, dl = fresh(WORK / "s5-state"), fresh(WORK / "s5-dl")
+            env = ht_env(state, dl, api)
+            _admin(api, f"/_admin/track/{tid}", {"size": 50 * MIB})
+            _admin(api, "/_admin/throttle", {"bps": 5 * MIB})
+            _admin(api, "/_admin/clear", {})
+            began = time.time()
+            if mode == "fg":
+                proc = subprocess.Popen([HALFTUNES, "-q", "download", str(tid)], env=env,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            else:
+                subprocess.run([HALFTUNES, "-q", "download", "-b", str(tid)], env=env, check=True,
+                               stdout=subprocess.DEVNULL)  # fmt: skip
+                out["download_b_return_ms"].append(1000 * (time.time() - began))
+            entry = None
+            while entry is None or entry["bytes_sent"] < 2 * MIB:
+                time.sleep(0.05)
+                log_ = [e for e in _admin(api, "/_admin/log") if e["path"].startswith("/previews/")]
+                entry = log_[0] if log_ else None
+            if mode == "bg":
+                out["download_b_first_byte_ms"].append(1000 * (entry["time"] - began))
+            t0 = time.time()
+            subprocess.run([HALFTUNES, "pause", str(tid)], env=env, capture_output=True)
+            for _ in range(100):
+                entry = [
+                    e for e in _admin(api, "/_admin/log") if e["path"].startswith("/previews/")
+                ][0]
+                if entry["ended"]:
+                    break
+                time.sleep(0.02)
+            key = "foreground_ms" if mode == "fg" else "background_ms"
+            out[key].append(1000 * (entry["ended"] - t0))
+            if mode == "fg":
+                proc.wait()
+            subprocess.run([HALFTUNES, "cancel", str(tid)], env=env, capture_output=True)
+    _admin(api, "/_admin/throttle", {"bps": None})
+    results["scenarios"]["S5 control latency"] = {
+        k: {"median": statistics.median(v), "min": min(v), "max": max(v), "samples": v}
+        for k, v in out.items()
+    }
+
+
+def s6_resume_cost(api: str) -> None:
+    size = 50 * MIB
+    tid = 1000002
+    res = {}
+    for how in ("pause", "kill -9"):
+        fracs = []
+        for _ in range(3):
+            state, dl = fresh(WORK / "s6-state"), fresh(WORK / "s6-dl")
+            env = ht_env(state, dl, api)
+            _admin(api, f"/_admin/track/{tid}", {"size": size})
+            _admin(api, "/_admin/throttle", {"bps": 20 * MIB})
+            _admin(api, "/_admin/clear", {})
+            proc = subprocess.Popen([HALFTUNES, "-q", "download", str(tid)], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            part = next(iter([]), None)
+            while True:
+                parts = list(dl.glob("*.part"))
+                if parts and parts[0].stat().st_size >= size // 2:
+                    part = parts[0]
+                    break
+                time.sleep(0.01)
+            if how == "pause":
+                subprocess.run([HALFTUNES, "pause", str(tid)], env=env, capture_output=True)
+            else:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            _admin(api, "/_admin/throttle", {"bps": None})
+            subprocess.run([HALFTUNES, "-q", "resume", str(tid)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)  # fmt: skip
+            served = sum(e["bytes_sent"] for e in _admin(api, "/_admin/log")
+                         if e["path"].startswith("/previews/"))  # fmt: skip
+            fracs.append((served - size) / size)
+            assert part is not None
+        res[how] = {"refetched_fraction_median": statistics.median(fracs), "samples": fracs}
+    results["scenarios"]["S6 resume cost (50 MiB)"] = res
+
+
+def s7_memory(servers: Servers) -> None:
+    out = {}
+    for size in (100 * MIB, GIB):
+        url = make_big_file(servers, f"mem-{size}.bin", size)
+        rss = []
+        for _ in range(3):
+            d = fresh(WORK / "s7")
+            rss.append(measure([HALFTUNES, "--session", "ephemeral", "-q", "download", url,
+                                "-o", str(d)])["rss_mib"])  # fmt: skip
+            shutil.rmtree(d)
+            time.sleep(1)
+        out[f"{size // MIB} MiB"] = {"peak_rss_mib_median": statistics.median(rss), "samples": rss}
+    results["scenarios"]["S7 memory"] = out
+
+
+# -- report --------------------------------------------------------------------------------------
+def fmt_range(d: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
+    v = d[key]
+    return (f"{v['median'] * scale:.{digits}f} ({v['min'] * scale:.{digits}f}–"
+            f"{v['max'] * scale:.{digits}f})")  # fmt: skip
+
+
+def report() -> str:
+    sc = results["scenarios"]
+    lines = ["# halftunes benchmarks", "",
+             f"{results['date']}, {results['machine']}; medians of {RUNS} runs after a warm-up "
+             f"(min–max in brackets). Produced by `make bench`.", ""]  # fmt: skip
+    for title in ("S1 one 1 GiB file", "S2 200 previews of 1 MiB"):
+        if title not in sc:
+            continue
+        rows = sc[title]
+        ht = rows["halftunes"]
+        lines += [f"## {title}", "", "| tool | wall s | CPU s | peak RSS MiB | MiB/s | "
+                  "halftunes/tool (wall) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for name, r in rows.items():
+            ratio = ht["wall"]["median"] / r["wall"]["median"]
+            lines.append(f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
+                         f"{fmt_range(r, 'rss_mib', digits=1)} | {r['mib_per_s']:.0f} | "
+                         f"{ratio:.2f} |")  # fmt: skip
+        lines.append("")
+    if "S3 scaling" in sc:
+        s = sc["S3 scaling"]
+        lines += ["## S3 scaling", "", "| measure | value |", "|---|---|"]
+        for n, v in s["per_file_seconds"].items():
+            lines.append(f"| per file, batch of {n} | {1000 * v:.1f} ms |")
+        lines += [f"| ratio per-file 1000 / 10 | {s['ratio_1000_vs_10']:.2f} |",
+                  f"| `list --json` with 10,000 records | {s['list_json_10k_seconds']:.3f} s |",
+                  f"| one `download` with 10,000 records | {s['single_download_10k_seconds']:.3f} s |",
+                  f"| one checkpoint with 10,000 records | {s['checkpoint_10k_ms']:.2f} ms |", ""]  # fmt: skip
+    if "S4 start-up" in sc:
+        s = sc["S4 start-up"]
+        base = s["python -c 'import typer'"]["wall"]["median"]
+        lines += ["## S4 start-up", "", "| command | wall ms | × import typer |", "|---|---|---|"]
+        for name, r in s.items():
+            lines.append(f"| `{name}` | {fmt_range(r, 'wall', 1000, 0)} | "
+                         f"{r['wall']['median'] / base:.2f} |")  # fmt: skip
+        lines.append("")
+    if "S5 control latency" in sc:
+        s = sc["S5 control latency"]
+        lines += ["## S5 control latency", "", "| measure | median ms (min–max) |", "|---|---|"]
+        names = {"foreground_ms": "`pause` → bytes stop, foreground transfer",
+                 "background_ms": "`pause` → bytes stop, background transfer",
+                 "download_b_return_ms": "`download -b` returns",
+                 "download_b_first_byte_ms": "`download -b` → first byte served"}  # fmt: skip
+        for k, v in s.items():
+            lines.append(f"| {names[k]} | {v['median']:.0f} ({v['min']:.0f}–{v['max']:.0f}) |")
+        lines.append("")
+    if "S6 resume cost (50 MiB)" in sc:
+        s = sc["S6 resume cost (50 MiB)"]
+        lines += ["## S6 resume cost", "", "| interruption at 50% of 50 MiB | bytes fetched twice |",
+                  "|---|---|"]  # fmt: skip
+        for k, v in s.items():
+            lines.append(f"| {k} | {100 * v['refetched_fraction_median']:.2f}% of the file |")
+        lines.append("")
+    if "S7 memory" in sc:
+        lines += ["## S7 memory", "", "| download | peak RSS MiB |", "|---|---|"]
+        for k, v in sc["S7 memory"].items():
+            lines.append(f"| {k} | {v['peak_rss_mib_median']:.1f} |")
+        lines.append("")
+    if results["skipped"]:
+        lines += ["Skipped: " + "; ".join(results["skipped"]), ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    os.environ.setdefault("NO_COLOR", "1")
+    results["date"] = time.strftime("%Y-%m-%d")
+    results["machine"] = (f"{os.cpu_count()} cores, {platform.machine()}, Python "
+                          f"{platform.python_version()}, Linux {platform.release()}")  # fmt: skip
+    only = set(sys.argv[1:])  # e.g. `python bench/bench.py S4 S5`
+    have = ensure_tools()
+    began = time.monotonic()
+    servers = Servers(have["nginx"], MIB, 300)
+    try:
+        if not only or "S4" in only:
+            log("S4 start-up")
+            s4_startup()
+        if not only or "S5" in only:
+            log("S5 control latency")
+            s5_control(servers.api)
+        if not only or "S6" in only:
+            log("S6 resume cost")
+            s6_resume_cost(servers.api)
+        if not only or "S2" in only:
+            log("S2 batch of 200")
+            s2_batch(servers, have)
+        if not only or "S1" in only:
+            log("S1 one large file")
+            s1_large(servers, have)
+        if not only or "S7" in only:
+            log("S7 memory")
+            s7_memory(servers)
+    finally:
+        servers.stop()
+    if not only or "S3" in only:
+        log("S3 scaling")
+        small = Servers(False, 16 * 1024, 1100)
+        try:
+            s3_scaling(small)
+        finally:
+            small.stop()
+    results["elapsed_seconds"] = time.monotonic() - began
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1))
+    text = report()
+    (ROOT / "bench" / "RESULTS.md").write_text(text + "\n")
+    print(text)
+    shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

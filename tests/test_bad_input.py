@@ -1,0 +1,194 @@
+"""Bad input, one row each: the exit code, the message, and that nothing was lost."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sqlite3
+from pathlib import Path
+
+import pytest
+from conftest import sha256_file
+
+DONE, PARTIAL, FRESH = 1000002, 1000003, 1000001
+
+
+def hostile(env, name: str) -> str:
+    return str(
+        next(t for t in env.server.state.tracks.values() if t["trackName"] == name)["trackId"]
+    )
+
+
+@pytest.fixture
+def world(env):
+    """A finished download and a kept partial that no bad input may touch."""
+    env.track(PARTIAL, size=1_000_000)
+    assert env.run("download", str(DONE)).returncode == 0
+    env.fault(path=f"/previews/{PARTIAL}/", kind="drop", after=300_000)
+    env.fault(path=f"/previews/{PARTIAL}/", kind="status", status=403, times=1)
+    assert env.run("download", str(PARTIAL)).returncode == 1
+    env.server.state.faults.clear()
+    done = env.state_record(DONE)
+    part = env.state_record(PARTIAL)
+    assert os.path.getsize(part["part_path"]) == 300_000
+    env.done_path = Path(done["path"])
+    env.done_sha = sha256_file(env.done_path)
+    env.part_path = Path(part["part_path"])
+    return env
+
+
+def corrupt_state(env, kind: str) -> None:
+    db = env.state_dir / "downloads.db"
+    for side in ("-wal", "-shm"):
+        Path(str(db) + side).unlink(missing_ok=True)
+    if kind == "garbage":
+        db.write_bytes(b"\x00garbage" * 500)
+    elif kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "directory":
+        db.unlink()
+        db.mkdir()
+    elif kind == "future":
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA user_version = 7")
+        conn.commit()
+        conn.close()
+
+
+ROWS = [
+    # id, args (or a callable building them), exit code, fragment in stderr
+    ("unknown id", ["download", "999"], 2, "no track with id 999"),
+    ("not a number", ["download", "12ab"], 2, "neither a track id nor a URL"),
+    ("ftp scheme", ["download", "ftp://example.com/a.mp3"], 2, "unsupported URL scheme (ftp:)"),
+    (
+        "gopher scheme",
+        ["download", "gopher://example.com/a"],
+        2,
+        "unsupported URL scheme (gopher:)",
+    ),
+    ("javascript", ["download", "javascript:alert(1)"], 2, "unsupported URL scheme (javascript:)"),
+    ("plain http remote", ["download", "http://example.com/a.mp3"], 2, "App Transport Security"),
+    ("empty term", ["search", ""], 2, "search term is empty"),
+    ("limit 0", ["search", "x", "--limit", "0"], 2, "between 1 and 200"),
+    ("limit 201", ["search", "x", "--limit", "201"], 2, "between 1 and 200"),
+    ("limit abc", ["search", "x", "--limit", "abc"], 2, "--limit"),
+    ("2000-char term", ["search", "y" * 2000], 2, "too long"),
+    ("bad session", ["--session", "turbo", "list"], 2, "--session must be"),
+    ("unknown id to pause", ["pause", "777"], 2, "no download with id 777"),
+    ("pause nothing", ["pause"], 2, "or use --all"),
+    ("html api", "html", 1, "not JSON"),
+    ("malformed config", "config", 2, "not valid TOML"),
+    ("download dir is a file", "dir-file", 1, "not a directory"),
+    ("corrupt state", "state-garbage", 1, "moved it aside"),
+    ("empty state", "state-empty", 1, "it is empty"),
+    ("state is a directory", "state-directory", 1, "it is a directory"),
+    ("state from the future", "state-future", 1, "newer halftunes"),
+]
+
+
+@pytest.mark.parametrize("name, args, code, fragment", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_row(world, tmp_path, name, args, code, fragment):
+    env = world
+    extra = {}
+    if args == "html":
+        env.fault(path="/search", kind="html")
+        args = ["search", "jack"]
+    elif args == "config":
+        cfg = tmp_path / "bad.toml"
+        cfg.write_text("retries = = 3\n")
+        extra["HALFTUNES_CONFIG"] = str(cfg)
+        args = ["download", str(FRESH)]
+    elif args == "dir-file":
+        blocker = tmp_path / "blocker"
+        blocker.write_text("x")
+        args = ["download", str(FRESH), "-o", str(blocker)]
+    elif isinstance(args, str) and args.startswith("state-"):
+        corrupt_state(env, args.split("-", 1)[1])
+        args = ["list"]
+    result = env.run(*args, env=extra)
+    assert result.returncode == code, result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) <= 4  # click usage errors take 4
+    # nothing lost: the finished file and the partial are intact...
+    assert sha256_file(env.done_path) == env.done_sha
+    assert env.part_path.stat().st_size == 300_000
+    # ...and so are the records (or, for a bad state file, the file moved aside)
+    if name in ("corrupt state", "empty state", "state is a directory"):
+        assert list(env.state_dir.glob("downloads.db.corrupt-*"))
+    elif name == "state from the future":
+        assert (env.state_dir / "downloads.db").exists()
+    else:
+        assert env.state_record(DONE)["status"] == "completed"
+        assert env.state_record(PARTIAL)["bytes_received"] == 300_000
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any mode bits")
+def test_unwritable_download_dir(env, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    result = env.run("download", str(FRESH), "-o", str(locked))
+    assert result.returncode == 1 and "not writable" in result.stderr
+
+
+def test_missing_download_dir_is_created(env, tmp_path):
+    target = tmp_path / "new" / "dir"
+    result = env.run("download", str(FRESH), "-o", str(target))
+    assert result.returncode == 0 and Path(result.stdout.strip()).parent == target
+
+
+def test_full_disk_keeps_partial_and_record_then_resumes(env):
+    env.track(FRESH, size=2_000_000)
+    assert env.run("search", "jack").returncode == 0  # state file exists before the limit
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (700_000, 700_000))
+
+    import subprocess
+
+    from conftest import HALFTUNES
+
+    proc = subprocess.run([HALFTUNES, "download", str(FRESH)], env=env.env, capture_output=True,
+                          text=True, timeout=60, preexec_fn=limit_file_size)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "disk full" in proc.stderr and "Traceback" not in proc.stderr
+    rec = env.state_record(FRESH)
+    assert rec["status"] == "failed"
+    assert os.path.getsize(rec["part_path"]) == rec["bytes_received"] == 700_000
+    result = env.run("resume", str(FRESH))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(rec["path"]) == env.expected_sha(FRESH)
+    assert env.preview_requests(FRESH)[-1]["range"] == "bytes=700000-"
+
+
+@pytest.mark.parametrize(
+    "track_name", ["../../etc/passwd", "CON", "L" * 300, "Bell\x07Tab\tNew\nLine",
+                   "evil\u202egpj.exe", "Path Escape", "nul.txt", ".."],
+)  # fmt: skip
+def test_hostile_track_names_land_safely(env, track_name):
+    tid = hostile(env, track_name)
+    result = env.run("download", tid)
+    assert result.returncode == 0, result.stderr
+    path = Path(result.stdout.strip())
+    assert path.parent == env.download_dir and path.exists()
+    assert len(path.name.encode()) <= 200
+    assert not any(c in path.name for c in "/\\\x07\t\n\u202e")
+    assert sha256_file(path) == env.expected_sha(int(tid))
+
+
+def test_content_length_lie_of_10_gb(env):
+    env.fault(path=f"/previews/{FRESH}/", kind="lie_length")
+    result = env.run("download", str(FRESH))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(FRESH)
+
+
+def test_content_range_that_does_not_match_the_request(env):
+    env.track(FRESH, size=1_000_000)
+    env.fault(path=f"/previews/{FRESH}/", kind="drop", after=400_000)
+    env.fault(path=f"/previews/{FRESH}/", kind="bad_content_range")
+    result = env.run("download", str(FRESH))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(FRESH)
+    statuses = [(e["status"], e["range"]) for e in env.preview_requests(FRESH)]
+    assert statuses == [(200, None), (206, "bytes=400000-"), (200, None)]
