@@ -182,6 +182,7 @@ class CatalogState:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
     server_version = "halftunes-catalog/1"
     state: CatalogState  # set on the subclass made per server
 

@@ -300,6 +300,7 @@ def _targets(items: list[str], store, session, batch: _Batch):
 
     resolved: list[tuple[str, Any]] = []
     want_tracks: list[str] = []
+    known = {r["id"]: r for r in store.all([i for i in items if i and not is_url(i)])}
     for item in items:
         if not item:
             continue
@@ -310,7 +311,7 @@ def _targets(items: list[str], store, session, batch: _Batch):
             except UsageError as exc:
                 batch.error(exc)
             continue
-        row = store.get(item)
+        row = known.get(item)
         if row is not None:
             resolved.append(("record", row))
         elif item.isdigit():
@@ -351,11 +352,14 @@ def _claim_all(entries, store, config, force: bool, background: bool, batch: _Ba
                       "background" if background else config.kind)  # fmt: skip
     owner = None if background else store.owner_token()
     claimed = []
-    for kind, value in entries:
-        if kind == "target":
-            outcome = claimer.claim(value, owner, force, queue=background)
-        else:
-            outcome = claimer.claim_record(value, owner, force, queue=background)
+    outcomes = []
+    with store.transaction() as conn:  # one transaction for the whole batch
+        for kind, value in entries:
+            if kind == "target":
+                outcomes.append(claimer.claim(value, owner, force, background, conn))
+            else:
+                outcomes.append(claimer.claim_record(value, owner, force, background, conn))
+    for outcome in outcomes:
         if outcome.status == "refused":
             batch.error(outcome.error)
             continue
@@ -467,6 +471,7 @@ def _download_or_resume(items, background, output_dir, force, json_out, resume_a
     config = _config(**flags)
     if background or (config.is_background and state.session_kind != "ephemeral"):
         background = True
+    store = None
     try:
         if config.is_ephemeral and background:
             raise UsageError("the ephemeral session cannot hand transfers to the worker")
@@ -493,6 +498,9 @@ def _download_or_resume(items, background, output_dir, force, json_out, resume_a
             _report(batch, store, json_out)
     except Exception as exc:  # noqa: BLE001
         batch.error(exc)
+    finally:
+        if store is not None:
+            store.close()  # drops this process's owner lock and removes its file
     raise typer.Exit(batch.code)
 
 

@@ -119,32 +119,38 @@ class Claimer:
         self._on_disk().add(path.name.casefold())
         return path
 
-    def claim(self, target: Target, owner: str | None, force: bool, queue: bool) -> Outcome:
-        """Create or take the record. `owner` None with queue=True hands it to the worker."""
+    def claim(self, target: Target, owner: str | None, force: bool, queue: bool,
+              conn: Any = None) -> Outcome:  # fmt: skip
+        """Create or take the record. `owner` None with queue=True hands it to the worker.
+
+        Pass `conn` to claim many targets inside one transaction."""
+        if conn is None:
+            with self.store.transaction() as conn:
+                return self.claim(target, owner, force, queue, conn)
         store = self.store
         status = "queued" if queue else "running"
-        with store.transaction() as conn:
-            row = conn.execute("SELECT * FROM downloads WHERE id = ?", (target.id,)).fetchone()
-            row = dict(row) if row is not None else None
-            if row is None:
-                path = self._choose_path(conn, target)
-                store.insert(conn, {
-                    "id": target.id, "url": target.url, "path": str(path),
-                    "part_path": str(path) + ".part", "status": status, "owner": owner,
-                    "owner_pid": os.getpid() if owner else None, "title": target.title,
-                    "session": self.session_kind, "announced": 0 if queue else 1,
-                })  # fmt: skip
-                return Outcome(target.id, status, dict(store_row(conn, target.id)))
-            return self._claim_existing(conn, row, owner, force, status)
+        row = conn.execute("SELECT * FROM downloads WHERE id = ?", (target.id,)).fetchone()
+        if row is not None:
+            return self._claim_existing(conn, dict(row), owner, force, status)
+        path = self._choose_path(conn, target)
+        store.insert(conn, {
+            "id": target.id, "url": target.url, "path": str(path),
+            "part_path": str(path) + ".part", "status": status, "owner": owner,
+            "owner_pid": os.getpid() if owner else None, "title": target.title,
+            "session": self.session_kind, "announced": 0 if queue else 1,
+        })  # fmt: skip
+        return Outcome(target.id, status, store_row(conn, target.id))
 
     def claim_record(self, row: dict[str, Any], owner: str | None, force: bool,
-                     queue: bool) -> Outcome:  # fmt: skip
-        with self.store.transaction() as conn:
-            fresh = conn.execute("SELECT * FROM downloads WHERE id = ?", (row["id"],)).fetchone()
-            if fresh is None:
-                raise UnknownIdError(f"no download with id {row['id']}")
-            return self._claim_existing(conn, dict(fresh), owner, force,
-                                        "queued" if queue else "running")  # fmt: skip
+                     queue: bool, conn: Any = None) -> Outcome:  # fmt: skip
+        if conn is None:
+            with self.store.transaction() as conn:
+                return self.claim_record(row, owner, force, queue, conn)
+        fresh = conn.execute("SELECT * FROM downloads WHERE id = ?", (row["id"],)).fetchone()
+        if fresh is None:
+            raise UnknownIdError(f"no download with id {row['id']}")
+        return self._claim_existing(conn, dict(fresh), owner, force,
+                                    "queued" if queue else "running")  # fmt: skip
 
     def _claim_existing(self, conn, row, owner, force, status) -> Outcome:
         store = self.store

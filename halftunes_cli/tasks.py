@@ -13,8 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+import requests
+import urllib3
+
 from . import ranges
 from .errors import (
+    AuthenticationRequired,
     Cancelled,
     DiskError,
     HalftunesError,
@@ -25,8 +29,6 @@ from .errors import (
 from .ranges import Action
 
 if TYPE_CHECKING:
-    import requests
-
     from .session import Session
 
 CHUNK_BYTES = 1 << 20
@@ -327,15 +329,6 @@ def _disk_error(exc: OSError, part_path: Any) -> DiskError:
     return DiskError(f"disk error{where}: {exc.strerror or exc}")
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class DownloadTask(Task):
     """Download to `<destination>.part`, checkpoint, resume with Range/If-Range, rename.
 
@@ -452,15 +445,12 @@ class DownloadTask(Task):
 
     def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
         """One request. Returns (bytes flowed?, 'done' | 'retry')."""
-        import requests
-        import urllib3
+        from .session import translate_request_error
 
         self._retry_after = None
         try:
             response = self.session.open("GET", self.url, headers, auth=self._auth)
         except requests.exceptions.RequestException as exc:
-            from .session import translate_request_error
-
             error = translate_request_error(exc, self.url)
             if isinstance(exc, requests.exceptions.SSLError) or isinstance(error, UsageError):
                 raise error from None
@@ -474,8 +464,6 @@ class DownloadTask(Task):
                 if answer is not None and self._auth is None:
                     self._auth = answer
                     return True, "retry"
-                from .errors import AuthenticationRequired
-
                 raise AuthenticationRequired(
                     f"authentication required for {self.url} (HTTP 401)",
                     "add the host to ~/.netrc, or answer on_challenge in your delegate",
@@ -505,7 +493,19 @@ class DownloadTask(Task):
             if action is Action.RESTART or offset == 0:
                 self.etag = response.headers.get("ETag")
                 self.last_modified = response.headers.get("Last-Modified")
+            validators = (self.etag, self.last_modified, self.bytes_total)
             self.bytes_total = decision.total
+            if self.journal is not None and validators != (
+                self.etag,
+                self.last_modified,
+                self.bytes_total,
+            ):
+                # Record the validators before the first byte: a crash before the first
+                # checkpoint must still be resumable with If-Range.
+                request = self.journal.checkpoint(self)
+                if request in ("pause", "cancel"):
+                    self.request_stop(request)
+                    self._check_stop()
             start = offset
             try:
                 self._stream(response, offset)
@@ -514,8 +514,6 @@ class DownloadTask(Task):
                 if isinstance(exc, OSError) and getattr(exc, "_halftunes_disk", False):
                     raise _disk_error(exc, self.part_path) from None
                 self._check_stop()
-                from .session import translate_request_error
-
                 self._last_error = translate_request_error(exc, self.url)
                 return self.bytes_received > start, "retry"
             except _BodyError as exc:
@@ -579,6 +577,7 @@ class DownloadTask(Task):
         except OSError as exc:
             raise _disk_error(exc, self.part_path) from None
         last_checkpoint = time.monotonic()
+        at_eof = False
         try:
             f.seek(offset)
             f.truncate(offset)
@@ -588,6 +587,7 @@ class DownloadTask(Task):
                 except TypeError:
                     chunk = read(CHUNK_BYTES)
                 if not chunk:
+                    at_eof = True
                     break
                 try:
                     f.write(chunk)
@@ -606,8 +606,10 @@ class DownloadTask(Task):
                     self._checkpoint(f)
                     last_checkpoint = now
         finally:
+            # At a clean end the task's settlement records the length; only a stop or an
+            # error needs the journal written here.
             with contextlib.suppress(OSError):
-                self._checkpoint(f)
+                self._checkpoint(f, journal=not at_eof)
             f.close()
 
     def _sync_after_error(self, f: Any) -> None:
@@ -617,12 +619,12 @@ class DownloadTask(Task):
         with contextlib.suppress(OSError):
             self.bytes_received = os.fstat(f.fileno()).st_size
 
-    def _checkpoint(self, f: Any) -> None:
+    def _checkpoint(self, f: Any, journal: bool = True) -> None:
         """fsync the partial, then record its length: the record never runs ahead of the disk."""
         f.flush()
         os.fsync(f.fileno())
         self._synced = self.bytes_received
-        if self.journal is not None:
+        if journal and self.journal is not None:
             request = self.journal.checkpoint(self)
             if request in ("pause", "cancel"):
                 self.request_stop(request)
@@ -634,8 +636,11 @@ class DownloadTask(Task):
         self.bytes_total = size if total is None else total
         self.bytes_received = self._synced = size
         self._check_stop()
+        # The data was fsynced before the rename, so the final name can never show
+        # unwritten bytes. The rename itself is not fsynced (on ext4 that forces a journal
+        # commit per file): after a power cut it may be undone, and the download then
+        # shows as not finished and is fetched again, never as a corrupt file.
         os.replace(self.part_path, self.destination)
-        _fsync_dir(self.destination.parent)
         self.location = self.destination
         self._move(TaskState.COMPLETED)
         self.session.call_delegate("on_finished_downloading", self, self.destination)

@@ -162,6 +162,27 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], OSError)
 
 
+def corrupt_state(state_dir: Path, kind: str) -> None:
+    """Spoil the state file: garbage, empty, a directory, or from a future version."""
+    import sqlite3
+
+    db = state_dir / "downloads.db"
+    for side in ("-wal", "-shm"):
+        Path(str(db) + side).unlink(missing_ok=True)
+    if kind == "garbage":
+        db.write_bytes(b"\x00this is not sqlite" * 500)
+    elif kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "directory":
+        db.unlink()
+        db.mkdir()
+    elif kind == "future":
+        conn = sqlite3.connect(db)
+        conn.execute("PRAGMA user_version = 7")
+        conn.commit()
+        conn.close()
+
+
 def reap_children(timeout: float = 5.0) -> None:
     """Reap every exited child (orphaned workers re-parented to us)."""
     deadline = time.monotonic() + timeout

@@ -44,6 +44,17 @@ def bytes_so_far(env, rid) -> int:
         return 0
 
 
+def start_background(env, n: int, size: int = 3 * MB, bps: int = MB, flowing: int = 100_000):
+    """n throttled background transfers, returned once each has bytes on disk."""
+    ids = jack_ids(env, n)
+    for rid in ids:
+        env.track(int(rid), size=size)
+    env.server.state.throttle_bps = bps
+    assert env.run("download", "-b", *ids).returncode == 0
+    env.wait_for(lambda: all(bytes_so_far(env, r) > flowing for r in ids))
+    return ids
+
+
 def test_twenty_previews_in_the_background(env):
     ids = [str(t["trackId"]) for t in env.json("search", "artist", "--limit", "40")
            if "previewUrl" in t][:20]  # fmt: skip
@@ -92,12 +103,7 @@ def test_ten_racing_commands_start_exactly_one_worker(env):
 
 
 def test_pause_one_background_transfer_leaves_the_others_running(env):
-    ids = jack_ids(env, 3)
-    for rid in ids:
-        env.track(int(rid), size=3 * MB)
-    env.server.state.throttle_bps = 1 * MB
-    assert env.run("download", "-b", *ids).returncode == 0
-    env.wait_for(lambda: all(bytes_so_far(env, r) > 100_000 for r in ids))
+    ids = start_background(env, 3)
     target, others = ids[0], ids[1:]
     began = time.time()
     result = env.run("pause", target)
@@ -120,14 +126,8 @@ def test_pause_one_background_transfer_leaves_the_others_running(env):
 
 
 def test_kill_9_of_the_worker_then_resume_all(env):
-    ids = jack_ids(env, 3)
-    size = 3 * MB
-    bps = 1 * MB
-    for rid in ids:
-        env.track(int(rid), size=size)
-    env.server.state.throttle_bps = bps
-    assert env.run("download", "-b", *ids).returncode == 0
-    env.wait_for(lambda: all(bytes_so_far(env, r) > 300_000 for r in ids))
+    size, bps = 3 * MB, MB
+    ids = start_background(env, 3, size, bps, flowing=300_000)
     stop_worker(env, signal.SIGKILL)
     records = env.records()  # any command notices the dead owner
     for rid in ids:
@@ -144,12 +144,7 @@ def test_kill_9_of_the_worker_then_resume_all(env):
 
 
 def test_sigterm_pauses_everything_and_exits(env):
-    ids = jack_ids(env, 2)
-    for rid in ids:
-        env.track(int(rid), size=3 * MB)
-    env.server.state.throttle_bps = 1 * MB
-    assert env.run("download", "-b", *ids).returncode == 0
-    env.wait_for(lambda: all(bytes_so_far(env, r) > 100_000 for r in ids))
+    ids = start_background(env, 2)
     stop_worker(env, signal.SIGTERM)
     for rid in ids:
         row = env.state_record(rid)

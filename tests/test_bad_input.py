@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import os
 import resource
-import sqlite3
 from pathlib import Path
 
 import pytest
-from conftest import sha256_file
+from conftest import corrupt_state, sha256_file
 
 DONE, PARTIAL, FRESH = 1000002, 1000003, 1000001
 
@@ -35,24 +34,6 @@ def world(env):
     env.done_sha = sha256_file(env.done_path)
     env.part_path = Path(part["part_path"])
     return env
-
-
-def corrupt_state(env, kind: str) -> None:
-    db = env.state_dir / "downloads.db"
-    for side in ("-wal", "-shm"):
-        Path(str(db) + side).unlink(missing_ok=True)
-    if kind == "garbage":
-        db.write_bytes(b"\x00garbage" * 500)
-    elif kind == "empty":
-        db.write_bytes(b"")
-    elif kind == "directory":
-        db.unlink()
-        db.mkdir()
-    elif kind == "future":
-        conn = sqlite3.connect(db)
-        conn.execute("PRAGMA user_version = 7")
-        conn.commit()
-        conn.close()
 
 
 ROWS = [
@@ -103,7 +84,7 @@ def test_bad_input_row(world, tmp_path, name, args, code, fragment):
         blocker.write_text("x")
         args = ["download", str(FRESH), "-o", str(blocker)]
     elif isinstance(args, str) and args.startswith("state-"):
-        corrupt_state(env, args.split("-", 1)[1])
+        corrupt_state(env.state_dir, args.split("-", 1)[1])
         args = ["list"]
     result = env.run(*args, env=extra)
     assert result.returncode == code, result.stderr

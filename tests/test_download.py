@@ -6,12 +6,11 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
-from conftest import sha256_file
+from conftest import corrupt_state, sha256_file
 
 T1, T2 = 1000001, 1000002  # Jack Johnson - Better Together / Banana Pancakes
 MB = 1_000_000
@@ -92,6 +91,20 @@ def test_kill_9_then_resume_fetches_only_the_missing_bytes(env):
     assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)
     last = env.preview_requests(T1)[-1]
     assert last["range"] == f"bytes={have}-" and last["bytes_sent"] == size - have
+
+
+def test_kill_9_before_the_first_checkpoint_still_resumes_with_if_range(env):
+    # Regression: validators used to reach the record only at the first checkpoint (1 s),
+    # so a crash before it restarted from byte 0.
+    proc = start_throttled(env, T1, 3 * MB)  # returns at about 50 KB, well inside 1 s
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    have = env.record(T1)["bytes_received"]
+    assert have == part_size(env, T1) > 0
+    env.server.state.throttle_bps = None
+    assert env.run("resume", str(T1)).returncode == 0
+    last = env.preview_requests(T1)[-1]
+    assert last["range"] == f"bytes={have}-" and last["if_range"] == f'"p{T1}-v1-{3 * MB}"'
 
 
 def test_pause_from_another_process_then_resume(env):
@@ -347,20 +360,7 @@ def test_missing_download_dir_is_created_and_a_file_is_refused(env, tmp_path):
 def test_bad_state_file_is_reported_and_moved_aside(env, kind):
     assert env.run("download", str(T1)).returncode == 0
     db = env.state_dir / "downloads.db"
-    for side in ("-wal", "-shm"):
-        Path(str(db) + side).unlink(missing_ok=True)
-    if kind == "garbage":
-        db.write_bytes(b"this is not sqlite" * 100)
-    elif kind == "empty":
-        db.write_bytes(b"")
-    elif kind == "directory":
-        db.unlink()
-        db.mkdir()
-    else:
-        conn = sqlite3.connect(db)
-        conn.execute("PRAGMA user_version = 99")
-        conn.commit()
-        conn.close()
+    corrupt_state(env.state_dir, kind)
     result = env.run("list")
     assert result.returncode == 1
     assert str(db) in result.stderr and "Traceback" not in result.stderr
@@ -375,8 +375,10 @@ def test_bad_state_file_is_reported_and_moved_aside(env, kind):
     assert (env.download_dir / "Jack Johnson - Better Together.m4a").exists()
 
 
-def test_state_is_private(env):
+def test_state_is_private_and_owner_locks_do_not_pile_up(env):
     assert env.run("download", str(T1)).returncode == 0
+    assert env.run("download", str(T2)).returncode == 0
+    assert list((env.state_dir / "owners").iterdir()) == []
     assert (env.state_dir.stat().st_mode & 0o777) == 0o700
     assert ((env.state_dir / "downloads.db").stat().st_mode & 0o777) == 0o600
 
