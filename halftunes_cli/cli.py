@@ -934,6 +934,43 @@ def play(
                          "open)", "install ffmpeg or mpv"))  # fmt: skip
 
 
+@app.command("open")
+def open_(
+    id_: Annotated[
+        str,
+        typer.Argument(metavar="ID", help="A download's id.", autocompletion=_complete_ids),
+    ],
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Open the folder in the file manager.")
+    ] = False,
+) -> None:
+    """Print the folder that holds a download (or open it with --reveal).
+
+    Examples:
+
+      cd "$(halftunes open 1000001)"
+
+      halftunes open 1000001 --reveal
+    """
+    import shutil
+    import subprocess
+
+    from .errors import HalftunesError, UnknownIdError
+
+    config = _config()
+    store = _open_store(config)
+    row = store.get(id_)
+    if row is None:
+        _fail(UnknownIdError(f"no download with id {id_}", "`halftunes list` shows the ids"))
+    folder = str(Path(row["path"]).parent)
+    print(folder)
+    if reveal:
+        opener = next((c for c in ("xdg-open", "open") if shutil.which(c)), None)
+        if opener is None:
+            _fail(HalftunesError("no file manager opener found (looked for xdg-open, open)"))
+        raise typer.Exit(0 if subprocess.call([opener, folder]) == 0 else 1)
+
+
 @config_app.command("show")
 def config_show(
     json_out: Annotated[bool, typer.Option("--json", help="Values and sources as JSON.")] = False,

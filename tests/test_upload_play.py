@@ -95,3 +95,16 @@ def test_play_without_a_player_or_a_download(env, tmp_path):
     assert "ffplay" in result.stderr and "mpv" in result.stderr
     unknown = env.run("play", "31337")
     assert unknown.returncode == 2
+
+
+def test_open_prints_or_reveals_the_folder(env, tmp_path):
+    assert env.run("download", "1000001").returncode == 0
+    result = env.run("open", "1000001")
+    assert result.returncode == 0 and result.stdout.strip() == str(env.download_dir)
+    record = tmp_path / "args.txt"
+    bin_dir = tmp_path / "bin"
+    _stub_player(bin_dir, "xdg-open", record)
+    result = env.run("open", "1000001", "--reveal", env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    assert result.returncode == 0
+    assert record.read_text().splitlines() == [str(env.download_dir)]
+    assert env.run("open", "5").returncode == 2
