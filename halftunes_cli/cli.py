@@ -385,22 +385,27 @@ def _run_foreground(claimed, store, session, batch: _Batch) -> None:
     session.delegate = progress
     runner = Runner(session, store, store.owner_token())
     runner.start_control()
-    futures = [runner.submit(o.record) for o in claimed]
+    futures: list = []
     interrupted: list[int] = []
 
     def on_term(signum, frame):  # noqa: ARG001
         interrupted.append(143)
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
+    is_main = threading.current_thread() is threading.main_thread()
+    if is_main:
         signal.signal(signal.SIGTERM, on_term)
     try:
+        for o in claimed:
+            futures.append(runner.submit(o.record))
         pending = set(futures)
         while pending:
             _, pending = wait_futures(pending, timeout=0.2)
     except KeyboardInterrupt:
+        if is_main:  # a second signal must not tear a checkpoint
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         runner.stop_all("cancel" if session.configuration.is_ephemeral else "pause")
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not tear a checkpoint
         wait_futures(futures)
         interrupted.append(130)
     finally:

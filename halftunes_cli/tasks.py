@@ -579,6 +579,11 @@ class DownloadTask(Task):
         last_checkpoint = time.monotonic()
         at_eof = False
         try:
+            if os.fstat(f.fileno()).st_size < offset:
+                # The partial lost bytes under us (deleted or cut): never append after a hole.
+                f.truncate(0)
+                self.bytes_received = self._synced = 0
+                raise _BodyError(f"{self.part_path} shrank while paused: restarting from 0")
             f.seek(offset)
             f.truncate(offset)
             while not self._stop.is_set():

@@ -129,6 +129,18 @@ def test_pause_from_another_process_then_resume(env):
     assert env.preview_requests(T1)[-1]["range"] == f"bytes={rec['bytes_received']}-"
 
 
+def test_a_partial_deleted_while_paused_is_never_appended_to(env):
+    start_throttled(env, T1, 2 * MB)
+    assert env.run("pause", str(T1)).returncode == 0
+    rec = env.record(T1)
+    Path(rec["part_path"]).unlink()
+    env.server.state.throttle_bps = None
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(rec["path"]) == env.expected_sha(T1)
+    assert env.preview_requests(T1)[-1]["range"] is None
+
+
 def test_cancel_running_leaves_no_partial_and_no_record(env):
     proc = start_throttled(env, T1)
     part = Path(env.state_record(T1)["part_path"])
