@@ -246,6 +246,18 @@ def test_404_fails_without_retry_and_keeps_going(env):
     assert env.record(T2)["status"] == "completed"
 
 
+def test_usage_errors_win_over_failures_and_good_ids_still_download(env):
+    env.fault(path=f"/previews/{T1}/", kind="status", status=404)
+    result = env.run("download", str(T1), "abc", str(T2))
+    assert result.returncode == 2
+    assert "HTTP 404" in result.stderr and "'abc' is neither" in result.stderr
+    assert env.record(T2)["status"] == "completed"
+    status = env.run("status", "--json")  # the alias of list
+    assert status.returncode == 0
+    assert {r["id"]: r["status"] for r in json.loads(status.stdout)} == {
+        str(T1): "failed", str(T2): "completed"}  # fmt: skip
+
+
 def test_two_downloads_of_the_same_id_at_once(env):
     env.track(T1, size=2 * MB)
     env.server.state.throttle_bps = 2_000_000

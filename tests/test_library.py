@@ -169,3 +169,30 @@ def test_netrc_is_used_by_the_default_session(env, tmp_path):
     result = env.run("--session", "ephemeral", "download", f"{env.server.url}/auth/file.bin",
                      "--force", "-o", str(tmp_path / "eph"))  # fmt: skip
     assert result.returncode == 1 and "authentication required" in result.stderr
+
+
+def test_protocol_classes_mount_a_custom_scheme(tmp_path):
+    from requests.adapters import BaseAdapter
+    from requests.models import Response
+
+    class MemoryAdapter(BaseAdapter):
+        def send(self, request, **kwargs):
+            response = Response()
+            response.status_code = 200
+            response.url = request.url
+            response.request = request
+            import io
+
+            from urllib3 import HTTPResponse
+
+            body = b"from memory: " + request.url.encode()
+            response.raw = HTTPResponse(body=io.BytesIO(body), preload_content=False)
+            return response
+
+        def close(self):
+            pass
+
+    config = SessionConfiguration.ephemeral(protocol_classes={"memory://": MemoryAdapter})
+    task = Session(config).data_task("memory://song")
+    task.run()
+    assert task.error is None and task.data == b"from memory: memory://song"
