@@ -55,11 +55,6 @@ class _State:
 state = _State()
 
 
-class _Exit(Exception):
-    def __init__(self, code: int):
-        self.code = code
-
-
 def _fail(exc: Exception) -> None:
     """Map an error to its one-line message and exit code (the only place that does)."""
     from .errors import HalftunesError
@@ -180,7 +175,7 @@ def main_callback(
     if session is not None and session not in ("default", "ephemeral", "background"):
         print(f"halftunes: error: --session must be default, ephemeral or background, "
               f"not {session!r}", file=sys.stderr)  # fmt: skip
-        raise typer.Exit(2)
+        raise typer.Exit(ExitStatus.USAGE)
     state.session_kind = session
     state.quiet = quiet
     state.verbose = verbose
@@ -795,10 +790,10 @@ def wait(
                     bars.close()
                 state.console.error(f"timed out after {timeout:g} s with {len(active)} "
                                     "download(s) still active")  # fmt: skip
-                raise typer.Exit(124)
+                raise typer.Exit(ExitStatus.TIMEOUT)
             time.sleep(0.1)
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitStatus.INTERRUPTED) from None
     finally:
         if bars is not None:
             bars.close()
@@ -812,7 +807,7 @@ def wait(
     bad = [r for r in rows if r["status"] != "completed"]
     for r in bad:
         state.console.error(f"{r['id']}: {r['status']}" + (f": {r['error']}" if r["error"] else ""))
-    raise typer.Exit(1 if bad else 0)
+    raise typer.Exit(ExitStatus.ERROR if bad else ExitStatus.OK)
 
 
 class _FakeTask:
@@ -933,7 +928,7 @@ def play(
             try:
                 code = subprocess.call([*cmd, row["path"]])
             except KeyboardInterrupt:
-                raise typer.Exit(130) from None
+                raise typer.Exit(ExitStatus.INTERRUPTED) from None
             raise typer.Exit(0 if code == 0 else 1)
     _fail(HalftunesError("no audio player found (looked for ffplay, mpv, afplay, xdg-open, "
                          "open)", "install ffmpeg or mpv"))  # fmt: skip
@@ -1004,6 +999,6 @@ def main() -> None:
     try:
         app(prog_name="halftunes")
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(ExitStatus.INTERRUPTED)
     except BrokenPipeError:
-        sys.exit(1)
+        sys.exit(ExitStatus.ERROR)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -159,7 +158,3 @@ class ITunesClient:
 
 def _is_track(item: dict) -> bool:
     return isinstance(item.get("trackId"), int | str) and str(item.get("trackId")).isdigit()
-
-
-def cache_key(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()

@@ -19,8 +19,6 @@ from .errors import StateError
 
 STATE_FILE_NAME = "downloads.db"
 SCHEMA_VERSION = 1
-ACTIVE = ("queued", "running")
-STATUSES = ("queued", "running", "paused", "completed", "failed")
 
 _SCHEMA = """
 CREATE TABLE downloads (
