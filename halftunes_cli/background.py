@@ -93,8 +93,8 @@ class BackgroundDownloadTask:
         return row["status"] if row else "cancelled"
 
     def resume(self) -> BackgroundDownloadTask:
-        from .manager import Claimer, Target, check_download_dir
-        from .naming import url_filename
+        from .manager import Claimer, check_download_dir, target_for_url
+        from .naming import safe_filename
 
         cfg = self.session.configuration
         store = self.session.store
@@ -102,8 +102,11 @@ class BackgroundDownloadTask:
         download_dir = Path(self.destination).parent if self.destination else cfg.download_dir
         claimer = Claimer(store, check_download_dir(Path(download_dir)), "background")
         if row is None:
-            name = Path(self.destination).name if self.destination else url_filename(self.url)
-            target = Target(self.record_id, self.url, self.url, name)
+            target = target_for_url(self.url)
+            target.id = self.record_id
+            if self.destination:
+                stem, ext = os.path.splitext(Path(self.destination).name)
+                target.namer = lambda suffix: safe_filename(stem, ext, suffix)
             claimer.claim(target, None, force=False, queue=True)
         elif row["status"] in ("paused", "failed"):
             claimer.claim_record(row, None, force=False, queue=True)
@@ -140,8 +143,7 @@ class BackgroundDownloadTask:
 
         store = self.session.store
         with store.transaction() as conn:
-            row = conn.execute("SELECT status FROM downloads WHERE id = ?",
-                               (self.record_id,)).fetchone()  # fmt: skip
+            row = store.row(conn, self.record_id)
             if row is not None and row["status"] == "queued":
                 store.update(conn, self.record_id, status="paused")
             elif row is not None:

@@ -205,15 +205,10 @@ def search(
 
       halftunes search "王菲" --json | jq '.[].trackId'
     """
-    from .errors import UsageError
-
     text = " ".join(term)
     try:
-        if limit is not None and not 1 <= limit <= 200:
-            raise UsageError(f"--limit must be between 1 and 200, not {limit}")
         config = _config(limit=limit, country=country)
-        store_ok = config.persists_state
-        if store_ok:
+        if config.persists_state:
             _open_store(config)
         from .itunes import ITunesClient
 
@@ -469,8 +464,7 @@ def _download_or_resume(items, background, output_dir, force, json_out, resume_a
     if background:
         flags["session"] = "background"
     config = _config(**flags)
-    if background or (config.is_background and state.session_kind != "ephemeral"):
-        background = True
+    background = background or config.is_background
     store = None
     try:
         if config.is_ephemeral and background:
@@ -505,7 +499,7 @@ def _download_or_resume(items, background, output_dir, force, json_out, resume_a
 
 
 def _resume_entries(items, resume_all, store, batch):
-    from .errors import UnknownIdError, UsageError
+    from .errors import UsageError, unknown_download
 
     if resume_all:
         rows = [r for r in store.all() if r["status"] in ("paused", "failed")]
@@ -518,8 +512,7 @@ def _resume_entries(items, resume_all, store, batch):
     for item in items:
         row = store.get(item)
         if row is None:
-            batch.error(UnknownIdError(f"no download with id {item}",
-                                       "`halftunes list` shows the ids"))  # fmt: skip
+            batch.error(unknown_download(item))
         elif row["status"] == "completed" and Path(row["path"]).exists():
             state.console.info(f"{item}: already completed: {row['path']}")
         elif row["status"] in ("running", "queued") and store.is_owner_alive(row["owner"]):
@@ -580,7 +573,7 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
     import contextlib
 
     from . import render
-    from .errors import HalftunesError, UnknownIdError, UsageError
+    from .errors import HalftunesError, UsageError, unknown_download
     from .manager import wait_until_stopped
     from .store import public_record
 
@@ -594,8 +587,7 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
         for item in ids:
             row = store.get(item)
             if row is None:
-                batch.error(UnknownIdError(f"no download with id {item}",
-                                           "`halftunes list` shows the ids"))  # fmt: skip
+                batch.error(unknown_download(item))
             else:
                 rows.append(row)
         waiting = []
@@ -603,7 +595,7 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
         for row in rows:
             rid = row["id"]
             with store.transaction() as conn:
-                fresh = conn.execute("SELECT * FROM downloads WHERE id = ?", (rid,)).fetchone()
+                fresh = store.row(conn, rid)
                 if fresh is None:
                     continue
                 status = fresh["status"]
@@ -613,14 +605,14 @@ def _steer(ids: list[str], all_: bool, action: str, json_out: bool) -> None:
                 elif action == "pause":
                     if status in ("queued", "running"):
                         store.update(conn, rid, status="paused", owner=None, request=None)
-                    elif all_ is False:
+                    elif not all_:
                         state.console.info(f"{rid}: already {status}")
                 else:  # cancel: nothing is transferring it, so remove it here
                     if status != "completed":
                         with contextlib.suppress(OSError):
                             os.unlink(fresh["part_path"])
                     store.delete(conn, rid)
-                    results.append({**public_record(dict(fresh)), "status": "cancelled"})
+                    results.append({**public_record(fresh), "status": "cancelled"})
         for rid in waiting:
             row = wait_until_stopped(store, rid, timeout=30)
             if row is not None and row["status"] == "running":
@@ -751,7 +743,7 @@ def wait(
 
     from . import render
     from .background import ensure_worker, is_worker_alive
-    from .errors import UnknownIdError
+    from .errors import unknown_download
     from .store import public_record
 
     config = _config()
@@ -761,7 +753,7 @@ def wait(
     ids = _expand(ids or [])
     for item in ids:
         if store.get(item) is None:
-            _fail(UnknownIdError(f"no download with id {item}", "`halftunes list` shows the ids"))
+            _fail(unknown_download(item))
     deadline = None if timeout is None else time.monotonic() + timeout
     bars = None
     if sys.stderr.isatty() and not state.quiet:
@@ -910,13 +902,13 @@ def play(
     import shutil
     import subprocess
 
-    from .errors import HalftunesError, UnknownIdError
+    from .errors import HalftunesError, unknown_download
 
     config = _config()
     store = _open_store(config)
     row = store.get(id_)
     if row is None:
-        _fail(UnknownIdError(f"no download with id {id_}", "`halftunes list` shows the ids"))
+        _fail(unknown_download(id_))
     if row["status"] != "completed" or not Path(row["path"]).exists():
         _fail(HalftunesError(f"{id_} is not downloaded yet ({row['status']})",
                              f"run `halftunes download {id_}` first"))  # fmt: skip
@@ -955,13 +947,13 @@ def open_(
     import shutil
     import subprocess
 
-    from .errors import HalftunesError, UnknownIdError
+    from .errors import HalftunesError, unknown_download
 
     config = _config()
     store = _open_store(config)
     row = store.get(id_)
     if row is None:
-        _fail(UnknownIdError(f"no download with id {id_}", "`halftunes list` shows the ids"))
+        _fail(unknown_download(id_))
     folder = str(Path(row["path"]).parent)
     print(folder)
     if reveal:

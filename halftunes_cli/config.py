@@ -54,7 +54,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "cache_policy": ((str,), "one of " + ", ".join(CACHE_POLICIES)),
     "allow_insecure_http": ((bool,), "true or false"),
     "country": ((str,), "a two-letter country code"),
-    "limit": ((int,), "an integer from 1 to 200"),
+    "limit": ((int,), "an integer between 1 and 200"),
     "headers": ((dict,), "a table of strings"),
     "api_url": ((str,), "an http(s) URL"),
 }

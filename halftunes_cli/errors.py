@@ -95,5 +95,9 @@ class AlreadyRunningError(HalftunesError):
     pass
 
 
+def unknown_download(record_id: str) -> UnknownIdError:
+    return UnknownIdError(f"no download with id {record_id}", "`halftunes list` shows the ids")
+
+
 class Cancelled(HalftunesError):
     """Raised inside a task's thread when it is paused or cancelled; never reaches users."""

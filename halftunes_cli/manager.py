@@ -7,6 +7,7 @@ import hashlib
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,13 +17,13 @@ from .errors import (
     AlreadyRunningError,
     DiskError,
     HalftunesError,
-    UnknownIdError,
     UsageError,
+    unknown_download,
 )
 from .naming import track_filename, url_filename
 from .session import Session
 from .store import Store
-from .tasks import DownloadTask, TaskState
+from .tasks import DownloadTask, ResumeData, TaskState
 
 CONTROL_POLL_SECONDS = 0.05
 
@@ -42,8 +43,11 @@ class Target:
     id: str
     url: str
     title: str
-    filename: str
-    track: dict[str, Any] | None = None
+    namer: Callable[[str], str]  # suffix -> safe file name
+
+    @property
+    def filename(self) -> str:
+        return self.namer("")
 
 
 @dataclass
@@ -61,12 +65,14 @@ def target_for_track(track: dict[str, Any]) -> Target:
     title = f"{track.get('artistName', '?')} - {track.get('trackName', '?')}"
     if not preview:
         raise UsageError(f"track {track_id} ({title}) has no preview to download")
-    return Target(track_id, preview, title, track_filename(track.get("artistName"),
-                                                          track.get("trackName"), preview), track)  # fmt: skip
+    artist, name = track.get("artistName"), track.get("trackName")
+    return Target(
+        track_id, preview, title, lambda suffix: track_filename(artist, name, preview, suffix)
+    )
 
 
 def target_for_url(url: str) -> Target:
-    return Target(url_record_id(url), url, url, url_filename(url))
+    return Target(url_record_id(url), url, url, lambda suffix: url_filename(url, suffix))
 
 
 def check_download_dir(path: Path) -> Path:
@@ -108,14 +114,7 @@ class Claimer:
         if not taken and target.filename.casefold() in self._on_disk():
             taken = True  # a file we did not make (or an older record's): never overwrite it
         if taken:
-            stem, ext = os.path.splitext(target.filename)
-            if target.track is not None:
-                name = track_filename(target.track.get("artistName"),
-                                      target.track.get("trackName"), target.url,
-                                      suffix=f" ({target.id})")  # fmt: skip
-            else:
-                name = url_filename(target.url, suffix=f" ({target.id})")
-            path = self.download_dir / name
+            path = self.download_dir / target.namer(f" ({target.id})")
         self._on_disk().add(path.name.casefold())
         return path
 
@@ -129,9 +128,9 @@ class Claimer:
                 return self.claim(target, owner, force, queue, conn)
         store = self.store
         status = "queued" if queue else "running"
-        row = conn.execute("SELECT * FROM downloads WHERE id = ?", (target.id,)).fetchone()
+        row = store.row(conn, target.id)
         if row is not None:
-            return self._claim_existing(conn, dict(row), owner, force, status)
+            return self._claim_existing(conn, row, owner, force, status)
         path = self._choose_path(conn, target)
         store.insert(conn, {
             "id": target.id, "url": target.url, "path": str(path),
@@ -139,17 +138,17 @@ class Claimer:
             "owner_pid": os.getpid() if owner else None, "title": target.title,
             "session": self.session_kind, "announced": 0 if queue else 1,
         })  # fmt: skip
-        return Outcome(target.id, status, store_row(conn, target.id))
+        return Outcome(target.id, status, store.row(conn, target.id))
 
     def claim_record(self, row: dict[str, Any], owner: str | None, force: bool,
                      queue: bool, conn: Any = None) -> Outcome:  # fmt: skip
         if conn is None:
             with self.store.transaction() as conn:
                 return self.claim_record(row, owner, force, queue, conn)
-        fresh = conn.execute("SELECT * FROM downloads WHERE id = ?", (row["id"],)).fetchone()
+        fresh = self.store.row(conn, row["id"])
         if fresh is None:
-            raise UnknownIdError(f"no download with id {row['id']}")
-        return self._claim_existing(conn, dict(fresh), owner, force,
+            raise unknown_download(row["id"])
+        return self._claim_existing(conn, fresh, owner, force,
                                     "queued" if queue else "running")  # fmt: skip
 
     def _claim_existing(self, conn, row, owner, force, status) -> Outcome:
@@ -173,13 +172,10 @@ class Claimer:
                                   "owner_pid": os.getpid() if owner else None, "error": None,
                                   "session": self.session_kind,
                                   "announced": 0 if status == "queued" else 1}  # fmt: skip
-        if row["status"] == "completed":
-            if Path(row["path"]).exists() and not force:
-                return Outcome(rid, "skipped", row)
-            with contextlib.suppress(OSError):
-                os.unlink(row["part_path"])
-            fields.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
-        elif force:
+        done = row["status"] == "completed"
+        if done and Path(row["path"]).exists() and not force:
+            return Outcome(rid, "skipped", row)
+        if done or force:  # start over: the finished file is gone, or the user asked
             with contextlib.suppress(OSError):
                 os.unlink(row["part_path"])
             fields.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
@@ -187,11 +183,7 @@ class Claimer:
             # Its owner died before anyone noticed: keep only what may be trusted.
             fields["bytes_received"] = store.recover_partial(row)
         store.update(conn, rid, **fields)
-        return Outcome(rid, status, dict(store_row(conn, rid)))
-
-
-def store_row(conn: Any, record_id: str) -> dict[str, Any]:
-    return dict(conn.execute("SELECT * FROM downloads WHERE id = ?", (record_id,)).fetchone())
+        return Outcome(rid, status, store.row(conn, rid))
 
 
 class _RecordJournal:
@@ -242,15 +234,14 @@ class Runner:
                     task.request_stop(request)
 
     def submit(self, record: dict[str, Any], on_done=None):
-        task = DownloadTask(
-            self.session, record["url"], record["path"], record_id=record["id"],
-            journal=_RecordJournal(self.store, self.owner, record["id"]),
+        resume_data = ResumeData(
+            record["url"], record["path"], record["part_path"], int(record["bytes_received"] or 0),
+            record["bytes_total"], record["etag"], record["last_modified"],
         )  # fmt: skip
-        task.part_path = Path(record["part_path"])
-        task.bytes_received = task._synced = int(record["bytes_received"] or 0)
-        task.bytes_total = record["bytes_total"]
-        task.etag = record["etag"]
-        task.last_modified = record["last_modified"]
+        task = DownloadTask(
+            self.session, record["url"], record["path"], resume_data=resume_data,
+            record_id=record["id"], journal=_RecordJournal(self.store, self.owner, record["id"]),
+        )  # fmt: skip
         task.title = record.get("title") or record["id"]  # type: ignore[attr-defined]
         with self._lock:
             self.tasks[record["id"]] = task
@@ -281,19 +272,15 @@ class Runner:
                 self.store.delete(conn, rid)
                 return Outcome(rid, "cancelled", None, None, task.notes)
             if state is TaskState.COMPLETED:
-                fields = {"status": "completed", "bytes_received": task.bytes_total,
-                          "bytes_total": task.bytes_total, "error": None}  # fmt: skip
+                status, error = "completed", None
             elif state is TaskState.PAUSED:
-                fields = {"status": "paused", "bytes_received": task._synced, "error": None}
+                status, error = "paused", None
             else:
-                fields = {"status": "failed", "bytes_received": task._synced,
-                          "error": str(task.error) if task.error else "failed"}  # fmt: skip
-            fields.update(owner=None, request=None, etag=task.etag,
-                          last_modified=task.last_modified)  # fmt: skip
-            if state is not TaskState.COMPLETED:
-                fields["bytes_total"] = task.bytes_total
-            self.store.update(conn, rid, **fields)
-            record = store_row(conn, rid)
+                status, error = "failed", str(task.error) if task.error else "failed"
+            self.store.update(conn, rid, status=status, error=error, bytes_received=task._synced,
+                              bytes_total=task.bytes_total, owner=None, request=None,
+                              etag=task.etag, last_modified=task.last_modified)  # fmt: skip
+            record = self.store.row(conn, rid)
         return Outcome(rid, record["status"], record, task.error if state is TaskState.FAILED
                        else None, task.notes)  # fmt: skip
 

@@ -15,7 +15,6 @@ from .errors import (
     AuthenticationRequired,
     HalftunesError,
     HTTPStatusError,
-    InsecureURLError,
     TransferError,
     UnsupportedURLError,
 )
@@ -101,6 +100,13 @@ def translate_request_error(exc: Exception, url: str) -> HalftunesError:
     if isinstance(exc, OSError):
         return TransferError(f"I/O error for {url}: {exc.strerror or exc}")
     return TransferError(f"{type(exc).__name__}: {exc}")
+
+
+def authentication_required(url: str) -> AuthenticationRequired:
+    return AuthenticationRequired(
+        f"authentication required for {url} (HTTP 401)",
+        "add the host to ~/.netrc, or answer on_challenge in your delegate",
+    )
 
 
 def _root_reason(exc: BaseException) -> str:
@@ -192,19 +198,16 @@ class Session:
         self.configuration.check_url(url)
         timeout = self.configuration.request_timeout
         self.log(f"> {method} {url} {dict(headers or {})}")
-        try:
-            response = self.http.request(
-                method,
-                url,
-                headers=headers,
-                data=data,
-                auth=auth,
-                stream=stream,
-                timeout=(min(timeout, 30.0), timeout),
-                allow_redirects=True,
-            )
-        except InsecureURLError:
-            raise
+        response = self.http.request(
+            method,
+            url,
+            headers=headers,
+            data=data,
+            auth=auth,
+            stream=stream,
+            timeout=(min(timeout, 30.0), timeout),
+            allow_redirects=True,
+        )
         self.log(f"< {response.status_code} {url}")
         return response
 
@@ -250,10 +253,7 @@ class Session:
                     continue
             if response.status_code == 401:
                 response.close()
-                raise AuthenticationRequired(
-                    f"authentication required for {url} (HTTP 401)",
-                    "add the host to ~/.netrc, or answer on_challenge in your delegate",
-                )
+                raise authentication_required(url)
             if response.status_code in retry_statuses and idempotent:
                 if attempt <= self.configuration.retries:
                     wait = self.backoff_seconds(

@@ -302,18 +302,24 @@ class Store:
         rows = self.query("SELECT * FROM downloads WHERE id = ?", (record_id,))
         return rows[0] if rows else None
 
+    def row(self, conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
+        """A record read inside a transaction."""
+        found = conn.execute("SELECT * FROM downloads WHERE id = ?", (record_id,)).fetchone()
+        return dict(found) if found is not None else None
+
     def all(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
         if ids is None:
             return self.query("SELECT * FROM downloads ORDER BY seq")
-        found = {r["id"]: r for r in self._get_many(ids)}
+        found = {r["id"]: r for r in self._select_ids("SELECT * FROM downloads", ids)}
         return [found[i] for i in ids if i in found]
 
-    def _get_many(self, ids: list[str]) -> list[dict[str, Any]]:
+    def _select_ids(self, select: str, ids: list[str]) -> list[dict[str, Any]]:
+        """`select ... WHERE id IN (...)` in chunks that stay under SQLite's variable limit."""
         out: list[dict[str, Any]] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            out += self.query(f"SELECT * FROM downloads WHERE id IN ({marks})", tuple(chunk))
+            out += self.query(f"{select} WHERE id IN ({marks})", tuple(chunk))
         return out
 
     def insert(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
@@ -472,13 +478,8 @@ class Store:
             )
 
     def get_tracks(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        out = {}
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for r in self.query(f"SELECT id, json FROM tracks WHERE id IN ({marks})", tuple(chunk)):
-                out[r["id"]] = json.loads(r["json"])
-        return out
+        rows = self._select_ids("SELECT id, json FROM tracks", ids)
+        return {r["id"]: json.loads(r["json"]) for r in rows}
 
     def cache_get(self, key: str) -> tuple[str, float, float] | None:
         rows = self.query("SELECT body, fetched, max_age FROM http_cache WHERE key = ?", (key,))

@@ -18,7 +18,6 @@ import urllib3
 
 from . import ranges
 from .errors import (
-    AuthenticationRequired,
     Cancelled,
     DiskError,
     HalftunesError,
@@ -27,6 +26,7 @@ from .errors import (
     UsageError,
 )
 from .ranges import Action
+from .session import authentication_required, translate_request_error
 
 if TYPE_CHECKING:
     from .session import Session
@@ -185,8 +185,6 @@ class Task:
         except OSError as exc:
             self._fail(_disk_error(exc, getattr(self, "part_path", None)))
         except Exception as exc:  # a bug must still end the task, never hang a waiter
-            from .session import translate_request_error
-
             self._fail(translate_request_error(exc, self.url))
         finally:
             self._live_response = None
@@ -211,7 +209,8 @@ class Task:
             self._call_completion()
 
     def _call_completion(self) -> None:
-        raise NotImplementedError
+        # data and upload tasks: completion(data, response, error)
+        self.completion(getattr(self, "data", None), self.response, self.error)
 
 
 class DataTask(Task):
@@ -244,9 +243,6 @@ class DataTask(Task):
         self.session.call_delegate("on_data_received", self, self.data)
         self._move(TaskState.COMPLETED)
         self._complete()
-
-    def _call_completion(self) -> None:
-        self.completion(self.data, self.response, self.error)
 
 
 class _CountingFile:
@@ -314,9 +310,6 @@ class UploadTask(Task):
         self._move(TaskState.COMPLETED)
         self._complete()
 
-    def _call_completion(self) -> None:
-        self.completion(self.data, self.response, self.error)
-
 
 def _disk_error(exc: OSError, part_path: Any) -> DiskError:
     import errno
@@ -345,7 +338,6 @@ class DownloadTask(Task):
         resume_data: ResumeData | None = None,
         journal: Journal | None = None,
         record_id: str | None = None,
-        trust_partial: bool = True,
     ):
         super().__init__(session, url, completion)
         session.configuration.check_url(url)
@@ -364,8 +356,10 @@ class DownloadTask(Task):
         self.bytes_fetched = 0  # bytes that crossed the network in this task
         self.notes: list[str] = []  # things the user should hear (restarts)
         self.location: Path | None = None
-        self.trust_partial = trust_partial
         self._synced = 0
+        self._auth: Any = None  # credentials from on_challenge, once given
+        self._last_error: HalftunesError | None = None
+        self._retry_after: float | None = None
         if resume_data is not None:
             self.part_path = Path(resume_data.part_path)
             self.bytes_received = resume_data.offset
@@ -440,13 +434,8 @@ class DownloadTask(Task):
             if self._stop.wait(wait):
                 self._check_stop()
 
-    _last_error: HalftunesError | None = None
-    _retry_after: float | None = None
-
     def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
         """One request. Returns (bytes flowed?, 'done' | 'retry')."""
-        from .session import translate_request_error
-
         self._retry_after = None
         try:
             response = self.session.open("GET", self.url, headers, auth=self._auth)
@@ -464,10 +453,7 @@ class DownloadTask(Task):
                 if answer is not None and self._auth is None:
                     self._auth = answer
                     return True, "retry"
-                raise AuthenticationRequired(
-                    f"authentication required for {self.url} (HTTP 401)",
-                    "add the host to ~/.netrc, or answer on_challenge in your delegate",
-                )
+                raise authentication_required(self.url)
             decision = ranges.decide(response.status_code, response.headers, offset,
                                      self.bytes_total)  # fmt: skip
             action = decision.action
@@ -511,8 +497,6 @@ class DownloadTask(Task):
                 self._stream(response, offset)
             except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                     OSError) as exc:  # fmt: skip
-                if isinstance(exc, OSError) and getattr(exc, "_halftunes_disk", False):
-                    raise _disk_error(exc, self.part_path) from None
                 self._check_stop()
                 self._last_error = translate_request_error(exc, self.url)
                 return self.bytes_received > start, "retry"
@@ -527,14 +511,8 @@ class DownloadTask(Task):
                     f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
                 )
                 return self.bytes_received > start, "retry"
-            if total is not None and self.bytes_received > total:
-                self._note("server sent more bytes than announced: restarting")
-                self._truncate(0)
-                return False, "retry"
-            self._finish(total)
+            self._finish(total)  # (more bytes than announced stopped _stream already)
             return True, "done"
-
-    _auth: Any = None
 
     def _starting_offset(self) -> int:
         """Bytes of the partial we may append to (never beyond what is known on disk)."""
@@ -545,7 +523,7 @@ class DownloadTask(Task):
             return 0
         except OSError as exc:
             raise _disk_error(exc, self.part_path) from None
-        keep = size if self.trust_partial else min(size, self._synced)
+        keep = size
         if self.bytes_total is not None and keep > self.bytes_total:
             keep = 0
         if keep != size:
@@ -570,8 +548,7 @@ class DownloadTask(Task):
             self.session.call_delegate("on_note", self, message)
 
     def _stream(self, response: requests.Response, offset: int) -> None:
-        raw = response.raw
-        read = getattr(raw, "read1", None) or raw.read
+        read = _chunk_reader(response.raw)
         try:
             f = open(self.part_path, "r+b" if self.part_path.exists() else "wb")
         except OSError as exc:
@@ -587,19 +564,15 @@ class DownloadTask(Task):
             f.seek(offset)
             f.truncate(offset)
             while not self._stop.is_set():
-                try:
-                    chunk = read(CHUNK_BYTES, decode_content=False)
-                except TypeError:
-                    chunk = read(CHUNK_BYTES)
+                chunk = read(CHUNK_BYTES)
                 if not chunk:
                     at_eof = True
                     break
                 try:
                     f.write(chunk)
                 except OSError as exc:
-                    exc._halftunes_disk = True  # type: ignore[attr-defined]
                     self._sync_after_error(f)
-                    raise
+                    raise _disk_error(exc, self.part_path) from None
                 self.bytes_received += len(chunk)
                 self.bytes_fetched += len(chunk)
                 if self.bytes_total is not None and self.bytes_received > self.bytes_total:
@@ -663,3 +636,10 @@ class DownloadTask(Task):
 
 class _BodyError(Exception):
     pass
+
+
+def _chunk_reader(raw: Any) -> Callable[[int], bytes]:
+    """Read what has arrived, up to n bytes, undecoded (byte ranges count encoded bytes)."""
+    if isinstance(raw, urllib3.HTTPResponse):
+        return lambda n: raw.read1(n, decode_content=False)
+    return raw.read  # a custom protocol handler's file-like body

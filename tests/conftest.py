@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -13,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import requests
 
 from halftunes_cli.catalog import CatalogServer
 
@@ -149,17 +149,9 @@ class Env:
             proc.wait()
         pid = self.worker_pid()
         if pid is not None:
-            with _suppress():
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         reap_children()
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)
 
 
 def corrupt_state(state_dir: Path, kind: str) -> None:
@@ -209,7 +201,3 @@ def env(tmp_path, server):
     e = Env(tmp_path, server)
     yield e
     e.cleanup()
-
-
-def fetch_sha(url: str) -> str:
-    return hashlib.sha256(requests.get(url, timeout=30).content).hexdigest()

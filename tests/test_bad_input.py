@@ -157,11 +157,8 @@ def test_hostile_track_names_land_safely(env, track_name):
     assert sha256_file(path) == env.expected_sha(int(tid))
 
 
-def test_content_length_lie_of_10_gb(env):
-    env.fault(path=f"/previews/{FRESH}/", kind="lie_length")
-    result = env.run("download", str(FRESH))
-    assert result.returncode == 0, result.stderr
-    assert sha256_file(result.stdout.strip()) == env.expected_sha(FRESH)
+# The 10 GB Content-Length lie is a row of
+# test_download.py::test_a_body_shorter_than_announced_is_never_completed_early.
 
 
 def test_content_range_that_does_not_match_the_request(env):
