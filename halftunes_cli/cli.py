@@ -312,17 +312,20 @@ def _targets(items: list[str], store, session, batch: _Batch):
                                    "track ids are numbers: see `halftunes search TERM`"))  # fmt: skip
     tracks = store.get_tracks(want_tracks) if want_tracks else {}
     missing = [i for i in want_tracks if i not in tracks]
+    lookup_failed = False
     if missing:
         try:
             for t in ITunesClient(session).lookup(missing):
                 tracks[str(t.trackId)] = t.raw
         except ApiError as exc:
-            batch.error(exc)
-            return [r for r in resolved if r[0] != "track" or r[1] in tracks]
+            batch.error(exc)  # said once; the ids it left unresolved are skipped below
+            lookup_failed = True
     out = []
     for kind, value in resolved:
         if kind != "track":
             out.append((kind, value))
+            continue
+        if value not in tracks and lookup_failed:
             continue
         if value not in tracks:
             batch.error(UnknownIdError(f"no track with id {value} in the iTunes catalog",

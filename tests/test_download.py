@@ -357,6 +357,16 @@ def test_bad_ids_exit_2_and_good_ones_still_download(env):
     assert env.record(T1)["status"] == "completed"
 
 
+def test_a_failed_lookup_still_downloads_the_cached_ids(env):
+    # Regression: a lookup error used to hand unresolved entries on and end in a traceback.
+    assert env.run("search", "better together").returncode == 0  # caches T1, not T2
+    env.fault(path="/lookup", kind="malformed")
+    result = env.run("download", str(T1), str(T2))
+    assert result.returncode == 1, result.stderr
+    assert "not JSON" in result.stderr and "Traceback" not in result.stderr
+    assert env.record(T1)["status"] == "completed" and env.record(T2) is None
+
+
 def test_url_download_and_plain_http_rule(env):
     url = f"{env.server.url}/files/big%20song.mp3?size=300000&seed=3"
     result = env.run("download", url)
