@@ -137,7 +137,7 @@ def make_big_file(servers: Servers, name: str, size: int) -> str:
     if servers.static_url:
         path = servers.static / name
         if not path.exists() or path.stat().st_size != size:
-            from halftunes_cli.catalog import body_slice
+            from halftunes_cli.testing.catalog import body_slice
 
             with open(path, "wb") as f:
                 for start in range(0, size, 16 * MIB):
@@ -320,21 +320,24 @@ def s3_scaling(servers_small: Servers) -> None:
         log(f"  S3 {n}: {med:.2f}s, {1000 * med / n:.2f} ms/file")
     # 10,000 records already in the state file
     big = fresh(WORK / "s3-big")
+    from halftunes_cli.records import Records
     from halftunes_cli.store import Store
 
+    # Seeded straight into the table (a fixture, not a transition); then the real checkpoint.
     store = Store(big)
+    records = Records(store)
     with store.transaction() as conn:
         for i in range(10_000):
-            store.insert(conn, {"id": f"r{i}", "url": f"https://x/{i}.m4a",
+            store.insert_record(conn, {"id": f"r{i}", "url": f"https://x/{i}.m4a",
                                 "path": f"/tmp/none/{i}.m4a", "part_path": f"/tmp/none/{i}.m4a.part",
                                 "status": "completed", "bytes_received": 1000, "bytes_total": 1000,
                                 "title": f"Track {i}"})  # fmt: skip
     with store.transaction() as conn:
-        store.update(conn, "r5000", status="running", owner=store.owner_token())
+        store.update_record(conn, "r5000", status="running", owner=records.owner_token())
     ckpt = []
     for _ in range(50):
         t = time.perf_counter()
-        store.checkpoint("r5000", store.owner_token(), 500, 1000, '"e"', None)
+        records.checkpoint("r5000", records.owner_token(), 500, 1000, '"e"', None)
         ckpt.append(time.perf_counter() - t)
     env = ht_env(big, fresh(WORK / "s3-one"), servers_small.api)
     lists = [measure([HALFTUNES, "list", "--json"], env=env)["wall"] for _ in range(RUNS + 1)][1:]
@@ -342,7 +345,7 @@ def s3_scaling(servers_small: Servers) -> None:
     for _ in range(RUNS + 1):
         subprocess.run([HALFTUNES, "cancel", ids[0]], env=env, capture_output=True)
         one.append(measure([HALFTUNES, "-q", "download", ids[0]], env=env)["wall"])
-    store.close()
+    records.close()
     results["scenarios"]["S3 scaling"] = {
         "per_file_seconds": per_file,
         "ratio_1000_vs_10": per_file.get(1000, 0) / per_file[10] if 10 in per_file else None,

@@ -1,6 +1,11 @@
 """halftunes: Apple's URL-loading model (NSURLSession) for the terminal, and the HalfTunes app on it."""
 
+import logging
+
 __version__ = "0.1.0"
+
+# A library logs; the application decides where to (the CLI's -v, the worker's log file).
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "Session",

@@ -1,25 +1,35 @@
-"""The background session's client side: start the worker, hand it records, reattach tasks."""
+"""The background session's client side: start the worker, hand it records, and
+`BackgroundDownloadTask`, a Task whose truth is its record (reattachable by identifier)."""
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .store import is_lock_held
+from .errors import HalftunesError, TransferError
+from .liveness import WORKER_LOCK
+from .records import (
+    DownloadRecord,
+    Records,
+    RecordStatus,
+    StopRequest,
+    check_download_dir,
+    target_for_url,
+)
+from .tasks import ResumeData, Task, TaskState
 
-WORKER_LOCK = "worker.lock"
 WORKER_PID = "worker.pid"
 WORKER_LOG = "worker.log"
 LOG_MAX_BYTES = 1 << 20
-
-
-def is_worker_alive(state_dir: Path) -> bool:
-    return is_lock_held(Path(state_dir) / WORKER_LOCK)
+POLL_SECONDS = 0.1
+log = logging.getLogger(__name__)
 
 
 def rotate_log(path: Path, max_bytes: int = LOG_MAX_BYTES) -> None:
@@ -59,101 +69,168 @@ def ensure_worker(state_dir: Path) -> bool:
             os.close(log_fd)
     finally:
         os.close(fd)  # the child keeps the lock through its own copy
+    log.debug("started the background worker for %s", state_dir)
     return True
 
 
-def worker_pid(state_dir: Path) -> int | None:
-    try:
-        return int((Path(state_dir) / WORKER_PID).read_text().strip())
-    except (OSError, ValueError):
+_TASK_STATE = {
+    RecordStatus.QUEUED: TaskState.RUNNING,  # NSURLSession shows a waiting background task running
+    RecordStatus.RUNNING: TaskState.RUNNING,
+    RecordStatus.PAUSED: TaskState.PAUSED,
+    RecordStatus.COMPLETED: TaskState.COMPLETED,
+    RecordStatus.FAILED: TaskState.FAILED,
+}
+
+
+class BackgroundDownloadTask(Task):
+    """A download handed to the worker. Same protocol as `DownloadTask` (states, errors,
+    completion, cancel_producing_resume_data), but the record in the state file is the truth:
+    another process can reattach to it by the session's identifier."""
+
+    def __init__(self, session: Any, url: str, destination: str | Path | None = None,
+                 completion: Callable | None = None, record_id: str | None = None,
+                 resume_data: ResumeData | None = None):  # fmt: skip
+        super().__init__(session, url, completion)
+        session.configuration.check_url(url)
+        self.destination = Path(destination) if destination else None
+        self.record_id = record_id or target_for_url(url).id
+        self._resume_data = resume_data
+        self._started = record_id is not None  # a reattached task is already under way
+        self._reported = False
+
+    # -- the record is the truth -----------------------------------------------------------
+    @property
+    def records(self) -> Records:
+        return self.session.records
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        """The record as `halftunes list --json` shows it (None once cancelled)."""
+        record = self._record()
+        return record.public() if record is not None else None
+
+    def _record(self) -> DownloadRecord | None:
+        return self.records.get(self.record_id)
+
+    @property
+    def state(self) -> TaskState:  # type: ignore[override]
+        if not self._started:
+            return self._local_state
+        record = self._record()
+        return _TASK_STATE[record.status] if record is not None else TaskState.CANCELLED
+
+    @state.setter
+    def state(self, value: TaskState) -> None:
+        self._local_state = value
+
+    @property
+    def error(self) -> HalftunesError | None:  # type: ignore[override]
+        record = self._record() if self._started else None
+        if record is not None and record.status is RecordStatus.FAILED:
+            return TransferError(record.error or "failed")
         return None
 
-
-class BackgroundDownloadTask:
-    """A download handed to the worker; its record is the truth (reattachable by identifier)."""
-
-    def __init__(self, session: Any, url: str, destination: Any = None, completion: Any = None,
-                 record_id: str | None = None):  # fmt: skip
-        from .manager import url_record_id
-
-        self.session = session
-        self.url = url
-        self.destination = destination
-        self.completion = completion
-        self.record_id = record_id or url_record_id(url)
-        self.task_identifier = session._new_task_id()
+    @error.setter
+    def error(self, value: HalftunesError | None) -> None:
+        pass  # derived from the record
 
     @property
-    def record(self) -> dict | None:
-        return self.session.store.get(self.record_id)
+    def bytes_received(self) -> int:
+        record = self._record()
+        return record.bytes_received if record is not None else 0
 
     @property
-    def state(self) -> str:
-        row = self.record
-        return row["status"] if row else "cancelled"
+    def bytes_total(self) -> int | None:
+        record = self._record()
+        return record.bytes_total if record is not None else None
 
+    @property
+    def location(self) -> Path | None:
+        record = self._record()
+        if record is not None and record.status is RecordStatus.COMPLETED:
+            return Path(record.path)
+        return None
+
+    # -- lifecycle --------------------------------------------------------------------------
     def resume(self) -> BackgroundDownloadTask:
-        from .manager import Claimer, check_download_dir, target_for_url
-        from .naming import safe_filename
-
+        """Queue the download for the worker (and start the worker if none runs)."""
+        if not self._started:
+            self._move(TaskState.RUNNING)
         cfg = self.session.configuration
-        store = self.session.store
-        row = store.get(self.record_id)
-        download_dir = Path(self.destination).parent if self.destination else cfg.download_dir
-        claimer = Claimer(store, check_download_dir(Path(download_dir)), "background")
-        if row is None:
-            target = target_for_url(self.url)
-            target.id = self.record_id
-            if self.destination:
-                stem, ext = os.path.splitext(Path(self.destination).name)
-                target.namer = lambda suffix: safe_filename(stem, ext, suffix)
-            claimer.claim(target, None, force=False, queue=True)
-        elif row["status"] in ("paused", "failed"):
-            claimer.claim_record(row, None, force=False, queue=True)
-        store.set_fields(self.record_id, session_id=cfg.identifier)
+        record = self.records.get(self.record_id)
+        folder = self.destination.parent if self.destination else Path(cfg.download_dir)
+        folder = check_download_dir(folder)
+        kwargs = dict(owner=None, force=False, queue=True, download_dir=folder,
+                      session_kind="background")  # fmt: skip
+        if record is None:
+            name = self.destination.name if self.destination else None
+            self.records.claim([target_for_url(self.url, self.record_id, name)], **kwargs)
+        elif record.status in (RecordStatus.PAUSED, RecordStatus.FAILED):
+            self.records.claim([record], **kwargs)
+        self.records.tag_session(self.record_id, cfg.identifier)
+        self._started = True
         ensure_worker(Path(cfg.state_dir))
         return self
 
+    def run(self) -> BackgroundDownloadTask:
+        self.resume()
+        self.wait()
+        return self
+
     def wait(self, timeout: float | None = None) -> bool:
+        if not self._started:
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            self.session.store.reconcile()
-            state = self.state
-            if state not in ("queued", "running"):
-                if self.completion is not None:
-                    row = self.record
-                    location = Path(row["path"]) if row and state == "completed" else None
-                    self.completion(location, None, row.get("error") if row else None)
-                    self.completion = None
+            self.records.reconcile_dead_owners()
+            record = self._record()
+            if record is None or record.status not in (RecordStatus.QUEUED, RecordStatus.RUNNING):
+                self._report()
                 return True
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            time.sleep(0.1)
+            time.sleep(POLL_SECONDS)
+
+    def _report(self) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        self.session.call_delegate("on_complete", self, self.error)
+        if self.state is TaskState.COMPLETED:
+            self.session.call_delegate("on_finished_downloading", self, self.location)
+        if self.completion is not None:
+            self.completion(self.location, None, self.error)
+
+    def request_stop(self, reason: str) -> None:
+        if not self._started:
+            return
+        self.records.request_stop(self.record_id, StopRequest(reason))
+        self.records.wait_until_stopped(self.record_id)
 
     def cancel(self) -> None:
-        from .manager import wait_until_stopped
-
-        store = self.session.store
-        with store.transaction() as conn:
-            store.update(conn, self.record_id, request="cancel")
-        wait_until_stopped(store, self.record_id)
+        if not self._started:
+            super().cancel()
+            self._local_state = TaskState.CANCELLED
+            return
+        self.request_stop("cancel")
 
     def suspend(self) -> None:
-        from .manager import wait_until_stopped
+        self.request_stop("pause")
 
-        store = self.session.store
-        with store.transaction() as conn:
-            row = store.row(conn, self.record_id)
-            if row is not None and row["status"] == "queued":
-                store.update(conn, self.record_id, status="paused")
-            elif row is not None:
-                store.update(conn, self.record_id, request="pause")
-        wait_until_stopped(store, self.record_id)
+    def cancel_producing_resume_data(self, timeout: float | None = 30) -> ResumeData | None:
+        if not self._started:
+            self.cancel()
+            return None
+        self.request_stop("pause")
+        record = self._record()
+        if record is None or record.status is not RecordStatus.PAUSED:
+            return None
+        return ResumeData(record.url, record.path, record.part_path, record.bytes_received,
+                          record.bytes_total, record.etag, record.last_modified)  # fmt: skip
 
 
 def reattach(session: Any) -> list[BackgroundDownloadTask]:
     """The tasks a background session with this identifier handed to the worker before."""
     ident = session.configuration.identifier
-    rows = session.store.query("SELECT id, url, path FROM downloads WHERE session_id = ? "
-                               "ORDER BY seq", (ident,))  # fmt: skip
-    return [BackgroundDownloadTask(session, r["url"], r["path"], record_id=r["id"]) for r in rows]
+    return [BackgroundDownloadTask(session, r.url, r.path, record_id=r.id)
+            for r in session.records.of_session(ident)]  # fmt: skip

@@ -1,10 +1,10 @@
-"""The exception tree of halftunes; every error carries a message, a hint and an exit code.
+"""The exception tree, exit statuses, and the one boundary where library errors become ours.
 
     HalftunesError                 (exit 1 unless stated)
     ├── UsageError                 exit 2: bad input from the user
     │   ├── ConfigError            exit 2: a bad config file, key or value
     │   ├── InsecureURLError       exit 2: plain http:// to a host that is not loopback
-    │   ├── UnsupportedURLError    exit 2: a scheme we do not speak
+    │   ├── UnsupportedURLError    exit 2: a scheme we do not speak, a malformed URL
     │   └── UnknownIdError         exit 2: an id no record or catalog knows
     ├── ApiError                   the iTunes API answered something we cannot use
     │   └── RateLimitedError       403/429 from the API (about 20 calls a minute)
@@ -15,17 +15,32 @@
     ├── StateError                 the state file is corrupt, too new or unusable
     ├── DiskError                  the download dir is not writable, the disk is full
     ├── AlreadyRunningError        another process is transferring that id right now
+    ├── InternalError              a bug in halftunes: reported as such, never as a network error
+    ├── IllegalTransition          a lifecycle move the tables do not allow (also a bug)
     └── Cancelled                  a task was cancelled or paused (not shown to users)
 
-Lower-layer errors (requests, OSError, sqlite3) are translated into this tree at one
-boundary each: `session.translate_request_error` and `store`.
+Lower-layer errors (requests and urllib3, OSError, sqlite3) become members of this tree in
+`translate_request_error`, `disk_error` and `state_error` below, and nowhere else; each keeps
+the original as its `__cause__` (raise ... from exc) so `-v` can show it.
 """
 
 from __future__ import annotations
 
+import enum
+import errno
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    TIMEOUT = 124
+    INTERRUPTED = 130
+    TERMINATED = 143
+
 
 class HalftunesError(Exception):
-    exit_code = 1
+    exit_code: int = ExitStatus.ERROR
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
@@ -37,7 +52,7 @@ class HalftunesError(Exception):
 
 
 class UsageError(HalftunesError):
-    exit_code = 2
+    exit_code = ExitStatus.USAGE
 
 
 class ConfigError(UsageError):
@@ -95,9 +110,97 @@ class AlreadyRunningError(HalftunesError):
     pass
 
 
-def unknown_download(record_id: str) -> UnknownIdError:
-    return UnknownIdError(f"no download with id {record_id}", "`halftunes list` shows the ids")
+class InternalError(HalftunesError):
+    pass
+
+
+class IllegalTransition(HalftunesError):
+    pass
 
 
 class Cancelled(HalftunesError):
     """Raised inside a task's thread when it is paused or cancelled; never reaches users."""
+
+
+def unknown_download(record_id: str) -> UnknownIdError:
+    return UnknownIdError(f"no download with id {record_id}", "`halftunes list` shows the ids")
+
+
+def authentication_required(url: str) -> AuthenticationRequired:
+    return AuthenticationRequired(
+        f"authentication required for {url} (HTTP 401)",
+        "add the host to ~/.netrc, or answer on_challenge in your delegate",
+    )
+
+
+def internal_error(exc: BaseException) -> InternalError:
+    error = InternalError(
+        f"internal error: {type(exc).__name__}: {exc}",
+        "this is a bug in halftunes; run again with -v for the traceback and report it",
+    )
+    error.__cause__ = exc
+    return error
+
+
+# -- the translation boundary -----------------------------------------------------------------
+def translate_request_error(exc: BaseException, url: str) -> HalftunesError:
+    """requests / urllib3 / socket errors become ours; the original stays as __cause__."""
+    import requests
+    import urllib3
+
+    if isinstance(exc, HalftunesError):
+        return exc
+    error: HalftunesError
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        error = TransferError(f"timed out reading from {url}", "the server stalled")
+    elif isinstance(exc, urllib3.exceptions.HTTPError):
+        error = TransferError(f"connection to {url} broke: {_root_reason(exc)}")
+    elif isinstance(exc, requests.exceptions.SSLError):
+        error = TransferError(
+            f"TLS verification failed for {url}",
+            "for a private CA set REQUESTS_CA_BUNDLE to its certificate file",
+        )
+    elif isinstance(exc, requests.exceptions.Timeout):
+        error = TransferError(f"timed out talking to {url}", "the server stalled; try again later")
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        error = TransferError(f"could not connect to {url}: {_root_reason(exc)}")
+    elif isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        error = UnsupportedURLError(f"invalid URL {url!r}")
+    elif isinstance(exc, requests.exceptions.InvalidSchema):
+        error = UnsupportedURLError(f"unsupported URL scheme in {url!r}")
+    elif isinstance(exc, requests.exceptions.RequestException):
+        error = TransferError(f"request to {url} failed: {_root_reason(exc)}")
+    elif isinstance(exc, OSError):
+        error = TransferError(f"I/O error for {url}: {exc.strerror or exc}")
+    else:
+        return internal_error(exc)
+    error.__cause__ = exc
+    return error
+
+
+def disk_error(exc: OSError, path: object = None) -> DiskError:
+    where = f" writing {path}" if path else ""
+    if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        error = DiskError(f"disk full{where}", "free some space, then `halftunes resume ID`")
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        error = DiskError(f"permission denied{where}", "choose a writable folder with -o DIR")
+    else:
+        error = DiskError(f"disk error{where}: {exc.strerror or exc}")
+    error.__cause__ = exc
+    return error
+
+
+def state_error(exc: BaseException, path: object) -> StateError:
+    error = StateError(f"state file {path or ':memory:'}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _root_reason(exc: BaseException) -> str:
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    text = str(seen) or type(seen).__name__
+    if "Connection refused" in text:
+        return "connection refused"
+    return text if len(text) < 160 else text[:157] + "..."

@@ -1,15 +1,18 @@
-"""The iTunes Search API client: search, lookup, the `Track` model, caching and pacing."""
+"""The iTunes Search API client: search, lookup, the `Track` model, caching and pacing.
+
+It speaks HTTP through whatever `Fetcher` it is given (a `Session` is one), so it knows
+nothing of downloads, and the session knows nothing of iTunes."""
 
 from __future__ import annotations
 
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote_plus, urlencode
 
+from .config import SessionConfiguration
 from .errors import ApiError, OfflineMissError, RateLimitedError, UsageError
-from .session import Session
 
 # Apple documents roughly 20 calls a minute; a burst of 20 then one every 3 s.
 RATE_CAPACITY = 20.0
@@ -49,14 +52,36 @@ def encode_term(term: str) -> str:
     return quote_plus(term, safe="", encoding="utf-8")
 
 
+class Cache(Protocol):
+    """Answers and tracks kept between commands, and the shared pacing bucket (the store)."""
+
+    def cache_get(self, key: str) -> tuple[str, float, float] | None: ...
+
+    def cache_put(self, key: str, body: str, max_age: float) -> None: ...
+
+    def put_tracks(self, tracks: list[dict[str, Any]]) -> None: ...
+
+    def take_tokens(self, name: str, capacity: float, per_second: float) -> float: ...
+
+
+class Fetcher(Protocol):
+    configuration: SessionConfiguration
+
+    @property
+    def cache(self) -> Cache | None: ...
+
+    def fetch(self, url: str, *, retry_statuses: frozenset[int] | None = None,
+              max_bytes: int = ...) -> tuple[int, bytes]: ...  # fmt: skip
+
+
 class ITunesClient:
-    def __init__(self, session: Session, api_url: str | None = None):
+    def __init__(self, session: Fetcher, api_url: str | None = None):
         self.session = session
         self.api_url = (api_url or session.configuration.api_url).rstrip("/")
 
     @property
-    def _store(self):
-        return self.session.store if self.session.configuration.persists_state else None
+    def _store(self) -> Cache | None:
+        return self.session.cache
 
     def search_url(self, term: str, limit: int, country: str, media: str, entity: str) -> str:
         query = urlencode({"limit": limit, "country": country, "media": media, "entity": entity})
@@ -109,23 +134,18 @@ class ITunesClient:
                 "run the same search once while online",
             )
         self._pace()
-        task = self.session.data_task(url, retry_statuses=frozenset({500, 502, 503, 504}),
-                                      max_bytes=16 << 20)  # fmt: skip
-        task.run()
-        if task.error is not None:
-            raise task.error
-        response = task.response
-        assert response is not None and task.data is not None
-        if response.status_code in (403, 429):
+        status, data = self.session.fetch(url, retry_statuses=frozenset({500, 502, 503, 504}),
+                                          max_bytes=16 << 20)  # fmt: skip
+        if status in (403, 429):
             raise RateLimitedError(
-                f"the iTunes API refused the call (HTTP {response.status_code}): rate limited",
+                f"the iTunes API refused the call (HTTP {status}): rate limited",
                 "Apple allows about 20 calls a minute; wait a minute and try again",
             )
-        if response.status_code >= 400:
-            raise ApiError(f"the iTunes API answered HTTP {response.status_code} for {url}")
-        items = self._parse(task.data, url)
+        if status >= 400:
+            raise ApiError(f"the iTunes API answered HTTP {status} for {url}")
+        items = self._parse(data, url)
         if store is not None:
-            store.cache_put(key, task.data.decode("utf-8", "replace"), SEARCH_CACHE_SECONDS)
+            store.cache_put(key, data.decode("utf-8", "replace"), SEARCH_CACHE_SECONDS)
         return items
 
     def _pace(self) -> None:

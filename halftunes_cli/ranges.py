@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+from .retry import RETRYABLE_STATUSES
 
 
 class Action(enum.Enum):
@@ -144,22 +144,3 @@ def decide(
     if status in RETRYABLE_STATUSES:
         return Decision(Action.RETRY, known_total, f"HTTP {status}")
     return Decision(Action.FAIL, known_total, f"HTTP {status}")
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    import time
-
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from typing import Any
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -65,13 +64,44 @@ class Console:
         if self.verbose:
             print(self._style(message, "2"), file=sys.stderr, flush=True)
 
-    def warn(self, message: str) -> None:
-        print(self._style("halftunes: ", "33") + message, file=sys.stderr, flush=True)
-
     def error(self, message: str, hint: str | None = None) -> None:
         print(self._style("halftunes: error: ", "31;1") + message, file=sys.stderr, flush=True)
         if hint:
             print(self._style("  hint: ", "36") + hint, file=sys.stderr, flush=True)
+
+    def announce(self, records: list[Any]) -> None:
+        """Background transfers that finished while nobody watched (said once)."""
+        if not records:
+            return
+        names = ", ".join(f"{r.display_name} ({r.status})" for r in records[:5])
+        more = f" and {len(records) - 5} more" if len(records) > 5 else ""
+        noun = "download" if len(records) == 1 else "downloads"
+        self.info(f"{len(records)} background {noun} finished: {names}{more}")
+
+
+class ConsoleReporter:
+    """The service's messages, said on the console."""
+
+    def __init__(self, console: Console):
+        self.console = console
+
+    def error(self, error: Any) -> None:
+        self.console.error(error.message, error.hint)
+
+    def info(self, message: str) -> None:
+        self.console.info(message)
+
+    def debug(self, message: str) -> None:
+        self.console.debug(message)
+
+
+def spinner(text: str, color: bool):
+    """A started spinner on stderr (call .stop()); no colour codes when colour is off."""
+    from rich.console import Console as RichConsole
+
+    status = RichConsole(stderr=True, no_color=not color).status(text)
+    status.start()
+    return status
 
 
 def rich_console(color: bool):
@@ -103,7 +133,7 @@ def search_lines(tracks: list[Any]) -> None:
         print("\t".join(_printable(f) for f in fields))
 
 
-def records_table(rows: list[dict[str, Any]], color: bool) -> None:
+def records_table(rows: list[Any], color: bool) -> None:
     from rich.table import Table
 
     table = Table(show_edge=False, pad_edge=False, header_style="bold")
@@ -112,114 +142,128 @@ def records_table(rows: list[dict[str, Any]], color: bool) -> None:
                          max_width=40 if name in ("title", "path") else None)  # fmt: skip
     styles = {"completed": "green", "failed": "red", "paused": "yellow", "running": "cyan"}
     for r in rows:
-        status = r["status"]
+        status = str(r.status)
         shown = f"[{styles[status]}]{status}[/]" if status in styles else status
-        table.add_row(r["id"], _printable(r.get("title") or ""), shown,
-                      percent(r["bytes_received"], r["bytes_total"]),
-                      human_bytes(r["bytes_total"]), _printable(r["path"]))  # fmt: skip
+        table.add_row(r.id, _printable(r.title or ""), shown,
+                      percent(r.bytes_received, r.bytes_total),
+                      human_bytes(r.bytes_total), _printable(r.path))  # fmt: skip
     rich_console(color).print(table)
     for r in rows:
-        if r.get("error") and r["status"] in ("paused", "failed"):
-            rich_console(color).print(f"  {r['id']}: {_printable(r['error'])}", markup=False,
+        if r.error and str(r.status) in ("paused", "failed"):
+            rich_console(color).print(f"  {r.id}: {_printable(r.error)}", markup=False,
                                       style="dim")  # fmt: skip
 
 
-def records_lines(rows: list[dict[str, Any]]) -> None:
+def records_lines(rows: list[Any]) -> None:
     for r in rows:
-        total = "" if r["bytes_total"] is None else str(r["bytes_total"])
-        print("\t".join([r["id"], r["status"], str(r["bytes_received"]), total,
-                         _printable(r["path"])]))  # fmt: skip
+        total = "" if r.bytes_total is None else str(r.bytes_total)
+        print("\t".join([r.id, str(r.status), str(r.bytes_received), total,
+                         _printable(r.path)]))  # fmt: skip
 
 
 def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in str(text))
 
 
+_BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_fmt}  {rate_fmt}  ETA {remaining}"
+_BAR_UNKNOWN = "{desc} {n_fmt}  {rate_fmt}"
+
+
 class ProgressDelegate:
-    """A session delegate that draws one tqdm bar per transfer (only on a TTY)."""
+    """A session delegate that draws one tqdm bar per transfer (only when enabled: a TTY).
+
+    Progress arrives as events (bytes written or sent); tqdm computes speed and ETA from
+    `update(n)`. Downloads, `wait` and uploads all draw this one style."""
 
     def __init__(self, enabled: bool, console: Console):
         self.enabled = enabled
         self.console = console
-        self._bars: dict[int, Any] = {}
-        self._last: dict[int, float] = {}
+        self._bars: dict[Any, Any] = {}
         self._lock = threading.Lock()
         self._position = 0
 
-    def _bar(self, task: Any):
-        bar = self._bars.get(task.task_identifier)
+    def _bar(self, key: Any, title: str, done: int, total: int | None):
+        bar = self._bars.get(key)
         if bar is None:
             from tqdm import tqdm
 
-            title = getattr(task, "title", None) or task.url.rsplit("/", 1)[-1]
-            bar = tqdm(total=task.bytes_total, initial=task.bytes_received - 0, unit="B",
-                       unit_scale=True, unit_divisor=1024, position=self._position, leave=True,
+            bar = tqdm(total=total, initial=done, unit="iB", unit_scale=True, unit_divisor=1024,
+                       position=self._position, leave=True, mininterval=0.25,
                        desc=_printable(title)[:32].ljust(32), file=sys.stderr,
-                       bar_format="{desc} {bar:20} {postfix[0]}", postfix=[""],
+                       bar_format=_BAR_KNOWN if total else _BAR_UNKNOWN,
                        dynamic_ncols=True)  # fmt: skip
             self._position += 1
-            bar.start_bytes = task.bytes_received
-            bar.start_time = time.monotonic()
-            self._bars[task.task_identifier] = bar
+            self._bars[key] = bar
+        elif total != bar.total:
+            bar.total = total  # learned (or changed, after a restart) mid-transfer
+            bar.bar_format = _BAR_KNOWN if total else _BAR_UNKNOWN
         return bar
+
+    @staticmethod
+    def _title(task: Any) -> str:
+        return getattr(task, "title", None) or task.url.rsplit("/", 1)[-1]
 
     def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task)
-            now = time.monotonic()
-            if now - self._last.get(task.task_identifier, 0) < 0.25 and (
-                total_expected is None or total_written < total_expected
-            ):
-                return
-            self._last[task.task_identifier] = now
-            elapsed = max(now - bar.start_time, 1e-6)
-            speed = (total_written - bar.start_bytes) / elapsed
-            if total_expected:
-                left = (total_expected - total_written) / speed if speed > 0 else None
-                text = (f"{percent(total_written, total_expected):>6} of "
-                        f"{human_bytes(total_expected)}  {human_bytes(speed)}/s  "
-                        f"ETA {duration(left)}")  # fmt: skip
+            bar = self._bar(task.task_identifier, self._title(task),
+                            total_written - bytes_written, total_expected)  # fmt: skip
+            if total_written < bar.n:  # a restart from 0
+                bar.reset(total=total_expected)
+                bar.update(total_written)
             else:
-                text = f"{human_bytes(total_written)}  {human_bytes(speed)}/s"
-            self._show(bar, text, total_written, total_expected)
+                bar.update(bytes_written)
 
-    @staticmethod
-    def _show(bar, text: str, done: int | None, total: int | None) -> None:
-        bar.total = total
-        bar.n = done or 0
-        bar.postfix[0] = text
-        bar.refresh()
+    def on_data_sent(self, task, bytes_sent, total_sent, total_expected) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            title = task.file_path.name if hasattr(task, "file_path") else self._title(task)
+            bar = self._bar(task.task_identifier, title, total_sent - bytes_sent, total_expected)
+            bar.update(bytes_sent)
 
     def on_note(self, task, message) -> None:
         with self._lock:
             if self.enabled and task.task_identifier in self._bars:
                 self._bars[task.task_identifier].write(f"  {message}", file=sys.stderr)
             else:
-                self.console.info(f"{getattr(task, 'title', task.url)}: {message}")
+                self.console.info(f"{self._title(task)}: {message}")
 
-    def on_complete(self, task, error) -> None:
+    def on_complete(self, task, error) -> None:  # noqa: ARG002
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bars.get(task.task_identifier)
-            if bar is not None:
-                state = task.state.value
-                if state == "completed":
-                    self._show(
-                        bar,
-                        f"done, {human_bytes(task.bytes_total)}",
-                        task.bytes_total,
-                        task.bytes_total,
-                    )
-                else:
-                    self._show(
-                        bar,
-                        f"{state} at {human_bytes(task.bytes_received)}",
-                        task.bytes_received,
-                        task.bytes_total,
-                    )
+            self._end(task.task_identifier, str(task.state), task.bytes_received, task.bytes_total)
+
+    def _end(self, key: Any, state: str, done: int, total: int | None) -> None:
+        bar = self._bars.get(key)
+        if bar is None:
+            return
+        if state == "completed":
+            bar.update(max(0, (total or done) - bar.n))
+            bar.bar_format = "{desc} {bar:20} done, " + human_bytes(total or done)
+        else:
+            bar.bar_format = "{desc} {bar:20} " + f"{state} at {human_bytes(done)}"
+        bar.refresh()
+
+    def on_records(self, records: list[Any]) -> None:
+        """`wait`: draw records as they move (a record is keyed by its id)."""
+        if not self.enabled:
+            return
+        with self._lock:
+            for r in records:
+                bar = self._bar(r.id, r.display_name, r.bytes_received, r.bytes_total)
+                if r.bytes_received < bar.n:
+                    bar.reset(total=r.bytes_total)
+                bar.update(r.bytes_received - bar.n)
+
+    def on_records_ended(self, records: list[Any]) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            for r in records:
+                self._end(r.id, str(r.status), r.bytes_received, r.bytes_total)
 
     def close(self) -> None:
         with self._lock:

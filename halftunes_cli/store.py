@@ -1,10 +1,9 @@
-"""The state file (SQLite, WAL): download records, search cache, owner locks and recovery."""
+"""The SQLite adapter: the state file's schema, opening, corruption handling, and every SQL
+statement of halftunes (no other module speaks SQL; `records` decides what to write)."""
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import secrets
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import StateError
+from .errors import StateError, state_error
 
 STATE_FILE_NAME = "downloads.db"
 SCHEMA_VERSION = 1
@@ -54,64 +53,7 @@ CREATE TABLE http_cache (key TEXT PRIMARY KEY, body TEXT NOT NULL, fetched REAL 
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
-PUBLIC_KEYS = (
-    "id", "url", "path", "part_path", "status", "bytes_received", "bytes_total", "error",
-    "title", "etag", "last_modified", "session", "owner_pid", "created", "updated",
-)  # fmt: skip
-
-
-def boot_id() -> str | None:
-    """Identifies this boot of the machine: a partial written before a reboot is not trusted."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-    except OSError:
-        return None
-
-
-def public_record(row: dict[str, Any]) -> dict[str, Any]:
-    return {key: row.get(key) for key in PUBLIC_KEYS}
-
-
-class OwnerLock:
-    """A lock file held for the life of a process that owns transfers.
-
-    The kernel drops the lock when the process dies, even if it lingers as a zombie, so a
-    held lock is the proof of life (pids alone are reused and zombies answer kill -0).
-    """
-
-    def __init__(self, state_dir: Path):
-        self.token = f"{os.getpid()}-{secrets.token_hex(4)}"
-        self.dir = state_dir / "owners"
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = self.dir / f"{self.token}.lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            os.close(self._fd)
-            self._fd = None
-
-
-def is_lock_held(path: Path) -> bool:
-    """True when some live process holds an flock on `path`."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # cannot tell: assume alive rather than steal a live transfer
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        return True
-    finally:
-        os.close(fd)
-    return False
+Row = dict[str, Any]
 
 
 class Store:
@@ -122,9 +64,6 @@ class Store:
         self.path = state_dir / STATE_FILE_NAME if state_dir is not None else None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
-        self._owner: OwnerLock | None = None
-        self._boot = boot_id()
-        self.notices: list[str] = []  # said once to the user (e.g. a state file moved aside)
 
     # -- opening -----------------------------------------------------------------------------
     @property
@@ -240,9 +179,6 @@ class Store:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
-            if self._owner is not None:
-                self._owner.release()
-                self._owner = None
 
     # -- transactions --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -253,7 +189,7 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.DatabaseError as exc:
-                raise self._db_error(exc) from None
+                raise self._db_error(exc) from exc
             try:
                 yield conn
             except BaseException:
@@ -265,93 +201,93 @@ class Store:
                 except sqlite3.DatabaseError as exc:
                     with contextlib.suppress(sqlite3.DatabaseError):
                         conn.execute("ROLLBACK")
-                    raise self._db_error(exc) from None
+                    raise self._db_error(exc) from exc
 
     def _db_error(self, exc: sqlite3.DatabaseError) -> StateError:
-        return StateError(f"state file {self.path or ':memory:'}: {exc}")
+        return state_error(exc, self.path)
 
     def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         with self._lock:
             try:
                 return [dict(r) for r in self.conn.execute(sql, params)]
             except sqlite3.DatabaseError as exc:
-                raise self._db_error(exc) from None
+                raise self._db_error(exc) from exc
 
-    # -- owners --------------------------------------------------------------------------------
-    def owner_token(self) -> str:
-        """This process's owner token (its lock is taken on first use)."""
-        with self._lock:
-            if self._owner is None:
-                if self.state_dir is None:
-                    self._owner = _MemoryOwner()  # type: ignore[assignment]
-                else:
-                    self._owner = OwnerLock(self.state_dir)
-            return self._owner.token
-
-    def is_owner_alive(self, token: str | None) -> bool:
-        if not token:
-            return False
-        if self._owner is not None and token == self._owner.token:
-            return True
-        if self.state_dir is None:
-            return False
-        return is_lock_held(self.state_dir / "owners" / f"{token}.lock")
-
-    # -- records -------------------------------------------------------------------------------
-    def get(self, record_id: str) -> dict[str, Any] | None:
+    # -- download records (rows; `records` owns what they mean) -------------------------------
+    def get(self, record_id: str) -> Row | None:
         rows = self.query("SELECT * FROM downloads WHERE id = ?", (record_id,))
         return rows[0] if rows else None
 
-    def row(self, conn: sqlite3.Connection, record_id: str) -> dict[str, Any] | None:
+    def row(self, conn: sqlite3.Connection, record_id: str) -> Row | None:
         """A record read inside a transaction."""
         found = conn.execute("SELECT * FROM downloads WHERE id = ?", (record_id,)).fetchone()
         return dict(found) if found is not None else None
 
-    def all(self, ids: list[str] | None = None) -> list[dict[str, Any]]:
+    def all(self, ids: list[str] | None = None) -> list[Row]:
         if ids is None:
             return self.query("SELECT * FROM downloads ORDER BY seq")
         found = {r["id"]: r for r in self._select_ids("SELECT * FROM downloads", ids)}
         return [found[i] for i in ids if i in found]
 
-    def _select_ids(self, select: str, ids: list[str]) -> list[dict[str, Any]]:
+    def _select_ids(self, select: str, ids: list[str]) -> list[Row]:
         """`select ... WHERE id IN (...)` in chunks that stay under SQLite's variable limit."""
-        out: list[dict[str, Any]] = []
+        out: list[Row] = []
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
             out += self.query(f"{select} WHERE id IN ({marks})", tuple(chunk))
         return out
 
-    def insert(self, conn: sqlite3.Connection, record: dict[str, Any]) -> None:
+    def with_status(self, conn: sqlite3.Connection, statuses: tuple[str, ...],
+                    limit: int | None = None) -> list[Row]:  # fmt: skip
+        marks = ",".join("?" * len(statuses))
+        sql = f"SELECT * FROM downloads WHERE status IN ({marks}) ORDER BY seq"
+        params: tuple = tuple(statuses)
+        if limit is not None:
+            sql += " LIMIT ?"
+            params += (limit,)
+        return [dict(r) for r in conn.execute(sql, params)]
+
+    def count_status(self, conn: sqlite3.Connection, status: str) -> int:
+        sql = "SELECT COUNT(*) FROM downloads WHERE status = ?"
+        return int(conn.execute(sql, (status,)).fetchone()[0])
+
+    def running_owners(self) -> set[str | None]:
+        rows = self.query("SELECT DISTINCT owner FROM downloads WHERE status = 'running'")
+        return {r["owner"] for r in rows}
+
+    def unannounced(self, conn: sqlite3.Connection) -> list[Row]:
+        sql = ("SELECT * FROM downloads WHERE announced = 0 AND session = 'background' "
+               "AND status IN ('completed', 'failed') ORDER BY seq")  # fmt: skip
+        return [dict(r) for r in conn.execute(sql)]
+
+    def by_session_id(self, identifier: str) -> list[Row]:
+        sql = "SELECT * FROM downloads WHERE session_id = ? ORDER BY seq"
+        return self.query(sql, (identifier,))
+
+    def requests_for(self, owner: str) -> dict[str, str]:
+        sql = "SELECT id, request FROM downloads WHERE owner = ? AND request IS NOT NULL"
+        return {r["id"]: r["request"] for r in self.query(sql, (owner,))}
+
+    def insert_record(self, conn: sqlite3.Connection, record: Row) -> None:
         now = time.time()
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM downloads").fetchone()[0]
-        row = {
-            "bytes_received": 0, "bytes_total": None, "etag": None, "last_modified": None,
-            "error": None, "owner": None, "owner_pid": None, "session": "default",
-            "session_id": None, "title": None, "request": None, "announced": 1,
-            "boot_id": self._boot, **record, "seq": seq, "created": now, "updated": now,
-            "path_key": str(record["path"]).casefold(),
-        }  # fmt: skip
+        row = {**record, "seq": seq, "created": now, "updated": now,
+               "path_key": str(record["path"]).casefold()}  # fmt: skip
         cols = ",".join(row)
         conn.execute(
             f"INSERT INTO downloads ({cols}) VALUES ({','.join('?' * len(row))})",
             tuple(row.values()),
         )
 
-    def update(self, conn: sqlite3.Connection, record_id: str, **fields: Any) -> None:
+    def update_record(self, conn: sqlite3.Connection, record_id: str, **fields: Any) -> None:
         fields["updated"] = time.time()
-        if fields.get("status") == "running":
-            fields.setdefault("boot_id", self._boot)  # this boot's page cache holds its bytes
         if "path" in fields:
             fields["path_key"] = str(fields["path"]).casefold()
         sets = ",".join(f"{k} = ?" for k in fields)
         conn.execute(f"UPDATE downloads SET {sets} WHERE id = ?", (*fields.values(), record_id))
 
-    def set_fields(self, record_id: str, **fields: Any) -> None:
-        with self.transaction() as conn:
-            self.update(conn, record_id, **fields)
-
-    def delete(self, conn: sqlite3.Connection, record_id: str) -> None:
+    def delete_record(self, conn: sqlite3.Connection, record_id: str) -> None:
         conn.execute("DELETE FROM downloads WHERE id = ?", (record_id,))
 
     def path_taken(self, conn: sqlite3.Connection, path: str, record_id: str) -> bool:
@@ -360,113 +296,6 @@ class Store:
             (path.casefold(), record_id),
         ).fetchone()
         return row is not None
-
-    def checkpoint(
-        self,
-        record_id: str,
-        owner: str,
-        bytes_received: int,
-        bytes_total: int | None,
-        etag: str | None,
-        last_modified: str | None,
-    ) -> str | None:
-        """Record a fsynced length; returns a pending request ('pause'/'cancel') if any."""
-        with self.transaction() as conn:
-            row = conn.execute(
-                "SELECT owner, request FROM downloads WHERE id = ?", (record_id,)
-            ).fetchone()
-            if row is None:
-                return "cancel"
-            if row["owner"] != owner:
-                return "pause"  # someone took it over: stop writing
-            self.update(
-                conn,
-                record_id,
-                bytes_received=bytes_received,
-                bytes_total=bytes_total,
-                etag=etag,
-                last_modified=last_modified,
-                boot_id=self._boot,
-            )
-            return row["request"]
-
-    def requests_for(self, owner: str) -> dict[str, str]:
-        rows = self.query(
-            "SELECT id, request FROM downloads WHERE owner = ? AND request IS NOT NULL", (owner,)
-        )
-        return {r["id"]: r["request"] for r in rows}
-
-    # -- recovery ------------------------------------------------------------------------------
-    def reconcile(self) -> list[dict[str, Any]]:
-        """Mark transfers whose owner died as paused, with their partial re-checkpointed."""
-        if self.path is None:
-            return []
-        rows = self.query("SELECT id, owner, owner_pid FROM downloads WHERE status = 'running'")
-        dead_owners = {r["owner"] for r in rows if not self.is_owner_alive(r["owner"])}
-        if not dead_owners:
-            return []
-        fixed = []
-        with self.transaction() as conn:
-            for row in conn.execute("SELECT * FROM downloads WHERE status = 'running'").fetchall():
-                row = dict(row)
-                if row["owner"] not in dead_owners:
-                    continue
-                received = self.recover_partial(row)
-                who = "the background worker" if row["session"] == "background" else "the process"
-                error = (
-                    f"{who} (pid {row['owner_pid']}) stopped while downloading; "
-                    f"paused at {received} bytes: run `halftunes resume {row['id']}`"
-                )
-                if row["request"] == "cancel":
-                    with contextlib.suppress(OSError):
-                        os.unlink(row["part_path"])
-                    self.delete(conn, row["id"])
-                    continue
-                self.update(
-                    conn,
-                    row["id"],
-                    status="paused",
-                    bytes_received=received,
-                    owner=None,
-                    request=None,
-                    error=error,
-                    boot_id=self._boot,
-                )
-                row.update(status="paused", bytes_received=received, error=error)
-                fixed.append(row)
-        for token in dead_owners:
-            if token and self.state_dir is not None:
-                with contextlib.suppress(OSError):
-                    (self.state_dir / "owners" / f"{token}.lock").unlink()
-        return fixed
-
-    def recover_partial(self, row: dict[str, Any]) -> int:
-        """How many bytes of the partial may be trusted after its owner stopped.
-
-        Same boot: everything the dead process wrote is in the page cache, so the partial's
-        length is right; fsync it now and that length becomes the checkpoint. Another boot
-        (power cut, reboot): only the last checkpoint was on disk; cut the partial back to it.
-        """
-        part = row["part_path"]
-        checkpoint = int(row["bytes_received"] or 0)
-        try:
-            size = os.path.getsize(part)
-        except OSError:
-            return 0
-        same_boot = self._boot is not None and row.get("boot_id") == self._boot
-        total = row.get("bytes_total")
-        try:
-            if same_boot and (total is None or size <= total):
-                with open(part, "rb+") as f:
-                    os.fsync(f.fileno())
-                return size
-            keep = min(checkpoint, size)
-            with open(part, "rb+") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
-            return keep
-        except OSError:
-            return min(checkpoint, size)
 
     # -- caches (search results and tracks) -----------------------------------------------------
     def put_tracks(self, tracks: list[dict[str, Any]]) -> None:
@@ -508,11 +337,3 @@ class Store:
                 (name, json.dumps([tokens, now])),
             )
             return wait
-
-
-class _MemoryOwner:
-    def __init__(self) -> None:
-        self.token = f"{os.getpid()}-memory"
-
-    def release(self) -> None:
-        pass

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from halftunes_cli.catalog import CatalogServer
+from halftunes_cli.testing.catalog import CatalogServer
 
 HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
 

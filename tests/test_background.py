@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conftest import HALFTUNES, sha256_file
 
-from halftunes_cli.store import is_lock_held
+from halftunes_cli.liveness import is_lock_held
 
 MB = 1_000_000
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import HALFTUNES, Env, reap_children, sha256_file
 
-from halftunes_cli.store import is_lock_held
+from halftunes_cli.liveness import is_lock_held
 
 FAULTS = ["kill9", "sigterm", "sigint", "drop", "503", "stall", "etag", "ignore_range", "short"]
 THROTTLE = 3_000_000  # bytes/s per request: a round's transfer lasts about half a second

@@ -7,9 +7,9 @@ from halftunes_cli.ranges import (
     ContentRange,
     decide,
     parse_content_range,
-    parse_retry_after,
     request_headers,
 )
+from halftunes_cli.retry import parse_retry_after
 
 
 @pytest.mark.parametrize(

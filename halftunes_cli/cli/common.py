@@ -1,0 +1,166 @@
+"""What every command shares: the app state on `ctx.obj`, option types declared once, the one
+error-to-exit boundary, and the service each command calls."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
+from ..errors import ExitStatus, HalftunesError
+from ..render import Console, ConsoleReporter
+from ..service import DownloadService
+
+# -- options declared once --------------------------------------------------------------------
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+IdsArgument = Annotated[
+    list[str] | None,
+    typer.Argument(help="Download ids (- reads them from stdin).", show_default=False,
+                   metavar="ID...", autocompletion=lambda incomplete: complete_ids(incomplete)),
+]  # fmt: skip
+AllOption = Annotated[bool, typer.Option("--all", help="Every download it applies to.")]
+BackgroundOption = Annotated[
+    bool, typer.Option("-b", "--background", help="Hand the transfers to the background worker.")
+]
+
+
+@dataclass
+class AppState:
+    """The global options of one invocation (lives on ctx.obj; no module globals)."""
+
+    session_kind: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    color: bool = True
+    _console: Console | None = field(default=None, repr=False)
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = Console(self.quiet, self.verbose, self.color)
+        return self._console
+
+
+def app_state(ctx: typer.Context) -> AppState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, AppState):
+        root.obj = AppState(color=not os.environ.get("NO_COLOR"))
+    return root.obj
+
+
+def set_up(ctx: typer.Context, session: str | None, quiet: bool, verbose: bool,
+           no_color: bool) -> AppState:  # fmt: skip
+    if session is not None and session not in SESSION_KINDS:
+        print(f"halftunes: error: --session must be default, ephemeral or background, "
+              f"not {session!r}", file=sys.stderr)  # fmt: skip
+        raise typer.Exit(ExitStatus.USAGE)
+    state = AppState(session, quiet, verbose, not no_color and not os.environ.get("NO_COLOR"))
+    ctx.obj = state
+    if verbose:
+        _log_to_stderr(state.console)
+    return state
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console):
+        super().__init__(logging.DEBUG)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.console.debug(record.getMessage())
+
+
+def _log_to_stderr(console: Console) -> None:
+    """-v: the library's log (requests, status lines, retries) on stderr."""
+    logger = logging.getLogger("halftunes_cli")
+    for handler in list(logger.handlers):
+        if isinstance(handler, _ConsoleHandler):
+            logger.removeHandler(handler)
+    logger.addHandler(_ConsoleHandler(console))
+    logger.setLevel(logging.DEBUG)
+
+
+# -- the one error-to-exit boundary ---------------------------------------------------------
+def fail(state: AppState, exc: BaseException) -> NoReturn:
+    """Say an error in one line (and a hint), exit with its status. The only place that maps
+    errors to exit codes; a bug is said as one, with the traceback under -v."""
+    if not isinstance(exc, HalftunesError):
+        if isinstance(exc, typer.Exit | KeyboardInterrupt | SystemExit):
+            raise exc
+        from ..errors import internal_error
+
+        if state.verbose:
+            import traceback
+
+            traceback.print_exception(exc, file=sys.stderr)
+        exc = internal_error(exc)
+    assert isinstance(exc, HalftunesError)
+    if state.verbose and exc.__cause__ is not None:
+        state.console.debug(f"caused by {type(exc.__cause__).__name__}: {exc.__cause__}")
+    state.console.error(exc.message, exc.hint)
+    raise typer.Exit(int(exc.exit_code)) from None
+
+
+def exit_with(code: int) -> NoReturn:
+    raise typer.Exit(int(code))
+
+
+def configuration(state: AppState, **flags: Any) -> SessionConfiguration:
+    flags = dict(flags)
+    if state.session_kind:
+        flags.setdefault("session", state.session_kind)
+    try:
+        return load_configuration(flags)
+    except HalftunesError as exc:
+        fail(state, exc)
+
+
+def open_service(state: AppState, config: SessionConfiguration) -> DownloadService:
+    """The command's service, after noticing dead owners and announcing, on a terminal only,
+    background transfers that ended unwatched."""
+    service = DownloadService(config, ConsoleReporter(state.console))
+    try:
+        service.recover()
+        if sys.stderr.isatty():
+            state.console.announce(service.announcements())
+    except HalftunesError as exc:
+        service.close()
+        fail(state, exc)
+    return service
+
+
+def expand_ids(items: list[str] | None) -> list[str]:
+    """Ids in order, once each; `-` reads more from stdin (one a line)."""
+    out: list[str] = []
+    for item in items or []:
+        if item == "-":
+            out += [line.strip().strip('"') for line in sys.stdin if line.strip()]
+        else:
+            out.append(item.strip())
+    seen: set[str] = set()
+    return [i for i in out if not (i in seen or seen.add(i))]
+
+
+def complete_ids(incomplete: str) -> list[str]:
+    """Shell completion of download ids from the state file (read only, never fails)."""
+    try:
+        from pathlib import Path
+
+        from ..records import Records
+        from ..store import STATE_FILE_NAME, Store
+
+        config = load_configuration({})
+        if not (Path(config.state_dir) / STATE_FILE_NAME).exists():
+            return []
+        records = Records(Store(Path(config.state_dir)))
+        try:
+            return [r.id for r in records.all() if r.id.startswith(incomplete)]
+        finally:
+            records.close()
+    except Exception:  # noqa: BLE001 - completion must never print a traceback
+        return []

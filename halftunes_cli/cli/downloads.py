@@ -1,0 +1,109 @@
+"""`halftunes download` and `halftunes resume`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from .. import render
+from ..service import BatchResult, DownloadService
+from .app import app
+from .common import (
+    AllOption,
+    AppState,
+    BackgroundOption,
+    IdsArgument,
+    JsonOption,
+    app_state,
+    configuration,
+    exit_with,
+    expand_ids,
+    open_service,
+)
+
+
+def _report(state: AppState, service: DownloadService, result: BatchResult,
+            json_out: bool) -> None:  # fmt: skip
+    pairs = service.outcome_records(result)
+    if json_out:
+        render.print_json([record.public() for _, record in pairs])
+        return
+    for outcome, record in pairs:
+        if result.background and outcome.status == "queued":
+            print(record.id)
+        elif str(record.status) == "completed" and not result.background:
+            print(record.path)
+    if not result.background and len(result.outcomes) > 1:
+        done = sum(1 for _, r in pairs if str(r.status) == "completed")
+        state.console.info(f"{done} of {len(result.outcomes)} downloads complete")
+
+
+def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, background: bool,
+         output_dir: Path | None = None, **kw: Any) -> None:  # fmt: skip
+    state = app_state(ctx)
+    flags: dict[str, Any] = {}
+    if output_dir is not None:
+        flags["download_dir"] = str(output_dir)
+    if background:
+        flags["session"] = "background"
+    config = configuration(state, **flags)
+    service = open_service(state, config)
+    progress = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
+    try:
+        if action == "download":
+            result = service.download(ids, background=background, delegate=progress, **kw)
+        else:
+            result = service.resume(ids, background=background, delegate=progress, **kw)
+        progress.close()
+        _report(state, service, result, json_out)
+    finally:
+        progress.close()
+        service.close()
+    exit_with(result.exit_code)
+
+
+@app.command()
+def download(
+    ctx: typer.Context,
+    items: Annotated[list[str], typer.Argument(help="Track ids or URLs; - reads ids from stdin.",
+                                               show_default=False, metavar="ID_OR_URL...")],
+    background: BackgroundOption = False,
+    output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir",
+                          help="Download folder (created if missing).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again even if done.")] = False,
+    json_out: JsonOption = False,
+) -> None:  # fmt: skip
+    """Download song previews (by trackId) or URLs, resumably.
+
+    Examples:
+
+      halftunes download 1000001
+
+      halftunes download -b 1000001 1000002 -o ~/Music/previews
+
+      halftunes search jack johnson --json | jq '.[].trackId' | halftunes download -
+    """
+    _run(ctx, "download", expand_ids(items), json_out, background, force=force,
+         output_dir=output_dir)  # fmt: skip
+
+
+@app.command()
+def resume(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    all_: AllOption = False,
+    background: BackgroundOption = False,
+    json_out: JsonOption = False,
+) -> None:
+    """Continue paused or failed downloads from their checkpoint.
+
+    Examples:
+
+      halftunes resume 1000001
+
+      halftunes resume --all -b
+    """
+    _run(ctx, "resume", expand_ids(ids), json_out, background, all_=all_)

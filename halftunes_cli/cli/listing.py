@@ -1,0 +1,102 @@
+"""`halftunes list` (alias `status`) and `halftunes wait`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import render
+from ..errors import ExitStatus, HalftunesError
+from .app import app
+from .common import (
+    IdsArgument,
+    JsonOption,
+    app_state,
+    configuration,
+    exit_with,
+    expand_ids,
+    fail,
+    open_service,
+)
+
+
+def _list(ctx: typer.Context, json_out: bool) -> None:
+    state = app_state(ctx)
+    service = open_service(state, configuration(state))
+    try:
+        records = service.list()
+    except HalftunesError as exc:
+        fail(state, exc)
+    finally:
+        service.close()
+    if json_out:
+        render.print_json([r.public() for r in records])
+    elif not records:
+        state.console.info("No downloads yet. Try: halftunes download TRACK_ID")
+    elif sys.stdout.isatty():
+        render.records_table(records, state.color)
+    else:
+        render.records_lines(records)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """List downloads with their status and progress (alias: status).
+
+    Example:
+
+      halftunes list --json | jq '.[] | select(.status == "paused") | .id'
+    """
+    _list(ctx, json_out)
+
+
+@app.command("status", hidden=True)
+def status_(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """Alias of list."""
+    _list(ctx, json_out)
+
+
+@app.command()
+def wait(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", help="Give up after SECONDS "
+                       "(exit 124).", metavar="SECONDS")] = None,
+    json_out: JsonOption = False,
+) -> None:  # fmt: skip
+    """Block until downloads are completed or failed (exit 1 if any failed).
+
+    Example:
+
+      halftunes download -b 1000001 1000002 && halftunes wait --timeout 600
+    """
+    state = app_state(ctx)
+    config = configuration(state)
+    if not config.persists_state:
+        exit_with(ExitStatus.OK)
+    service = open_service(state, config)
+    bars = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
+    try:
+        result = service.wait(expand_ids(ids), timeout_seconds=timeout, on_poll=bars.on_records)
+        bars.on_records_ended(result.records)
+        if result.timed_out:
+            bars.close()
+            state.console.error(f"timed out after {timeout:g} s with {result.still_active} "
+                                "download(s) still active")  # fmt: skip
+            exit_with(ExitStatus.TIMEOUT)
+        if sys.stderr.isatty():
+            service.mark_seen(result.records)
+    except KeyboardInterrupt:
+        exit_with(ExitStatus.INTERRUPTED)
+    except HalftunesError as exc:
+        fail(state, exc)
+    finally:
+        bars.close()
+        service.close()
+    if json_out:
+        render.print_json([r.public() for r in result.records])
+    for r in result.failed:
+        state.console.error(f"{r.id}: {r.status}" + (f": {r.error}" if r.error else ""))
+    exit_with(ExitStatus.ERROR if result.failed else ExitStatus.OK)

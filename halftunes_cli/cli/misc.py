@@ -1,0 +1,171 @@
+"""`halftunes upload`, `play`, `open` and `config`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import render
+from ..config import config_file_path
+from ..errors import ExitStatus, HalftunesError, UsageError
+from ..records import DownloadRecord
+from .app import app, config_app
+from .common import (
+    JsonOption,
+    app_state,
+    complete_ids,
+    configuration,
+    exit_with,
+    fail,
+    open_service,
+)
+
+IdArgument = Annotated[str, typer.Argument(metavar="ID", help="A download's id.",
+                                           autocompletion=complete_ids)]  # fmt: skip
+PLAYERS = (["ffplay", "-nodisp", "-autoexit", "-loglevel", "error"], ["mpv", "--no-video"],
+           ["afplay"], ["xdg-open"], ["open"])  # fmt: skip
+
+
+def _headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for h in values:
+        key, sep, value = h.partition(":")
+        if not sep or not key.strip():
+            raise UsageError(f"--header must look like 'Name: value', not {h!r}")
+        headers[key.strip()] = value.strip()
+    return headers
+
+
+@app.command()
+def upload(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(help="File to send.", show_default=False)],
+    url: Annotated[str, typer.Argument(help="Where to send it.", show_default=False)],
+    method: Annotated[str, typer.Option("--method", help="PUT or POST.")] = "PUT",
+    header: Annotated[list[str] | None, typer.Option(
+        "--header", help="Extra header 'K: V' (repeatable).")] = None,
+    json_out: JsonOption = False,
+) -> None:  # fmt: skip
+    """Upload a file with PUT or POST (streamed, with progress; only PUT is retried).
+
+    Example:
+
+      halftunes upload song.m4a https://example.com/upload/song.m4a --header 'X-Token: abc'
+    """
+    state = app_state(ctx)
+    config = configuration(state)
+    bars = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
+    service = None
+    try:
+        headers = _headers(header or [])
+        service = open_service(state, config)
+        task = service.upload(file, url, method=method, headers=headers, delegate=bars)
+    except HalftunesError as exc:
+        bars.close()
+        fail(state, exc)
+    finally:
+        bars.close()
+        if service is not None:
+            service.close()
+    response = task.response
+    result = {"url": url, "file": str(file), "method": task.method,
+              "status": response.status_code if response is not None else None,
+              "bytes_sent": task.bytes_sent}  # fmt: skip
+    if json_out:
+        render.print_json(result)
+    else:
+        print(f"{result['status']} {url}")
+
+
+def _record(ctx: typer.Context, record_id: str) -> DownloadRecord:
+    state = app_state(ctx)
+    service = open_service(state, configuration(state))
+    try:
+        return service.record(record_id)
+    except HalftunesError as exc:
+        fail(state, exc)
+    finally:
+        service.close()
+
+
+@app.command()
+def play(ctx: typer.Context, id_: IdArgument) -> None:
+    """Play a finished download with the first player found (ffplay, mpv, afplay, xdg-open).
+
+    Example:
+
+      halftunes play 1000001
+    """
+    state = app_state(ctx)
+    record = _record(ctx, id_)
+    path = Path(record.path)
+    if not record.is_finished_on_disk:
+        fail(state, HalftunesError(f"{id_} is not downloaded yet",
+                                   f"run `halftunes download {id_}` first"))  # fmt: skip
+    for cmd in PLAYERS:
+        if shutil.which(cmd[0]):
+            state.console.info(f"playing {path} with {cmd[0]}")
+            try:
+                code = subprocess.call([*cmd, str(path)])
+            except KeyboardInterrupt:
+                exit_with(ExitStatus.INTERRUPTED)
+            exit_with(ExitStatus.OK if code == 0 else ExitStatus.ERROR)
+    fail(state, HalftunesError("no audio player found (looked for ffplay, mpv, afplay, "
+                               "xdg-open, open)", "install ffmpeg or mpv"))  # fmt: skip
+
+
+@app.command("open")
+def open_(
+    ctx: typer.Context,
+    id_: IdArgument,
+    reveal: Annotated[bool, typer.Option("--reveal",
+                                         help="Open the folder in the file manager.")] = False,
+) -> None:  # fmt: skip
+    """Print the folder that holds a download (or open it with --reveal).
+
+    Examples:
+
+      cd "$(halftunes open 1000001)"
+
+      halftunes open 1000001 --reveal
+    """
+    state = app_state(ctx)
+    folder = str(Path(_record(ctx, id_).path).parent)
+    print(folder)
+    if reveal:
+        opener = next((c for c in ("xdg-open", "open") if shutil.which(c)), None)
+        if opener is None:
+            fail(state, HalftunesError("no file manager opener found (looked for xdg-open, open)"))
+        exit_with(ExitStatus.OK if subprocess.call([opener, folder]) == 0 else ExitStatus.ERROR)
+
+
+@config_app.command("show")
+def config_show(ctx: typer.Context, json_out: JsonOption = False) -> None:
+    """Print each setting, its value and where it came from (flag, env, file, default).
+
+    Example:
+
+      halftunes config show --json | jq '.download_dir.value'
+    """
+    described = configuration(app_state(ctx)).describe()
+    if json_out:
+        render.print_json(described)
+        return
+    for key, info in described.items():
+        print(f"{key:<26} {info['value']!s:<40} ({info['source']})")
+
+
+@config_app.command("path")
+def config_path() -> None:
+    """Print the config file's path (it may not exist yet).
+
+    Example:
+
+      $EDITOR "$(halftunes config path)"
+    """
+    print(config_file_path()[0])

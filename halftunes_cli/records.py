@@ -1,0 +1,545 @@
+"""Download records: their statuses, the allowed transitions, and the repository whose methods
+are those transitions. It is the only writer of `status` and the only code that deletes the
+partial file of a recorded download; `store` holds the rows and the SQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    AlreadyRunningError,
+    DiskError,
+    IllegalTransition,
+    unknown_download,
+)
+from .liveness import (
+    MemoryOwner,
+    OwnerLock,
+    boot_id,
+    is_lock_held,
+    is_worker_alive,
+    owner_lock_path,
+)
+from .naming import safe_filename, url_filename
+from .store import Row, Store
+
+
+class RecordStatus(enum.StrEnum):
+    QUEUED = "queued"  # waiting for the background worker
+    RUNNING = "running"  # an owner process is transferring it
+    PAUSED = "paused"  # stopped with a checkpoint; `resume` continues it
+    COMPLETED = "completed"  # the file is under its final name
+    FAILED = "failed"  # stopped by an error; the partial (if any) is kept
+
+
+class StopRequest(enum.StrEnum):
+    """What another process asks of a running transfer's owner (the `request` column)."""
+
+    PAUSE = "pause"
+    CANCEL = "cancel"
+
+
+S = RecordStatus
+# Allowed moves; `None` is "no record yet". Deleting a record (cancel, clean) is always allowed.
+TRANSITIONS: dict[RecordStatus | None, frozenset[RecordStatus]] = {
+    None: frozenset({S.QUEUED, S.RUNNING}),
+    S.QUEUED: frozenset({S.QUEUED, S.RUNNING, S.PAUSED}),
+    # running -> queued/running: taking over a record whose owner died unnoticed
+    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.FAILED, S.QUEUED, S.RUNNING}),
+    S.PAUSED: frozenset({S.QUEUED, S.RUNNING, S.PAUSED}),
+    S.FAILED: frozenset({S.QUEUED, S.RUNNING}),
+    S.COMPLETED: frozenset({S.QUEUED, S.RUNNING}),
+}
+UNFINISHED = (S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED)
+
+PUBLIC_KEYS = (
+    "id", "url", "path", "part_path", "status", "bytes_received", "bytes_total", "error",
+    "title", "etag", "last_modified", "session", "owner_pid", "created", "updated",
+)  # fmt: skip
+
+
+def check_transition(old: str | None, new: str) -> RecordStatus:
+    new_status = RecordStatus(new)
+    old_status = RecordStatus(old) if old is not None else None
+    if new_status not in TRANSITIONS[old_status]:
+        raise IllegalTransition(f"download record: {old} -> {new} is not allowed")
+    return new_status
+
+
+@dataclass
+class DownloadRecord:
+    """One row of the state file, typed."""
+
+    id: str
+    url: str
+    path: str
+    part_path: str
+    status: RecordStatus
+    bytes_received: int = 0
+    bytes_total: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    error: str | None = None
+    owner: str | None = None
+    owner_pid: int | None = None
+    session: str = "default"
+    session_id: str | None = None
+    title: str | None = None
+    boot_id: str | None = None
+    request: str | None = None
+    announced: int = 1
+    seq: int = 0
+    created: float = 0.0
+    updated: float = 0.0
+
+    @classmethod
+    def from_row(cls, row: Row) -> DownloadRecord:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in row.items() if k in known}
+        values["status"] = RecordStatus(values["status"])
+        return cls(**values)
+
+    def public(self) -> dict[str, Any]:
+        """The record as `list --json` shows it (the contract keys and a few more)."""
+        out = {key: getattr(self, key) for key in PUBLIC_KEYS}
+        out["status"] = str(self.status)
+        return out
+
+    @property
+    def is_finished_on_disk(self) -> bool:
+        return self.status is S.COMPLETED and Path(self.path).exists()
+
+    @property
+    def display_name(self) -> str:
+        return self.title or self.id
+
+
+@dataclass
+class Target:
+    """Something to download that may not have a record yet: a track's preview or a URL."""
+
+    id: str
+    url: str
+    title: str
+    namer: Callable[[str], str]  # suffix -> safe file name
+
+    @property
+    def filename(self) -> str:
+        return self.namer("")
+
+
+def url_record_id(url: str) -> str:
+    """A URL download's id: stable, short, and never a number (numbers are track ids)."""
+    return "u" + hashlib.sha256(url.encode()).hexdigest()[:10]
+
+
+def target_for_url(url: str, record_id: str | None = None,
+                   filename: str | None = None) -> Target:  # fmt: skip
+    """A URL download, named after the URL's last path segment (or `filename`)."""
+    if filename:
+        stem, ext = os.path.splitext(filename)
+        return Target(record_id or url_record_id(url), url, url,
+                      lambda suffix: safe_filename(stem, ext, suffix))  # fmt: skip
+    return Target(record_id or url_record_id(url), url, url,
+                  lambda suffix: url_filename(url, suffix))  # fmt: skip
+
+
+@dataclass
+class Claim:
+    """What claiming one target or record gave: it is ours to run (`claimed`), handed to the
+    worker (`queued`), already done (`skipped`), or someone else's right now (`refused`)."""
+
+    id: str
+    outcome: str  # claimed | queued | skipped | refused
+    record: DownloadRecord | None = None
+    error: AlreadyRunningError | None = None
+
+
+@dataclass
+class StopResult:
+    """What `request_stop` did: asked a live owner (`waiting`), or settled it itself."""
+
+    id: str
+    action: str  # waiting | paused | unchanged | forgotten
+    record: DownloadRecord | None
+
+
+class Records:
+    """The repository of download records in one state dir (or in memory, for ephemeral)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.state_dir = store.state_dir
+        self._owner: OwnerLock | MemoryOwner | None = None
+        self._boot = boot_id()
+
+    @property
+    def is_persistent(self) -> bool:
+        return self.store.is_persistent
+
+    def close(self) -> None:
+        self.store.close()
+        if self._owner is not None:
+            self._owner.release()
+            self._owner = None
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, record_id: str) -> DownloadRecord | None:
+        row = self.store.get(record_id)
+        return DownloadRecord.from_row(row) if row is not None else None
+
+    def all(self, ids: list[str] | None = None) -> list[DownloadRecord]:
+        return [DownloadRecord.from_row(r) for r in self.store.all(ids)]
+
+    def of_session(self, identifier: str) -> list[DownloadRecord]:
+        return [DownloadRecord.from_row(r) for r in self.store.by_session_id(identifier)]
+
+    def stop_requests(self, owner: str) -> dict[str, StopRequest]:
+        return {rid: StopRequest(req) for rid, req in self.store.requests_for(owner).items()
+                if req in StopRequest.__members__.values()}  # fmt: skip
+
+    # -- owners --------------------------------------------------------------------------------
+    def owner_token(self) -> str:
+        """This process's owner token (its lock is taken on first use)."""
+        if self._owner is None:
+            if self.state_dir is None:
+                self._owner = MemoryOwner()
+            else:
+                self._owner = OwnerLock(self.state_dir)
+        return self._owner.token
+
+    def is_owner_alive(self, token: str | None) -> bool:
+        if not token:
+            return False
+        if self._owner is not None and token == self._owner.token:
+            return True
+        if self.state_dir is None:
+            return False
+        return is_lock_held(owner_lock_path(self.state_dir, token))
+
+    def _is_busy(self, row: Row) -> AlreadyRunningError | None:
+        """The error to give when someone else is transferring this record right now."""
+        rid = row["id"]
+        if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
+            who = "the background worker" if row["session"] == "background" else "another halftunes"
+            return AlreadyRunningError(
+                f"{rid} is being downloaded right now by {who} (pid {row['owner_pid']})",
+                f"run `halftunes wait {rid}` to wait for it",
+            )
+        return None
+
+    # -- transitions -----------------------------------------------------------------------------
+    def _write(self, conn: Any, row: Row | None, record_id: str, **values: Any) -> None:
+        """The one place a record's status is written (checked against TRANSITIONS)."""
+        if "status" in values:
+            values["status"] = str(check_transition(row["status"] if row else None,
+                                                    values["status"]))  # fmt: skip
+            if values["status"] == S.RUNNING:
+                values.setdefault("boot_id", self._boot)  # this boot's page cache holds its bytes
+        if row is None:
+            self.store.insert_record(conn, {"id": record_id, **values})
+        else:
+            self.store.update_record(conn, record_id, **values)
+
+    def claim(self, items: Iterable[Target | DownloadRecord], *, owner: str | None, force: bool,
+              queue: bool, download_dir: Path, session_kind: str) -> list[Claim]:  # fmt: skip
+        """Create or take the records for `items` in one transaction.
+
+        `owner` None with `queue` hands them to the background worker."""
+        listing = _DirListing(download_dir)
+        out: list[Claim] = []
+        with self.store.transaction() as conn:
+            for item in items:
+                if isinstance(item, Target):
+                    row = self.store.row(conn, item.id)
+                    if row is None:
+                        out.append(self._create(conn, item, owner, queue, download_dir,
+                                                session_kind, listing))  # fmt: skip
+                        continue
+                else:
+                    row = self.store.row(conn, item.id)
+                    if row is None:
+                        raise unknown_download(item.id)
+                out.append(self._take(conn, row, owner, force, queue, session_kind))
+        return out
+
+    def _create(self, conn, target: Target, owner, queue, download_dir, session_kind,
+                listing: _DirListing) -> Claim:  # fmt: skip
+        path = download_dir / target.filename
+        taken = self.store.path_taken(conn, str(path), target.id)
+        if not taken and listing.has(target.filename):
+            taken = True  # a file we did not make (or an older record's): never overwrite it
+        if taken:
+            path = download_dir / target.namer(f" ({target.id})")
+        listing.add(path.name)
+        status = S.QUEUED if queue else S.RUNNING
+        self._write(conn, None, target.id, url=target.url, path=str(path),
+                    part_path=str(path) + ".part", status=status, owner=owner,
+                    owner_pid=os.getpid() if owner else None, title=target.title,
+                    session=session_kind, announced=0 if queue else 1, boot_id=self._boot)  # fmt: skip
+        record = DownloadRecord.from_row(self.store.row(conn, target.id) or {})
+        return Claim(target.id, "queued" if queue else "claimed", record)
+
+    def _take(self, conn, row: Row, owner, force, queue, session_kind) -> Claim:
+        rid = row["id"]
+        busy = self._is_busy(row)
+        if busy is not None:
+            return Claim(rid, "refused", DownloadRecord.from_row(row), busy)
+        if row["status"] == S.QUEUED and not queue:
+            if self.state_dir is not None and is_worker_alive(self.state_dir):
+                return Claim(rid, "refused", DownloadRecord.from_row(row), AlreadyRunningError(
+                    f"{rid} is queued for the background worker",
+                    f"run `halftunes wait {rid}` to wait for it"))  # fmt: skip
+        if row["status"] == S.QUEUED and queue:
+            return Claim(rid, "queued", DownloadRecord.from_row(row))
+        done = row["status"] == S.COMPLETED
+        if done and Path(row["path"]).exists() and not force:
+            return Claim(rid, "skipped", DownloadRecord.from_row(row))
+        status = S.QUEUED if queue else S.RUNNING
+        values: dict[str, Any] = {"status": status, "owner": owner, "request": None,
+                                  "owner_pid": os.getpid() if owner else None, "error": None,
+                                  "session": session_kind, "announced": 0 if queue else 1}  # fmt: skip
+        if done or force:  # start over: the finished file is gone, or the user asked
+            _unlink(row["part_path"])
+            values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
+        elif row["status"] == S.RUNNING:
+            # Its owner died before anyone noticed: keep only what may be trusted.
+            values["bytes_received"] = self._recover_partial(row)
+        self._write(conn, row, rid, **values)
+        record = DownloadRecord.from_row(self.store.row(conn, rid) or row)
+        return Claim(rid, "queued" if queue else "claimed", record)
+
+    def claim_queued(self, owner: str, limit: int) -> list[DownloadRecord]:
+        """The worker takes up to `limit` queued records, oldest first."""
+        claimed = []
+        with self.store.transaction() as conn:
+            for row in self.store.with_status(conn, (S.QUEUED,), limit):
+                self._write(conn, row, row["id"], status=S.RUNNING, owner=owner,
+                            owner_pid=os.getpid(), request=None, error=None)  # fmt: skip
+                claimed.append(DownloadRecord.from_row(self.store.row(conn, row["id"]) or row))
+        return claimed
+
+    def exit_if_idle(self, leave: Callable[[], None]) -> bool:
+        """Call `leave` (the worker dropping its lock) only while no record is queued, inside
+        the write transaction: a client that queues after this sees the lock free."""
+        with self.store.transaction() as conn:
+            if self.store.count_status(conn, S.QUEUED) == 0:
+                leave()
+                return True
+        return False
+
+    def checkpoint(self, record_id: str, owner: str, bytes_received: int,
+                   bytes_total: int | None, etag: str | None,
+                   last_modified: str | None) -> StopRequest | None:  # fmt: skip
+        """Record a fsynced length; returns a pending stop request, if any."""
+        with self.store.transaction() as conn:
+            row = self.store.row(conn, record_id)
+            if row is None:
+                return StopRequest.CANCEL
+            if row["owner"] != owner:
+                return StopRequest.PAUSE  # someone took it over: stop writing
+            self._write(conn, row, record_id, bytes_received=bytes_received,
+                        bytes_total=bytes_total, etag=etag, last_modified=last_modified,
+                        boot_id=self._boot)  # fmt: skip
+            return StopRequest(row["request"]) if row["request"] else None
+
+    def settle(self, record_id: str, owner: str, task_state: str, *, bytes_received: int,
+               bytes_total: int | None, etag: str | None, last_modified: str | None,
+               error: str | None) -> tuple[DownloadRecord | None, bool]:  # fmt: skip
+        """Write a finished task's end into its record, while we still own it.
+
+        `task_state` is the task's end: completed, paused, failed or cancelled. Returns the
+        record (None when it is gone: cancelled here or by another process) and whether it
+        was still ours to settle."""
+        with self.store.transaction() as conn:
+            row = self.store.row(conn, record_id)
+            if row is None:
+                return None, False
+            if row["owner"] != owner:
+                return DownloadRecord.from_row(row), False
+            if task_state == "cancelled":
+                self._forget(conn, row)
+                return None, True
+            status = {"completed": S.COMPLETED, "paused": S.PAUSED}.get(task_state, S.FAILED)
+            self._write(conn, row, record_id, status=status,
+                        error=error if status is S.FAILED else None,
+                        bytes_received=bytes_received, bytes_total=bytes_total, owner=None,
+                        request=None, etag=etag, last_modified=last_modified)  # fmt: skip
+            return DownloadRecord.from_row(self.store.row(conn, record_id) or row), True
+
+    def request_stop(self, record_id: str, request: StopRequest) -> StopResult:
+        """Pause or cancel: ask a live owner to stop, or settle an idle record right here."""
+        with self.store.transaction() as conn:
+            row = self.store.row(conn, record_id)
+            if row is None:
+                raise unknown_download(record_id)
+            if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
+                self._write(conn, row, record_id, request=str(request))
+                return StopResult(record_id, "waiting", DownloadRecord.from_row(row))
+            if request is StopRequest.CANCEL:
+                self._forget(conn, row)
+                return StopResult(record_id, "forgotten", DownloadRecord.from_row(row))
+            if row["status"] in (S.QUEUED, S.RUNNING):
+                self._write(conn, row, record_id, status=S.PAUSED, owner=None, request=None)
+                record = DownloadRecord.from_row(self.store.row(conn, record_id) or row)
+                return StopResult(record_id, "paused", record)
+            return StopResult(record_id, "unchanged", DownloadRecord.from_row(row))
+
+    def forget(self, record_id: str) -> DownloadRecord | None:
+        """Delete a record (and its partial, unless it finished); the file stays."""
+        with self.store.transaction() as conn:
+            row = self.store.row(conn, record_id)
+            if row is None:
+                return None
+            self._forget(conn, row)
+            return DownloadRecord.from_row(row)
+
+    def _forget(self, conn: Any, row: Row) -> None:
+        if row["status"] != S.COMPLETED:
+            _unlink(row["part_path"])
+        self.store.delete_record(conn, row["id"])
+
+    def wait_until_stopped(self, record_id: str, timeout_seconds: float = 30.0,
+                           poll_seconds: float = 0.02) -> DownloadRecord | None:  # fmt: skip
+        """Block until a record is no longer running (or gone); returns it."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            record = self.get(record_id)
+            if record is None or record.status is not S.RUNNING:
+                return record
+            if not self.is_owner_alive(record.owner):
+                self.reconcile_dead_owners()
+                return self.get(record_id)
+            if time.monotonic() > deadline:
+                return record
+            time.sleep(poll_seconds)
+
+    def tag_session(self, record_id: str, identifier: str | None) -> None:
+        with self.store.transaction() as conn:
+            if self.store.row(conn, record_id) is not None:
+                self.store.update_record(conn, record_id, session_id=identifier)
+
+    # -- announcements ---------------------------------------------------------------------------
+    def take_unannounced(self) -> list[DownloadRecord]:
+        """Background transfers that ended unwatched, marked announced as they are taken."""
+        with self.store.transaction() as conn:
+            rows = self.store.unannounced(conn)
+            for row in rows:
+                self.store.update_record(conn, row["id"], announced=1)
+        return [DownloadRecord.from_row(r) for r in rows]
+
+    def mark_announced(self, ids: Iterable[str]) -> None:
+        with self.store.transaction() as conn:
+            for rid in ids:
+                if self.store.row(conn, rid) is not None:
+                    self.store.update_record(conn, rid, announced=1)
+
+    # -- recovery --------------------------------------------------------------------------------
+    def reconcile_dead_owners(self) -> list[DownloadRecord]:
+        """Mark transfers whose owner died as paused, with their partial re-checkpointed."""
+        if self.state_dir is None:
+            return []
+        dead = {o for o in self.store.running_owners() if not self.is_owner_alive(o)}
+        if not dead:
+            return []
+        fixed = []
+        with self.store.transaction() as conn:
+            for row in self.store.with_status(conn, (S.RUNNING,)):
+                if row["owner"] not in dead:
+                    continue
+                if row["request"] == StopRequest.CANCEL:
+                    self._forget(conn, row)
+                    continue
+                received = self._recover_partial(row)
+                who = "the background worker" if row["session"] == "background" else "the process"
+                error = (f"{who} (pid {row['owner_pid']}) stopped while downloading; "
+                         f"paused at {received} bytes: run `halftunes resume {row['id']}`")  # fmt: skip
+                self._write(conn, row, row["id"], status=S.PAUSED, bytes_received=received,
+                            owner=None, request=None, error=error, boot_id=self._boot)  # fmt: skip
+                fixed.append(DownloadRecord.from_row(self.store.row(conn, row["id"]) or row))
+        for token in dead:
+            if token:
+                with contextlib.suppress(OSError):
+                    owner_lock_path(self.state_dir, token).unlink()
+        return fixed
+
+    def _recover_partial(self, row: Row) -> int:
+        """How many bytes of the partial may be trusted after its owner stopped.
+
+        Same boot: everything the dead process wrote is in the page cache, so the partial's
+        length is right; fsync it now and that length becomes the checkpoint. Another boot
+        (power cut, reboot): only the last checkpoint was on disk; cut the partial back to it.
+        """
+        part = row["part_path"]
+        checkpoint = int(row["bytes_received"] or 0)
+        try:
+            size = os.path.getsize(part)
+        except OSError:
+            return 0
+        same_boot = self._boot is not None and row.get("boot_id") == self._boot
+        total = row.get("bytes_total")
+        try:
+            if same_boot and (total is None or size <= total):
+                with open(part, "rb+") as f:
+                    os.fsync(f.fileno())
+                return size
+            keep = min(checkpoint, size)
+            with open(part, "rb+") as f:
+                f.truncate(keep)
+                os.fsync(f.fileno())
+            return keep
+        except OSError:
+            return min(checkpoint, size)
+
+
+class _DirListing:
+    """The download dir's names, case-folded, read once per claim batch."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._names: set[str] | None = None
+
+    def _load(self) -> set[str]:
+        if self._names is None:
+            try:
+                self._names = {n.casefold() for n in os.listdir(self.folder)}
+            except OSError:
+                self._names = set()
+        return self._names
+
+    def has(self, name: str) -> bool:
+        return name.casefold() in self._load()
+
+    def add(self, name: str) -> None:
+        self._load().add(name.casefold())
+
+
+def _unlink(path: str) -> None:
+    # A partial that cannot be removed must not keep its record alive (or roll back a cancel).
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def check_download_dir(path: Path) -> Path:
+    """Create a missing download dir (as wget -P does); refuse one we cannot write to."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DiskError(f"download dir {path} exists and is not a directory") from None
+    except OSError as exc:
+        raise DiskError(f"cannot create download dir {path}: {exc.strerror}",
+                        "choose another folder with -o DIR") from exc  # fmt: skip
+    if not path.is_dir():
+        raise DiskError(f"download dir {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DiskError(f"download dir {path} is not writable", "choose another folder with -o DIR")
+    return path

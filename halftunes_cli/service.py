@@ -1,0 +1,474 @@
+"""The download service used by the command line and the worker: resolve ids and URLs to
+targets, claim records, run transfers in the foreground or hand them to the worker, steer,
+wait, announce. It prints nothing: it tells a `Reporter` and returns outcomes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .background import ensure_worker
+from .config import SessionConfiguration
+from .errors import (
+    ApiError,
+    ExitStatus,
+    HalftunesError,
+    UnknownIdError,
+    UsageError,
+    unknown_download,
+)
+from .itunes import ITunesClient, Track
+from .liveness import is_worker_alive
+from .naming import track_filename
+from .records import (
+    DownloadRecord,
+    RecordStatus,
+    StopRequest,
+    Target,
+    check_download_dir,
+    target_for_url,
+)
+from .runner import Outcome, Runner
+from .session import Session
+
+
+class Reporter(Protocol):
+    """Where the service's messages go (the command line draws them; tests collect them)."""
+
+    def error(self, error: HalftunesError) -> None: ...
+
+    def info(self, message: str) -> None: ...
+
+    def debug(self, message: str) -> None: ...
+
+
+class SilentReporter:
+    def error(self, error: HalftunesError) -> None:
+        pass
+
+    def info(self, message: str) -> None:
+        pass
+
+    def debug(self, message: str) -> None:
+        pass
+
+
+def is_url(text: str) -> bool:
+    return "://" in text or text.lower().startswith(("javascript:", "mailto:", "data:"))
+
+
+def target_for_track(track: dict[str, Any]) -> Target:
+    track_id = str(track["trackId"])
+    preview = track.get("previewUrl")
+    title = f"{track.get('artistName', '?')} - {track.get('trackName', '?')}"
+    if not preview:
+        raise UsageError(f"track {track_id} ({title}) has no preview to download")
+    artist, name = track.get("artistName"), track.get("trackName")
+    return Target(track_id, preview, title,
+                  lambda suffix: track_filename(artist, name, preview, suffix))  # fmt: skip
+
+
+def worse(code: int, other: int) -> int:
+    """The exit status of two outcomes together: 2 wins over 1; an interruption over both."""
+    rank = {0: 0, 1: 1, 2: 2, 130: 3, 143: 3}
+    return other if rank.get(other, 1) > rank.get(code, 1) else code
+
+
+@dataclass
+class BatchResult:
+    """What one download / resume command met."""
+
+    outcomes: list[Outcome] = field(default_factory=list)
+    exit_code: int = ExitStatus.OK
+    interrupted: bool = False
+    background: bool = False
+
+    def fail(self, error: HalftunesError) -> None:
+        self.exit_code = worse(self.exit_code, int(error.exit_code))
+
+
+@dataclass
+class SteerResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    exit_code: int = ExitStatus.OK
+
+
+@dataclass
+class WaitResult:
+    records: list[DownloadRecord]
+    timed_out: bool = False
+    still_active: int = 0
+
+    @property
+    def failed(self) -> list[DownloadRecord]:
+        return [r for r in self.records if r.status is not RecordStatus.COMPLETED]
+
+
+class DownloadService:
+    """One per command (or worker): owns a Session and, through it, the records."""
+
+    def __init__(self, configuration: SessionConfiguration, reporter: Reporter | None = None,
+                 delegate: Any = None):  # fmt: skip
+        self.configuration = configuration
+        self.reporter: Reporter = reporter or SilentReporter()
+        self.session = Session(configuration, delegate)
+        self.records = self.session.records
+
+    def close(self) -> None:
+        self.session.close()  # drops this process's owner lock and removes its file
+
+    def __enter__(self) -> DownloadService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- every command starts here -------------------------------------------------------
+    def recover(self) -> None:
+        """Notice owners that died (their transfers become paused)."""
+        if self.records.is_persistent:
+            self.records.reconcile_dead_owners()
+
+    def announcements(self) -> list[DownloadRecord]:
+        """Background transfers that ended unwatched; each is returned once, ever."""
+        if not self.records.is_persistent:
+            return []
+        return self.records.take_unannounced()
+
+    # -- search -----------------------------------------------------------------------------
+    def search(self, term: str, *, limit: int, country: str, offline: bool) -> list[Track]:
+        return ITunesClient(self.session).search(term, limit=limit, country=country,
+                                                 offline=offline)  # fmt: skip
+
+    # -- download / resume ----------------------------------------------------------------
+    def download(self, items: list[str], *, force: bool = False, background: bool = False,
+                 delegate: Any = None) -> BatchResult:  # fmt: skip
+        result = BatchResult(background=background)
+        try:
+            self._check_background(background)
+            if not items:
+                raise UsageError("nothing to download", "give track ids, URLs, or - for stdin")
+            entries = self._resolve(items, result)
+            self._claim_and_run(entries, force, background, result, delegate)
+        except HalftunesError as exc:
+            self._error(result, exc)
+        return result
+
+    def resume(self, ids: list[str], *, all_: bool = False, background: bool = False,
+               delegate: Any = None) -> BatchResult:  # fmt: skip
+        result = BatchResult(background=background)
+        try:
+            self._check_background(background)
+            entries = self._resume_entries(ids, all_, result)
+            self._claim_and_run(entries, False, background, result, delegate)
+        except HalftunesError as exc:
+            self._error(result, exc)
+        return result
+
+    def _check_background(self, background: bool) -> None:
+        if background and self.configuration.is_ephemeral:
+            raise UsageError("the ephemeral session cannot hand transfers to the worker")
+
+    def _error(self, result: BatchResult, error: HalftunesError) -> None:
+        self.reporter.error(error)
+        result.fail(error)
+
+    def _resolve(self, items: list[str], result: BatchResult) -> list[Target | DownloadRecord]:
+        """Ids and URLs in input order: targets, or records we already have."""
+        resolved: list[tuple[str, Any]] = []
+        wanted: list[str] = []
+        known = {r.id: r for r in self.records.all([i for i in items if i and not is_url(i)])}
+        for item in items:
+            if not item:
+                continue
+            if is_url(item):
+                try:
+                    self.configuration.check_url(item)
+                    resolved.append(("target", target_for_url(item)))
+                except UsageError as exc:
+                    self._error(result, exc)
+                continue
+            record = known.get(item)
+            if record is not None:
+                resolved.append(("record", record))
+            elif item.isdigit():
+                wanted.append(item)
+                resolved.append(("track", item))
+            else:
+                self._error(result, UsageError(f"{item!r} is neither a track id nor a URL",
+                            "track ids are numbers: see `halftunes search TERM`"))  # fmt: skip
+        tracks = self._tracks(wanted, result)
+        out: list[Target | DownloadRecord] = []
+        for kind, value in resolved:
+            if kind != "track":
+                out.append(value)
+                continue
+            if value not in tracks:
+                if tracks.lookup_failed:
+                    continue  # said once already
+                self._error(result, UnknownIdError(f"no track with id {value} in the iTunes "
+                            "catalog", "find ids with `halftunes search TERM`"))  # fmt: skip
+                continue
+            try:
+                out.append(target_for_track(tracks[value]))
+            except UsageError as exc:
+                self._error(result, exc)
+        return out
+
+    def _tracks(self, ids: list[str], result: BatchResult) -> _Tracks:
+        """Track metadata from the cache, then one lookup for the rest."""
+        tracks = _Tracks()
+        if not ids:
+            return tracks
+        cache = self.session.cache
+        if cache is not None:
+            tracks.update(cache.get_tracks(ids))
+        missing = [i for i in ids if i not in tracks]
+        if missing:
+            try:
+                for track in ITunesClient(self.session).lookup(missing):
+                    tracks[str(track.trackId)] = track.raw
+            except ApiError as exc:
+                self._error(result, exc)  # said once; the ids it left unresolved are skipped
+                tracks.lookup_failed = True
+        return tracks
+
+    def _resume_entries(self, ids: list[str], all_: bool,
+                        result: BatchResult) -> list[DownloadRecord]:  # fmt: skip
+        if all_:
+            records = [r for r in self.records.all()
+                       if r.status in (RecordStatus.PAUSED, RecordStatus.FAILED)]  # fmt: skip
+            if not records:
+                self.reporter.info("nothing to resume")
+            return records
+        if not ids:
+            raise UsageError("name the downloads to resume, or use --all")
+        out = []
+        for item in ids:
+            record = self.records.get(item)
+            if record is None:
+                self._error(result, unknown_download(item))
+            elif record.is_finished_on_disk:
+                self.reporter.info(f"{item}: already completed: {record.path}")
+            elif record.status in (RecordStatus.RUNNING, RecordStatus.QUEUED) and \
+                    self.records.is_owner_alive(record.owner):  # fmt: skip
+                self.reporter.info(f"{item}: already running")
+            else:
+                out.append(record)
+        return out
+
+    def _claim_and_run(self, entries: list[Target | DownloadRecord], force: bool,
+                       background: bool, result: BatchResult, delegate: Any) -> None:  # fmt: skip
+        background = background or self.configuration.is_background
+        result.background = background
+        claims = self.records.claim(
+            entries, owner=None if background else self.records.owner_token(), force=force,
+            queue=background, download_dir=check_download_dir(Path(self.configuration.download_dir)),
+            session_kind="background" if background else self.configuration.kind,
+        )  # fmt: skip
+        runnable: list[DownloadRecord] = []
+        for claim in claims:
+            if claim.outcome == "refused":
+                assert claim.error is not None
+                self._error(result, claim.error)
+            elif claim.outcome == "skipped":
+                assert claim.record is not None
+                self.reporter.info(f"{claim.id}: already downloaded: {claim.record.path}")
+                result.outcomes.append(Outcome(claim.id, "skipped", claim.record))
+            else:
+                assert claim.record is not None
+                runnable.append(claim.record)
+        if background:
+            result.outcomes += [Outcome(r.id, "queued", r) for r in runnable]
+            if runnable:
+                ensure_worker(Path(self.configuration.state_dir))
+                self.reporter.info(f"{len(runnable)} download(s) handed to the background "
+                                   "worker; `halftunes wait` waits for them")  # fmt: skip
+            return
+        self._run_foreground(runnable, result, delegate)
+
+    def _run_foreground(self, runnable: list[DownloadRecord], result: BatchResult,
+                        delegate: Any) -> None:  # fmt: skip
+        """Run here; Ctrl-C and SIGTERM pause every transfer at a checkpoint (cancel them in
+        the ephemeral session), and the command ends with 130 / 143."""
+        if not runnable:
+            return
+        self.session.delegate = delegate
+        runner = Runner(self.session, self.records.owner_token())
+        runner.start_control()
+        futures: list = []
+        interrupted: list[int] = []
+
+        def on_term(signum: int, frame: object) -> None:  # noqa: ARG001
+            interrupted.append(ExitStatus.TERMINATED)
+            raise KeyboardInterrupt
+
+        is_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, on_term) if is_main else None
+        try:
+            for record in runnable:
+                futures.append(runner.submit(record))
+            pending = set(futures)
+            while pending:
+                _, pending = wait_futures(pending, timeout=0.2)
+        except KeyboardInterrupt:
+            if is_main:  # a second signal must not tear a checkpoint
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            runner.stop_all("cancel" if self.configuration.is_ephemeral else "pause")
+            wait_futures(futures)
+            interrupted.append(ExitStatus.INTERRUPTED)
+        finally:
+            runner.shutdown()
+            self.session.http.close()
+            if is_main and previous is not None and not interrupted:
+                signal.signal(signal.SIGTERM, previous)
+        for future in futures:
+            outcome: Outcome = future.result()
+            result.outcomes.append(outcome)
+            if outcome.status == "failed" and outcome.error is not None:
+                self._error(result, outcome.error)
+            elif outcome.status == "paused" and not interrupted:
+                self.reporter.info(f"{outcome.id}: paused by request; `halftunes resume "
+                                   f"{outcome.id}` continues it")  # fmt: skip
+            elif outcome.status == "cancelled" and not interrupted:
+                self.reporter.info(f"{outcome.id}: cancelled by request")
+            for note in outcome.notes:
+                self.reporter.debug(f"{outcome.id}: {note}")
+        if interrupted:
+            result.interrupted = True
+            if self.configuration.is_ephemeral:
+                self.reporter.info("interrupted: partial downloads discarded (ephemeral session)")
+            else:
+                paused = [o.id for o in result.outcomes if o.status == "paused"]
+                if paused:
+                    self.reporter.info(f"interrupted: paused {len(paused)} download(s); "
+                                       f"`halftunes resume {' '.join(paused)}` continues")  # fmt: skip
+            result.exit_code = worse(result.exit_code, interrupted[0])
+
+    def outcome_records(self, result: BatchResult) -> list[tuple[Outcome, DownloadRecord]]:
+        """Each outcome with its record as the state file has it now (for the report)."""
+        ids = [o.id for o in result.outcomes]
+        fresh = {r.id: r for r in self.records.all(ids)} if ids else {}
+        out = []
+        for outcome in result.outcomes:
+            record = fresh.get(outcome.id) or outcome.record
+            if record is not None:
+                out.append((outcome, record))
+        return out
+
+    # -- steering -------------------------------------------------------------------------
+    def steer(self, ids: list[str], *, all_: bool, action: StopRequest) -> SteerResult:
+        """Pause or cancel, here or in the process that runs the transfer; returns once the
+        transfers have stopped. `cancel --all` touches unfinished downloads only."""
+        result = SteerResult()
+
+        def error(exc: HalftunesError) -> None:
+            self.reporter.error(exc)
+            result.exit_code = worse(result.exit_code, int(exc.exit_code))
+
+        if not ids and not all_:
+            error(UsageError(f"name the downloads to {action}, or use --all"))
+            return result
+        targets: list[DownloadRecord] = []
+        if all_:
+            targets = [r for r in self.records.all() if r.status is not RecordStatus.COMPLETED] \
+                if action is StopRequest.CANCEL else self.records.all()  # fmt: skip
+        for item in ids:
+            record = self.records.get(item)
+            if record is None:
+                error(unknown_download(item))
+            else:
+                targets.append(record)
+        waiting, forgotten = [], {}
+        for record in targets:
+            try:
+                stop = self.records.request_stop(record.id, action)
+            except UnknownIdError:
+                continue  # gone meanwhile (another process cancelled it)
+            if stop.action == "waiting":
+                waiting.append(record.id)
+            elif stop.action == "forgotten":
+                forgotten[record.id] = record
+            elif stop.action == "unchanged" and not all_:
+                self.reporter.info(f"{record.id}: already {record.status}")
+        for rid in waiting:
+            after = self.records.wait_until_stopped(rid, timeout_seconds=30)
+            if after is not None and after.status is RecordStatus.RUNNING:
+                error(HalftunesError(f"{rid}: its owner did not stop within 30 s",
+                                     "try again, or check `halftunes list`"))  # fmt: skip
+            elif action is StopRequest.CANCEL and after is not None:
+                self.records.forget(rid)
+        for record in targets:
+            after = self.records.get(record.id)
+            if after is not None:
+                result.records.append(after.public())
+            elif action is StopRequest.CANCEL:
+                gone = forgotten.get(record.id, record)
+                result.records.append({**gone.public(), "status": "cancelled"})
+        return result
+
+    # -- list and wait --------------------------------------------------------------------
+    def list(self) -> list[DownloadRecord]:
+        if not self.records.is_persistent:
+            return []
+        return self.records.all()
+
+    def record(self, record_id: str) -> DownloadRecord:
+        record = self.records.get(record_id)
+        if record is None:
+            raise unknown_download(record_id)
+        return record
+
+    def wait(self, ids: list[str], *, timeout_seconds: float | None = None,
+             on_poll: Callable[[list[DownloadRecord]], None] | None = None,
+             poll_seconds: float = 0.1) -> WaitResult:  # fmt: skip
+        """Block until the downloads are no longer queued or running (restarting the worker
+        if queued work has none)."""
+        for item in ids:
+            if self.records.get(item) is None:
+                raise unknown_download(item)
+        deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+        state_dir = Path(self.configuration.state_dir)
+        while True:
+            self.records.reconcile_dead_owners()
+            records = self.records.all(ids) if ids else self.records.all()
+            active = [r for r in records
+                      if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]  # fmt: skip
+            if any(r.status is RecordStatus.QUEUED for r in active) and \
+                    not is_worker_alive(state_dir):  # fmt: skip
+                ensure_worker(state_dir)
+            if on_poll is not None:
+                on_poll(active)
+            if not active:
+                return WaitResult(records)
+            if deadline is not None and time.monotonic() >= deadline:
+                return WaitResult(records, timed_out=True, still_active=len(active))
+            time.sleep(poll_seconds)
+
+    def mark_seen(self, records: Iterable[DownloadRecord]) -> None:
+        """The user watched these end: nothing left to announce later."""
+        self.records.mark_announced(r.id for r in records)
+
+    # -- upload -----------------------------------------------------------------------------
+    def upload(self, file: Path, url: str, *, method: str, headers: dict[str, str],
+               delegate: Any = None) -> Any:  # fmt: skip
+        method = method.upper()
+        if method not in ("PUT", "POST"):
+            raise UsageError(f"--method must be PUT or POST, not {method!r}")
+        self.session.delegate = delegate
+        task = self.session.upload_task(url, file, method=method, headers=headers)
+        task.run()
+        if task.error is not None:
+            raise task.error
+        return task
+
+
+class _Tracks(dict):
+    lookup_failed = False

@@ -1,0 +1,237 @@
+"""The task lifecycle (NSURLSessionTask): states, allowed moves, threads, stop requests, and the
+retrying send that data and upload tasks share."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..config import SessionConfiguration
+from ..errors import (
+    Cancelled,
+    HalftunesError,
+    IllegalTransition,
+    authentication_required,
+    disk_error,
+    translate_request_error,
+)
+from ..retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after, sleep_unless_stopped
+from ..transport import HttpClient, abort
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger(__name__)
+
+
+class TaskState(enum.StrEnum):
+    """A task's lifecycle. Allowed moves are listed in `TRANSITIONS`, nowhere else."""
+
+    SUSPENDED = "suspended"  # created, not started (NSURLSessionTaskStateSuspended)
+    RUNNING = "running"
+    PAUSED = "paused"  # stopped with resume data kept
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
+    TaskState.SUSPENDED: frozenset({TaskState.RUNNING, TaskState.CANCELLED}),
+    TaskState.RUNNING: frozenset({TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED,
+                                  TaskState.CANCELLED}),
+    TaskState.PAUSED: frozenset(),
+    TaskState.COMPLETED: frozenset(),
+    TaskState.FAILED: frozenset(),
+    TaskState.CANCELLED: frozenset(),
+}  # fmt: skip
+FINAL_STATES = frozenset({TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED,
+                          TaskState.CANCELLED})  # fmt: skip
+
+
+class TaskHost(Protocol):
+    """What a task needs of its session (the Session implements it)."""
+
+    configuration: SessionConfiguration
+    http: HttpClient
+    retry_policy: RetryPolicy
+
+    def call_delegate(self, name: str, *args: Any) -> Any: ...
+
+    def next_task_identifier(self) -> int: ...
+
+
+class Task:
+    """Common lifecycle: created suspended, `resume()` runs it on its own thread."""
+
+    def __init__(self, session: TaskHost, url: str, completion: Callable | None = None):
+        self.session = session
+        self.task_identifier = session.next_task_identifier()
+        self.url = url
+        self.completion = completion
+        self.state = TaskState.SUSPENDED
+        self.error: HalftunesError | None = None
+        self.response: requests.Response | None = None
+        self._stop = threading.Event()
+        self._stop_reason: str | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._state_lock = threading.Lock()
+        self._live_response: Any = None
+
+    def _move(self, new: TaskState) -> None:
+        with self._state_lock:
+            if new not in TRANSITIONS[self.state]:
+                raise IllegalTransition(f"task {self.task_identifier}: {self.state} -> "
+                                        f"{new} is not allowed")  # fmt: skip
+            self.state = new
+
+    # -- public ----------------------------------------------------------------------------
+    def resume(self) -> Task:
+        """Start the task (NSURLSessionTask.resume). A finished task cannot be resumed."""
+        self._move(TaskState.RUNNING)
+        self._thread = threading.Thread(target=self._main, name=f"task-{self.task_identifier}",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+        return self
+
+    def run(self) -> Task:
+        """Run on the calling thread and return when finished (for scripts and the CLI)."""
+        self._move(TaskState.RUNNING)
+        self._main()
+        return self
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.state is TaskState.SUSPENDED:
+            return False
+        return self._done.wait(timeout)
+
+    def cancel(self) -> None:
+        if self.state is TaskState.SUSPENDED:
+            self._move(TaskState.CANCELLED)
+            self._done.set()
+            return
+        self.request_stop("cancel")
+
+    def cancel_producing_resume_data(self, timeout: float | None = 30) -> Any:
+        """Stop; tasks that can be resumed return their resume data (others None)."""
+        self.cancel()
+        return None
+
+    def request_stop(self, reason: str) -> None:
+        """Ask a running task to stop ('pause' or 'cancel'); it stops within one chunk, and a
+        read blocked on a stalled socket is woken by shutting the socket."""
+        if self._stop_reason is None or reason == "cancel":
+            self._stop_reason = reason
+        self._stop.set()
+        abort(self._live_response)
+
+    # -- for subclasses --------------------------------------------------------------------
+    def _check_stop(self) -> None:
+        if self._stop.is_set():
+            raise Cancelled(self._stop_reason or "cancel")
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait before the next attempt; a stop request ends the wait and the task."""
+        if sleep_unless_stopped(seconds, self._stop):
+            self._check_stop()
+
+    def _send(self, method: str, headers: dict[str, str] | None = None, *,
+              data_factory: Callable[[], Any] | None = None,
+              retry_statuses: frozenset[int] = RETRYABLE_STATUSES) -> requests.Response:  # fmt: skip
+        """Send with the retry policy; only idempotent methods are ever sent twice."""
+        import requests
+
+        policy = self.session.retry_policy
+        idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+        failures = 0
+        auth = None
+        challenged = False
+        while True:
+            self._check_stop()
+            try:
+                data = data_factory() if data_factory is not None else None
+                response = self.session.http.send(method, self.url, headers, data=data, auth=auth)
+            except requests.exceptions.RequestException as exc:
+                self._check_stop()
+                error = translate_request_error(exc, self.url)
+                failures += 1
+                if (isinstance(exc, requests.exceptions.SSLError) or not idempotent
+                        or policy.gives_up_after(failures)):  # fmt: skip
+                    raise error from exc
+                wait = policy.delay_seconds(failures)
+                log.info("retry %d of %s in %.1fs after %s", failures, self.url, wait, error)
+                self._back_off(wait)
+                continue
+            self._live_response = response
+            if response.status_code == 401 and not challenged:
+                challenged = True
+                answer = self.session.call_delegate("on_challenge", self, response)
+                if answer is not None:
+                    response.close()
+                    auth = answer
+                    continue
+            if response.status_code == 401:
+                response.close()
+                raise authentication_required(self.url)
+            if response.status_code in retry_statuses and idempotent:
+                failures += 1
+                if not policy.gives_up_after(failures):
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    wait = policy.delay_seconds(failures, retry_after)
+                    log.info("retry %d of %s in %.1fs after HTTP %d", failures, self.url, wait,
+                             response.status_code)  # fmt: skip
+                    response.close()
+                    self._back_off(wait)
+                    continue
+            return response
+
+    def _main(self) -> None:
+        try:
+            self._execute()
+        except Cancelled:
+            self._on_stopped()
+        except HalftunesError as exc:
+            self._fail(exc)
+        except OSError as exc:
+            if _is_network_error(exc):
+                self._fail(translate_request_error(exc, self.url))
+            else:
+                self._fail(disk_error(exc, getattr(self, "part_path", None)))
+        except Exception as exc:  # a bug must still end the task, never hang a waiter
+            log.debug("task %s ended by an unexpected error", self.task_identifier, exc_info=True)
+            self._fail(translate_request_error(exc, self.url))
+        finally:
+            self._live_response = None
+            self._done.set()
+
+    def _execute(self) -> None:
+        raise NotImplementedError
+
+    def _on_stopped(self) -> None:
+        self._move(TaskState.CANCELLED if self._stop_reason == "cancel" else TaskState.PAUSED)
+        self.error = Cancelled("cancelled" if self._stop_reason == "cancel" else "paused")
+        self._complete()
+
+    def _fail(self, exc: HalftunesError) -> None:
+        self.error = exc
+        self._move(TaskState.FAILED)
+        self._complete()
+
+    def _complete(self) -> None:
+        self.session.call_delegate("on_complete", self, self.error)
+        if self.completion is not None:
+            self._call_completion()
+
+    def _call_completion(self) -> None:
+        # data and upload tasks: completion(data, response, error)
+        self.completion(getattr(self, "data", None), self.response, self.error)  # type: ignore[misc]
+
+
+def _is_network_error(exc: OSError) -> bool:
+    """requests' errors derive from OSError (IOError); they are the network's, not the disk's."""
+    import requests
+
+    return isinstance(exc, requests.exceptions.RequestException)

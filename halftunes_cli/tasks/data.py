@@ -1,0 +1,35 @@
+"""`DataTask`: GET a resource into memory; completion(data, response, error)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..errors import TransferError
+from ..retry import RETRYABLE_STATUSES
+from .base import Task, TaskHost, TaskState
+
+
+class DataTask(Task):
+    def __init__(self, session: TaskHost, url: str, completion: Callable | None = None,
+                 retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
+                 max_bytes: int = 64 << 20):  # fmt: skip
+        super().__init__(session, url, completion)
+        self.data: bytes | None = None
+        self.retry_statuses = retry_statuses
+        self.max_bytes = max_bytes
+
+    def _execute(self) -> None:
+        response = self._send("GET", retry_statuses=self.retry_statuses)
+        self.response = response
+        body = bytearray()
+        with response:
+            for chunk in response.iter_content(64 * 1024):
+                self._check_stop()
+                body += chunk
+                if len(body) > self.max_bytes:
+                    raise TransferError(f"response from {self.url} is larger than "
+                                        f"{self.max_bytes} bytes; refusing to buffer it")  # fmt: skip
+        self.data = bytes(body)
+        self.session.call_delegate("on_data_received", self, self.data)
+        self._move(TaskState.COMPLETED)
+        self._complete()

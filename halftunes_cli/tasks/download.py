@@ -1,0 +1,338 @@
+"""`DownloadTask` and `ResumeData`: download to a partial, checkpoint, resume with Range and
+If-Range by the decisions of `ranges`, and rename when the size checks out."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from .. import ranges
+from ..errors import (
+    HalftunesError,
+    HTTPStatusError,
+    TransferError,
+    UsageError,
+    authentication_required,
+    disk_error,
+    translate_request_error,
+)
+from ..naming import url_filename
+from ..ranges import Action
+from ..retry import parse_retry_after
+from ..transport import chunk_reader
+from .base import Task, TaskHost, TaskState
+from .partial import PartialFile, PartialShrank
+
+CHUNK_BYTES = 1 << 20
+RESUME_DATA_VERSION = 1
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ResumeData:
+    """What it takes to continue a download elsewhere (NSURLSessionDownloadTaskResumeData)."""
+
+    url: str
+    destination: str
+    part_path: str
+    offset: int
+    bytes_total: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+    version: int = RESUME_DATA_VERSION
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ResumeData:
+        try:
+            raw = json.loads(data)
+            if raw.get("version") != RESUME_DATA_VERSION:
+                raise ValueError("unsupported resume data version")
+            return cls(**raw)
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"invalid resume data: {exc}") from exc
+
+
+class Journal(Protocol):
+    """Where a download task records its checkpoints (the state file, or nothing).
+
+    `checkpoint` returns a pending stop request ('pause' / 'cancel') left by another process."""
+
+    def checkpoint(self, task: DownloadTask) -> str | None: ...
+
+
+class _BodyError(Exception):
+    pass
+
+
+class DownloadTask(Task):
+    """completion(location, response, error); delegate on_data_written, on_finished_downloading,
+    on_complete (and on_note for restarts)."""
+
+    def __init__(
+        self,
+        session: TaskHost,
+        url: str,
+        destination: str | Path | None = None,
+        completion: Callable | None = None,
+        resume_data: ResumeData | None = None,
+        journal: Journal | None = None,
+        record_id: str | None = None,
+    ):
+        super().__init__(session, url, completion)
+        session.configuration.check_url(url)
+        if destination is None:
+            destination = Path(session.configuration.download_dir) / url_filename(url)
+        self.destination = Path(destination)
+        self.record_id = record_id
+        self.journal = journal
+        self.bytes_total: int | None = None
+        self.etag: str | None = None
+        self.last_modified: str | None = None
+        self.bytes_fetched = 0  # bytes that crossed the network in this task
+        self.notes: list[str] = []  # things the user should hear (restarts)
+        self.location: Path | None = None
+        self.title: str | None = None
+        self._auth: Any = None  # credentials from on_challenge, once given
+        self._last_error: HalftunesError | None = None
+        self._retry_after: float | None = None
+        part_path = Path(str(self.destination) + ".part")
+        synced = 0
+        if resume_data is not None:
+            part_path = Path(resume_data.part_path)
+            synced = resume_data.offset
+            self.bytes_total = resume_data.bytes_total
+            self.etag = resume_data.etag
+            self.last_modified = resume_data.last_modified
+        self.partial = PartialFile(part_path, synced)
+
+    # -- public ----------------------------------------------------------------------------
+    @property
+    def part_path(self) -> Path:
+        return self.partial.path
+
+    @property
+    def bytes_received(self) -> int:
+        """Bytes in the partial (some may still await their checkpoint)."""
+        return self.partial.length
+
+    @property
+    def bytes_synced(self) -> int:
+        """Bytes of the partial known to be on disk: what a checkpoint records."""
+        return self.partial.synced
+
+    @property
+    def count_of_bytes_received(self) -> int:
+        return self.bytes_received
+
+    @property
+    def count_of_bytes_expected_to_receive(self) -> int | None:
+        return self.bytes_total
+
+    def cancel_producing_resume_data(self, timeout: float | None = 30) -> ResumeData | None:
+        """Pause: stop after a checkpoint and hand back what `download_task_with_resume_data`
+        needs. None when the task had already finished."""
+        if self.state is TaskState.SUSPENDED:
+            self.cancel()
+            return None
+        self.request_stop("pause")
+        self.wait(timeout)
+        if self.state is not TaskState.PAUSED:
+            return None
+        return self.resume_data()
+
+    def resume_data(self) -> ResumeData:
+        return ResumeData(
+            url=self.url, destination=str(self.destination), part_path=str(self.part_path),
+            offset=self.partial.synced, bytes_total=self.bytes_total, etag=self.etag,
+            last_modified=self.last_modified,
+        )  # fmt: skip
+
+    # -- the engine ------------------------------------------------------------------------
+    def _execute(self) -> None:
+        cfg = self.session.configuration
+        policy = self.session.retry_policy
+        try:
+            self.destination.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise disk_error(exc, self.destination.parent) from exc
+        offset = self.partial.starting_offset(self.bytes_total)
+        deadline = time.monotonic() + cfg.resource_timeout
+        failures = 0
+        high_water = offset
+        while True:
+            self._check_stop()
+            if time.monotonic() > deadline:
+                raise TransferError(f"resource timeout ({cfg.resource_timeout:.0f}s) reached "
+                                    f"for {self.url}", "resume it later with `halftunes resume`")  # fmt: skip
+            headers = ranges.request_headers(offset, self.etag, self.last_modified)
+            if offset > 0 and "Range" not in headers:
+                self._note("no ETag or Last-Modified to check the partial against: restarting")
+                offset = self.partial.truncate(0)
+            progressed, done = self._attempt(offset, headers)
+            offset = self.bytes_received
+            if done:
+                return
+            # Only new ground counts as progress: a server that keeps breaking the same way
+            # (and sends us back to byte 0) must still run out of retries.
+            if progressed and self.bytes_received > high_water:
+                high_water = self.bytes_received
+                failures = 0
+            else:
+                failures += 1
+            if policy.gives_up_after(failures):
+                raise self._last_error or TransferError(f"giving up on {self.url}")
+            wait = policy.delay_seconds(max(failures, 1), self._retry_after)
+            log.info("retrying %s from byte %d in %.1fs (%s)", self.url, offset, wait,
+                     self._last_error)  # fmt: skip
+            self._back_off(wait)
+
+    def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, bool]:
+        """One request. Returns (did bytes flow?, is the download done?)."""
+        import requests
+        import urllib3
+
+        self._retry_after = None
+        try:
+            response = self.session.http.send("GET", self.url, headers, auth=self._auth)
+        except requests.exceptions.RequestException as exc:
+            self._check_stop()
+            error = translate_request_error(exc, self.url)
+            if isinstance(exc, requests.exceptions.SSLError) or isinstance(error, UsageError):
+                raise error from exc
+            self._last_error = error
+            return False, False
+        self.response = response
+        self._live_response = response
+        with response:
+            if response.status_code == 401:
+                answer = self.session.call_delegate("on_challenge", self, response)
+                if answer is not None and self._auth is None:
+                    self._auth = answer
+                    return True, False
+                raise authentication_required(self.url)
+            decision = ranges.decide(response.status_code, response.headers, offset,
+                                     self.bytes_total)  # fmt: skip
+            action = decision.action
+            if action is Action.FAIL:
+                raise HTTPStatusError(response.status_code, self.url,
+                                      "the partial is kept; `halftunes resume` tries again")  # fmt: skip
+            if action is Action.RETRY:
+                self._retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                self._last_error = HTTPStatusError(response.status_code, self.url)
+                return False, False
+            if action is Action.COMPLETE:
+                self._finish(decision.total)
+                return True, True
+            if action is Action.REFETCH:
+                self._note(decision.reason)
+                self.partial.truncate(0)
+                self.bytes_total = None
+                self._last_error = TransferError(f"{self.url}: {decision.reason}")
+                return False, False
+            if action is Action.RESTART:
+                self._note(decision.reason)
+                offset = self.partial.truncate(0)
+            if action is Action.RESTART or offset == 0:
+                self.etag = response.headers.get("ETag")
+                self.last_modified = response.headers.get("Last-Modified")
+            validators = (self.etag, self.last_modified, self.bytes_total)
+            self.bytes_total = decision.total
+            if self.journal is not None and validators != (
+                self.etag,
+                self.last_modified,
+                self.bytes_total,
+            ):
+                # Record the validators before the first byte: a crash before the first
+                # checkpoint must still be resumable with If-Range.
+                self._journal()
+                self._check_stop()
+            start = offset
+            try:
+                self._stream(response, offset)
+            except (_BodyError, PartialShrank) as exc:
+                self._check_stop()
+                self._last_error = TransferError(str(exc))
+                return self.bytes_received > start, False
+            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                    OSError) as exc:  # fmt: skip
+                # the connection broke mid-body (a failed write is a DiskError, not OSError)
+                self._check_stop()
+                self._last_error = translate_request_error(exc, self.url)
+                return self.bytes_received > start, False
+            self._check_stop()
+            total = self.bytes_total
+            if total is not None and self.bytes_received < total:
+                self._last_error = TransferError(
+                    f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
+                )
+                return self.bytes_received > start, False
+            self._finish(total)
+            return True, True
+
+    def _note(self, message: str) -> None:
+        if message and message not in self.notes:
+            self.notes.append(message)
+            log.info("%s: %s", self.url, message)
+            self.session.call_delegate("on_note", self, message)
+
+    def _journal(self) -> None:
+        if self.journal is not None:
+            request = self.journal.checkpoint(self)
+            if request in ("pause", "cancel"):
+                self.request_stop(request)
+
+    def _stream(self, response: Any, offset: int) -> None:
+        read = chunk_reader(response.raw)
+        partial = self.partial
+        partial.open_at(offset)
+        at_eof = False
+        try:
+            while not self._stop.is_set():
+                chunk = read(CHUNK_BYTES)
+                if not chunk:
+                    at_eof = True
+                    break
+                partial.write(chunk)
+                self.bytes_fetched += len(chunk)
+                if self.bytes_total is not None and partial.length > self.bytes_total:
+                    raise _BodyError(f"{self.url}: more bytes than announced")
+                self.session.call_delegate("on_data_written", self, len(chunk),
+                                           partial.length, self.bytes_total)  # fmt: skip
+                if partial.is_checkpoint_due:
+                    partial.checkpoint()
+                    self._journal()
+        finally:
+            # At a clean end the task's settlement records the length; only a stop or an
+            # error needs the journal written here.
+            with contextlib.suppress(OSError):
+                partial.checkpoint()
+                if not at_eof:
+                    self._journal()
+            partial.close()
+
+    def _finish(self, total: int | None) -> None:
+        size = self.partial.finish(self.destination, total) if not self._stop.is_set() else None
+        self._check_stop()
+        assert size is not None
+        self.bytes_total = size if total is None else total
+        self.location = self.destination
+        self._move(TaskState.COMPLETED)
+        self.session.call_delegate("on_finished_downloading", self, self.destination)
+        self._complete()
+
+    def _on_stopped(self) -> None:
+        if self._stop_reason == "cancel" and self.journal is None:
+            self.partial.discard()  # a recorded download's partial is the records' to delete
+        super()._on_stopped()
+
+    def _call_completion(self) -> None:
+        self.completion(self.location, self.response, self.error)  # type: ignore[misc]

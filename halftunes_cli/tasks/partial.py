@@ -1,0 +1,150 @@
+"""`PartialFile`: the `.part` file of one download: where to start, appending, checkpoints,
+and the size-checked atomic rename to the final name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from ..errors import DiskError, TransferError, disk_error
+
+CHECKPOINT_SECONDS = 1.0
+
+
+class PartialShrank(Exception):
+    """The partial lost bytes under us (deleted or cut while paused): never append after a hole."""
+
+
+class PartialFile:
+    """Bytes go here first. `synced` is the length known to be on disk (fsynced); the record
+    never claims more than that."""
+
+    def __init__(self, path: Path, synced: int = 0,
+                 clock: Callable[[], float] = time.monotonic,
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS):  # fmt: skip
+        self.path = Path(path)
+        self.length = synced  # bytes in the file as far as we know
+        self.synced = synced
+        self._clock = clock
+        self._checkpoint_seconds = checkpoint_seconds
+        self._last_checkpoint = clock()
+        self._file: BinaryIO | None = None
+
+    def starting_offset(self, bytes_total: int | None) -> int:
+        """Bytes we may append to: the partial's length, unless it is longer than the whole
+        resource (then it is not this resource's: start over)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            self.length = self.synced = 0
+            return 0
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+        keep = size
+        if bytes_total is not None and keep > bytes_total:
+            keep = 0
+        if keep != size:
+            self.truncate(keep)
+        self.length = self.synced = keep
+        return keep
+
+    def truncate(self, length: int) -> int:
+        """Cut to `length` (durably) and continue from there."""
+        try:
+            with open(self.path, "ab") as f:
+                f.truncate(length)
+                os.fsync(f.fileno())
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+        self.length = self.synced = length
+        return length
+
+    # -- appending -------------------------------------------------------------------------
+    def open_at(self, offset: int) -> None:
+        """Open for appending at `offset`. A new partial is created empty, and an existing one
+        is cut only when it is longer than `offset` (a needless truncate makes ext4 flush the
+        whole file on close)."""
+        try:
+            f = open(self.path, "r+b" if self.path.exists() else "wb")
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+        try:
+            size = os.fstat(f.fileno()).st_size
+            if size < offset:
+                f.truncate(0)
+                self.length = self.synced = 0
+                raise PartialShrank(f"{self.path} shrank while paused: restarting from 0")
+            f.seek(offset)
+            if size > offset:
+                f.truncate(offset)
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+        self.length = offset
+        self._last_checkpoint = self._clock()
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        assert self._file is not None
+        try:
+            self._file.write(chunk)
+        except OSError as exc:
+            self._settle_after_error()
+            raise disk_error(exc, self.path) from exc
+        self.length += len(chunk)
+
+    @property
+    def is_checkpoint_due(self) -> bool:
+        return self._clock() - self._last_checkpoint >= self._checkpoint_seconds
+
+    def checkpoint(self) -> int:
+        """fsync, then `synced` moves up to what is now on disk."""
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self.synced = self.length
+        self._last_checkpoint = self._clock()
+        return self.synced
+
+    def close(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
+
+    def _settle_after_error(self) -> None:
+        # A failed write may leave a short tail: what is in the file is still good bytes.
+        assert self._file is not None
+        with contextlib.suppress(OSError):
+            self._file.flush()
+        with contextlib.suppress(OSError):
+            self.length = os.fstat(self._file.fileno()).st_size
+
+    # -- the end -----------------------------------------------------------------------------
+    def finish(self, destination: Path, bytes_total: int | None) -> int:
+        """Check the size, then rename to the final name; returns the file's size.
+
+        The data was fsynced at the last checkpoint, before the rename, so the final name can
+        never show unwritten bytes. The rename itself is not fsynced (on ext4 that forces a
+        journal commit per file): after a power cut it may be undone, and the download then
+        shows as not finished and is fetched again, never as a corrupt file."""
+        size = self.path.stat().st_size if self.path.exists() else 0
+        if bytes_total is not None and size != bytes_total:
+            raise TransferError(f"{destination.name}: size check failed "
+                                f"({size} of {bytes_total} bytes)")  # fmt: skip
+        try:
+            os.replace(self.path, destination)
+        except OSError as exc:
+            raise DiskError(f"cannot move the finished file to {destination}: "
+                            f"{exc.strerror}") from exc  # fmt: skip
+        self.length = self.synced = size
+        return size
+
+    def discard(self) -> None:
+        """Delete the partial (a cancelled download that no record owns)."""
+        with contextlib.suppress(OSError):
+            self.path.unlink()
