@@ -121,17 +121,19 @@ class SessionConfiguration:
     sources: dict[str, str] = field(default_factory=dict)
     config_path: Path | None = None
 
+    # The factories read the same places as the command line (environment, config file);
+    # explicit arguments win, as a command-line flag does.
     @classmethod
     def default(cls, **overrides: Any) -> SessionConfiguration:
-        return cls(kind="default", **overrides)
+        return _configured("default", overrides)
 
     @classmethod
     def ephemeral(cls, **overrides: Any) -> SessionConfiguration:
-        return cls(kind="ephemeral", **overrides)
+        return _configured("ephemeral", overrides)
 
     @classmethod
     def background(cls, identifier: str = "halftunes", **overrides: Any) -> SessionConfiguration:
-        return cls(kind="background", identifier=identifier, **overrides)
+        return _configured("background", {**overrides, "identifier": identifier})
 
     @property
     def is_ephemeral(self) -> bool:
@@ -144,9 +146,6 @@ class SessionConfiguration:
     @property
     def persists_state(self) -> bool:
         return self.kind != "ephemeral"
-
-    def copy(self, **changes: Any) -> SessionConfiguration:
-        return dataclasses.replace(self, **changes)
 
     def check_url(self, url: str) -> str:
         return check_url(url, self.allow_insecure_http, tuple(self._extra_schemes()))
@@ -168,6 +167,23 @@ class SessionConfiguration:
                 value = str(value)
             out[key] = {"value": value, "source": self.sources.get(key, "default")}
         return out
+
+
+def _configured(kind: str, overrides: dict[str, Any]) -> SessionConfiguration:
+    """A configuration of `kind`: config keys in `overrides` act as flags; the other fields
+    (identifier, back-off, protocol_classes, ...) are set as given."""
+    flags = {k: str(v) if isinstance(v, Path) else v
+             for k, v in overrides.items() if k in CONFIG_KEYS}  # fmt: skip
+    flags["session"] = kind
+    config = load_configuration(flags)
+    extra = {k: v for k, v in overrides.items() if k not in CONFIG_KEYS}
+    unknown = sorted(set(extra) - {f.name for f in dataclasses.fields(SessionConfiguration)})
+    if unknown:
+        raise TypeError(f"SessionConfiguration has no field {unknown[0]!r}")
+    config = dataclasses.replace(config, **extra)
+    if kind != "background":
+        config.identifier = extra.get("identifier")
+    return config
 
 
 def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:

@@ -28,6 +28,7 @@ from .liveness import is_worker_alive
 from .naming import track_filename
 from .records import (
     DownloadRecord,
+    Records,
     RecordStatus,
     StopRequest,
     Target,
@@ -36,6 +37,7 @@ from .records import (
 )
 from .runner import Outcome, Runner
 from .session import Session
+from .store import Store, state_file_exists
 
 
 class Reporter(Protocol):
@@ -468,6 +470,18 @@ class DownloadService:
         if task.error is not None:
             raise task.error
         return task
+
+
+def record_ids(configuration: SessionConfiguration, prefix: str = "") -> list[str]:
+    """Ids of the records in the state dir that start with `prefix` (for shell completion);
+    creates nothing when there is no state file yet."""
+    if not configuration.persists_state or not state_file_exists(configuration.state_dir):
+        return []
+    records = Records(Store(Path(configuration.state_dir)))
+    try:
+        return [r.id for r in records.all() if r.id.startswith(prefix)]
+    finally:
+        records.close()
 
 
 class _Tracks(dict):

@@ -56,6 +56,10 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 Row = dict[str, Any]
 
 
+def state_file_exists(state_dir: Path | str) -> bool:
+    return (Path(state_dir) / STATE_FILE_NAME).exists()
+
+
 class Store:
     """One state file per state dir; `Store(None)` keeps everything in memory (ephemeral)."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-from . import __version__
+from ._version import __version__
 from .config import SessionConfiguration
 
 if TYPE_CHECKING:

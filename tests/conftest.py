@@ -72,6 +72,23 @@ class Env:
 
     def run(self, *args: str, input: str | None = None, timeout: float = 60,
             env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        """The CLI in this process (Typer's CliRunner): parsing, rendering and exit codes.
+
+        Unexpected exceptions are re-raised, so a traceback can never pass for an error line.
+        Use `run_process` where a process matters (signals, kill -9, races, the console
+        script itself)."""
+        from typer.testing import CliRunner
+
+        from halftunes_cli.cli import app
+
+        result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False,
+                                    env={**self.env, **(env or {})}, prog_name="halftunes")  # fmt: skip
+        return subprocess.CompletedProcess([HALFTUNES, *args], result.exit_code, result.stdout,
+                                           result.stderr)  # fmt: skip
+
+    def run_process(self, *args: str, input: str | None = None, timeout: float = 60,
+                    env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+        """The installed `halftunes` command in its own process."""
         return subprocess.run([HALFTUNES, *args], input=input, capture_output=True, text=True,
                               timeout=timeout, env={**self.env, **(env or {})})  # fmt: skip
 
@@ -101,6 +118,14 @@ class Env:
                 return value
             time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what or predicate}")
+
+    def part_size(self, rid: str | int) -> int:
+        """Bytes in a record's partial right now (0 when there is none)."""
+        row = self.state_record(str(rid))
+        try:
+            return os.path.getsize(row["part_path"]) if row else 0
+        except OSError:
+            return 0
 
     def state_record(self, rid: str) -> dict | None:
         """Read the record straight from SQLite (no CLI, no reconcile)."""
@@ -187,6 +212,19 @@ def reap_children(timeout: float = 5.0) -> None:
             if time.monotonic() > deadline:
                 return
             time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch, tmp_path):
+    """No test sees the developer's halftunes settings, colours or home directory."""
+    for name in list(os.environ):
+        if name.startswith("HALFTUNES_") or name in ("NO_COLOR", "REQUESTS_CA_BUNDLE"):
+            monkeypatch.delenv(name)
+    home = tmp_path / "isolated-home"
+    monkeypatch.setenv("HOME", str(home))
+    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_STATE_HOME", ".state"),
+                     ("XDG_CACHE_HOME", ".cache"), ("XDG_MUSIC_DIR", "Music")):  # fmt: skip
+        monkeypatch.setenv(var, str(home / sub))
 
 
 @pytest.fixture

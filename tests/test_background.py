@@ -6,7 +6,6 @@ import os
 import pty
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 from conftest import HALFTUNES, sha256_file
@@ -36,14 +35,6 @@ def stop_worker(env, sig=signal.SIGKILL) -> None:
     env.wait_for(lambda: not worker_alive(env), what="worker lock released")
 
 
-def bytes_so_far(env, rid) -> int:
-    row = env.state_record(rid)
-    try:
-        return os.path.getsize(row["part_path"]) if row else 0
-    except OSError:
-        return 0
-
-
 def start_background(env, n: int, size: int = 3 * MB, bps: int = MB, flowing: int = 100_000):
     """n throttled background transfers, returned once each has bytes on disk."""
     ids = jack_ids(env, n)
@@ -51,7 +42,7 @@ def start_background(env, n: int, size: int = 3 * MB, bps: int = MB, flowing: in
         env.track(int(rid), size=size)
     env.server.state.throttle_bps = bps
     assert env.run("download", "-b", *ids).returncode == 0
-    env.wait_for(lambda: all(bytes_so_far(env, r) > flowing for r in ids))
+    env.wait_for(lambda: all(env.part_size(r) > flowing for r in ids))
     return ids
 
 
@@ -59,12 +50,13 @@ def test_twenty_previews_in_the_background(env):
     ids = [str(t["trackId"]) for t in env.json("search", "artist", "--limit", "40")
            if "previewUrl" in t][:20]  # fmt: skip
     assert len(ids) == 20
-    began = time.monotonic()
+    # The first transfer stalls for 2 s: `download -b` must return without waiting for it
+    # (its wall time is benchmark S5's business).
+    env.fault(path=f"/previews/{ids[0]}/", kind="stall", after=1000, seconds=2)
     result = env.run("download", "-b", *ids)
-    elapsed = time.monotonic() - began
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ids
-    assert elapsed < 1.0, f"download -b took {elapsed:.2f}s"
+    assert env.state_record(ids[0])["status"] in ("queued", "running")
     waited = env.run("wait", "--timeout", "60")
     assert waited.returncode == 0, waited.stderr
     records = env.records()
@@ -105,18 +97,18 @@ def test_ten_racing_commands_start_exactly_one_worker(env):
 def test_pause_one_background_transfer_leaves_the_others_running(env):
     ids = start_background(env, 3)
     target, others = ids[0], ids[1:]
-    began = time.time()
+    entry = env.preview_requests(int(target))[0]
+    served_before = entry["bytes_sent"]
     result = env.run("pause", target)
     assert result.returncode == 0, result.stderr
-    entry = env.preview_requests(int(target))[0]
     env.wait_for(lambda: entry["ended"] is not None, timeout=5)
-    assert entry["ended"] - began < 1.0
+    assert entry["bytes_sent"] - served_before < MB  # at 1 MB/s: stopped within a second
     assert env.record(target)["status"] == "paused"
     for rid in others:
         assert env.preview_requests(int(rid))[0]["ended"] is None  # still flowing
         assert env.record(rid)["status"] == "running"
     paused_at = env.record(target)["bytes_received"]
-    assert paused_at == bytes_so_far(env, target)
+    assert paused_at == env.part_size(target)
     env.server.state.throttle_bps = None
     assert env.run("resume", "-b", target).returncode == 0
     assert env.run("wait", "--timeout", "60").returncode == 0
@@ -133,7 +125,7 @@ def test_kill_9_of_the_worker_then_resume_all(env):
     for rid in ids:
         assert records[rid]["status"] == "paused"
         assert "background worker" in records[rid]["error"]
-        assert records[rid]["bytes_received"] == bytes_so_far(env, rid)
+        assert records[rid]["bytes_received"] == env.part_size(rid)
     env.server.state.throttle_bps = None
     assert env.run("resume", "--all", "-b").returncode == 0
     assert env.run("wait", "--timeout", "60").returncode == 0
@@ -149,7 +141,7 @@ def test_sigterm_pauses_everything_and_exits(env):
     for rid in ids:
         row = env.state_record(rid)
         assert row["status"] == "paused" and row["error"] is None
-        assert row["bytes_received"] == bytes_so_far(env, rid)
+        assert row["bytes_received"] == env.part_size(rid)
 
 
 def test_wait_timeout_exits_124_and_failures_exit_1(env):

@@ -7,7 +7,7 @@ import resource
 from pathlib import Path
 
 import pytest
-from conftest import corrupt_state, sha256_file
+from conftest import sha256_file
 
 DONE, PARTIAL, FRESH = 1000002, 1000003, 1000001
 
@@ -50,20 +50,19 @@ ROWS = [
     ("javascript", ["download", "javascript:alert(1)"], 2, "unsupported URL scheme (javascript:)"),
     ("plain http remote", ["download", "http://example.com/a.mp3"], 2, "App Transport Security"),
     ("empty term", ["search", ""], 2, "search term is empty"),
+    ("blank term", ["search", "   "], 2, "search term is empty"),
     ("limit 0", ["search", "x", "--limit", "0"], 2, "between 1 and 200"),
     ("limit 201", ["search", "x", "--limit", "201"], 2, "between 1 and 200"),
     ("limit abc", ["search", "x", "--limit", "abc"], 2, "--limit"),
     ("2000-char term", ["search", "y" * 2000], 2, "too long"),
     ("bad session", ["--session", "turbo", "list"], 2, "--session must be"),
     ("unknown id to pause", ["pause", "777"], 2, "no download with id 777"),
+    ("unknown id to resume", ["resume", "777"], 2, "no download with id 777"),
+    ("unknown id to cancel", ["cancel", "777"], 2, "no download with id 777"),
     ("pause nothing", ["pause"], 2, "or use --all"),
     ("html api", "html", 1, "not JSON"),
     ("malformed config", "config", 2, "not valid TOML"),
     ("download dir is a file", "dir-file", 1, "not a directory"),
-    ("corrupt state", "state-garbage", 1, "moved it aside"),
-    ("empty state", "state-empty", 1, "it is empty"),
-    ("state is a directory", "state-directory", 1, "it is a directory"),
-    ("state from the future", "state-future", 1, "newer halftunes"),
 ]
 
 
@@ -83,9 +82,6 @@ def test_bad_input_row(world, tmp_path, name, args, code, fragment):
         blocker = tmp_path / "blocker"
         blocker.write_text("x")
         args = ["download", str(FRESH), "-o", str(blocker)]
-    elif isinstance(args, str) and args.startswith("state-"):
-        corrupt_state(env.state_dir, args.split("-", 1)[1])
-        args = ["list"]
     result = env.run(*args, env=extra)
     assert result.returncode == code, result.stderr
     assert fragment in result.stderr
@@ -94,28 +90,21 @@ def test_bad_input_row(world, tmp_path, name, args, code, fragment):
     # nothing lost: the finished file and the partial are intact...
     assert sha256_file(env.done_path) == env.done_sha
     assert env.part_path.stat().st_size == 300_000
-    # ...and so are the records (or, for a bad state file, the file moved aside)
-    if name in ("corrupt state", "empty state", "state is a directory"):
-        assert list(env.state_dir.glob("downloads.db.corrupt-*"))
-    elif name == "state from the future":
-        assert (env.state_dir / "downloads.db").exists()
-    else:
-        assert env.state_record(DONE)["status"] == "completed"
-        assert env.state_record(PARTIAL)["bytes_received"] == 300_000
+    # ...and so are the records
+    assert env.state_record(DONE)["status"] == "completed"
+    assert env.state_record(PARTIAL)["bytes_received"] == 300_000
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any mode bits")
 def test_unwritable_download_dir(env, tmp_path):
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
+    # Root writes through any mode bits, so as root (CI) use a folder the kernel refuses.
+    locked = Path("/proc/sys")
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+    assert not os.access(locked, os.W_OK)
     result = env.run("download", str(FRESH), "-o", str(locked))
     assert result.returncode == 1 and "not writable" in result.stderr
-
-
-def test_missing_download_dir_is_created(env, tmp_path):
-    target = tmp_path / "new" / "dir"
-    result = env.run("download", str(FRESH), "-o", str(target))
-    assert result.returncode == 0 and Path(result.stdout.strip()).parent == target
+    assert env.state_record(str(FRESH)) is None
 
 
 def test_full_disk_keeps_partial_and_record_then_resumes(env):
@@ -140,21 +129,6 @@ def test_full_disk_keeps_partial_and_record_then_resumes(env):
     assert result.returncode == 0, result.stderr
     assert sha256_file(rec["path"]) == env.expected_sha(FRESH)
     assert env.preview_requests(FRESH)[-1]["range"] == "bytes=700000-"
-
-
-@pytest.mark.parametrize(
-    "track_name", ["../../etc/passwd", "CON", "L" * 300, "Bell\x07Tab\tNew\nLine",
-                   "evil\u202egpj.exe", "Path Escape", "nul.txt", ".."],
-)  # fmt: skip
-def test_hostile_track_names_land_safely(env, track_name):
-    tid = hostile(env, track_name)
-    result = env.run("download", tid)
-    assert result.returncode == 0, result.stderr
-    path = Path(result.stdout.strip())
-    assert path.parent == env.download_dir and path.exists()
-    assert len(path.name.encode()) <= 200
-    assert not any(c in path.name for c in "/\\\x07\t\n\u202e")
-    assert sha256_file(path) == env.expected_sha(int(tid))
 
 
 # The 10 GB Content-Length lie is a row of

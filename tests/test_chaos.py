@@ -26,14 +26,6 @@ THROTTLE = 3_000_000  # bytes/s per request: a round's transfer lasts about half
 CHECKPOINT_BYTES = THROTTLE  # one checkpoint interval (1 s) of data
 
 
-def _part_size(env: Env, rid: str) -> int:
-    row = env.state_record(rid)
-    try:
-        return os.path.getsize(row["part_path"]) if row else 0
-    except OSError:
-        return 0
-
-
 def _wait_worker_gone(env: Env) -> None:
     pid = env.worker_pid()
     if pid is not None:
@@ -79,7 +71,7 @@ class Round:
             assert r.returncode == 0, r.stderr
         if self.kind in ("kill9", "sigterm", "sigint", "etag", "ignore_range"):
             done = (lambda: proc.poll() is not None) if proc else (lambda: False)
-            env.wait_for(lambda: _part_size(env, self.rid) >= at or done()
+            env.wait_for(lambda: env.part_size(self.rid) >= at or done()
                          or (env.state_record(self.rid) or {}).get("status") == "completed",
                          timeout=30)  # fmt: skip
             self.interrupt(proc)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,21 +14,11 @@ T1, T2 = 1000001, 1000002  # Jack Johnson - Better Together / Banana Pancakes
 MB = 1_000_000
 
 
-def part_size(env, rid) -> int:
-    row = env.state_record(rid)
-    if row is None:
-        return 0
-    try:
-        return os.path.getsize(row["part_path"])
-    except OSError:
-        return 0
-
-
 def start_throttled(env, tid, size=3 * MB, bps=1_000_000, *args):
     env.track(tid, size=size)
     env.server.state.throttle_bps = bps
     proc = env.spawn("download", str(tid), *args)
-    env.wait_for(lambda: part_size(env, tid) > 50_000, what="bytes flowing")
+    env.wait_for(lambda: env.part_size(tid) > 50_000, what="bytes flowing")
     return proc
 
 
@@ -76,15 +64,15 @@ def test_drop_at_40_percent_recovers_from_the_checkpoint(env):
 def test_kill_9_then_resume_fetches_only_the_missing_bytes(env):
     size = 3 * MB
     proc = start_throttled(env, T1, size)
-    threshold = random.randint(100_000, 2 * MB)
-    env.wait_for(lambda: part_size(env, T1) >= threshold or proc.poll() is not None)
+    threshold = random.Random(20261127).randint(100_000, 2 * MB)
+    env.wait_for(lambda: env.part_size(T1) >= threshold or proc.poll() is not None)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     env.server.state.throttle_bps = None
     rec = env.record(T1)  # any command notices the dead owner
     assert rec["status"] == "paused"
     assert "stopped while downloading" in rec["error"]
-    have = part_size(env, T1)
+    have = env.part_size(T1)
     assert rec["bytes_received"] == have > 0
     result = env.run("resume", str(T1))
     assert result.returncode == 0, result.stderr
@@ -100,7 +88,7 @@ def test_kill_9_before_the_first_checkpoint_still_resumes_with_if_range(env):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     have = env.record(T1)["bytes_received"]
-    assert have == part_size(env, T1) > 0
+    assert have == env.part_size(T1) > 0
     env.server.state.throttle_bps = None
     assert env.run("resume", str(T1)).returncode == 0
     last = env.preview_requests(T1)[-1]
@@ -109,17 +97,16 @@ def test_kill_9_before_the_first_checkpoint_still_resumes_with_if_range(env):
 
 def test_pause_from_another_process_then_resume(env):
     proc = start_throttled(env, T1, 3 * MB, 1_000_000)
-    began = time.time()
-    result = env.run("pause", str(T1))
-    returned = time.time()
-    assert result.returncode == 0, result.stderr
     entry = env.preview_requests(T1)[0]
+    served_before = entry["bytes_sent"]
+    result = env.run("pause", str(T1))
+    assert result.returncode == 0, result.stderr
     env.wait_for(lambda: entry["ended"] is not None, timeout=5, what="server saw the stop")
-    assert entry["ended"] - began < 1.0, "bytes kept flowing after pause"
+    # At 1 MB/s, bytes that stop within one second of the command are less than 1 MB more.
+    assert entry["bytes_sent"] - served_before < 1_000_000, "bytes kept flowing after pause"
     rec = env.record(T1)
     assert rec["status"] == "paused"
-    assert rec["bytes_received"] == part_size(env, T1) > 0
-    assert returned - began < 5
+    assert rec["bytes_received"] == env.part_size(T1) > 0
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "paused by request" in err
     env.server.state.throttle_bps = None
@@ -205,7 +192,7 @@ def test_4xx_after_a_drop_fails_and_keeps_the_partial(env):
     assert result.returncode == 1 and "HTTP 403" in result.stderr
     rec = env.record(T1)
     assert rec["status"] == "failed" and "403" in rec["error"]
-    assert rec["bytes_received"] == part_size(env, T1) == 400_000
+    assert rec["bytes_received"] == env.part_size(T1) == 400_000
     assert not Path(rec["path"]).exists()
     env.server.state.faults.clear()
     result = env.run("resume", str(T1))
@@ -226,11 +213,11 @@ def test_stalled_server_times_out_and_retries(env):
 
 def test_503_with_retry_after_is_retried(env):
     env.fault(path=f"/previews/{T1}/", kind="status", status=503, retry_after=1)
-    began = time.monotonic()
     result = env.run("download", str(T1))
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - began >= 1.0  # Retry-After honoured
-    assert [r["status"] for r in env.preview_requests(T1)] == [503, 200]
+    first, second = env.preview_requests(T1)
+    assert (first["status"], second["status"]) == (503, 200)
+    assert second["time"] - first["time"] >= 1.0  # Retry-After honoured (server's clock)
 
 
 def test_404_fails_without_retry_and_keeps_going(env):
@@ -286,19 +273,10 @@ def test_sigint_pauses_and_exits_130(env):
     assert proc.returncode == 130, err
     assert "halftunes resume" in err
     rec = env.record(T1)
-    assert rec["status"] == "paused" and rec["bytes_received"] == part_size(env, T1) > 0
+    assert rec["status"] == "paused" and rec["bytes_received"] == env.part_size(T1) > 0
     env.server.state.throttle_bps = None
     assert env.run("resume", str(T1)).returncode == 0
     assert sha256_file(rec["path"]) == env.expected_sha(T1)
-
-
-def test_ephemeral_session_writes_no_state(env):
-    result = env.run("--session", "ephemeral", "download", str(T1), "--json")
-    assert result.returncode == 0, result.stderr
-    rec = json.loads(result.stdout)[0]
-    assert rec["status"] == "completed"
-    assert sha256_file(rec["path"]) == env.expected_sha(T1)
-    assert not env.state_dir.exists()
 
 
 def test_ephemeral_ctrl_c_discards_the_partial(env):
@@ -330,10 +308,12 @@ def test_hostile_names_stay_inside_the_download_dir(env):
                if t["collectionName"] == "Hostile Names"]  # fmt: skip
     result = env.run("download", *map(str, hostile))
     assert result.returncode == 0, result.stderr
-    for line in result.stdout.strip().split("\n"):
+    for tid, line in zip(hostile, result.stdout.strip().split("\n"), strict=True):
         path = Path(line)
         assert path.parent == env.download_dir
         assert len(path.name.encode()) <= 200 and not path.name.startswith(".")
+        assert not any(c in path.name for c in "/\\\x07\t\n\u202e")
+        assert sha256_file(path) == env.expected_sha(int(tid))
     assert len(list(env.download_dir.iterdir())) == len(hostile)
 
 
@@ -376,14 +356,12 @@ def test_url_download_and_plain_http_rule(env):
     assert refused.returncode == 2 and "App Transport Security" in refused.stderr
 
 
-def test_missing_download_dir_is_created_and_a_file_is_refused(env, tmp_path):
+def test_missing_download_dir_is_created(env, tmp_path):
     deep = tmp_path / "a" / "b"
-    assert env.run("download", str(T1), "-o", str(deep)).returncode == 0
-    assert (deep / "Jack Johnson - Better Together.m4a").exists()
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    result = env.run("download", str(T2), "-o", str(blocker))
-    assert result.returncode == 1 and "not a directory" in result.stderr
+    result = env.run("download", str(T1), "-o", str(deep))
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == deep / "Jack Johnson - Better Together.m4a"
+    assert sha256_file(deep / "Jack Johnson - Better Together.m4a") == env.expected_sha(T1)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "empty", "directory", "future"])
@@ -405,15 +383,7 @@ def test_bad_state_file_is_reported_and_moved_aside(env, kind):
     assert (env.download_dir / "Jack Johnson - Better Together.m4a").exists()
 
 
-def test_state_is_private_and_owner_locks_do_not_pile_up(env):
-    assert env.run("download", str(T1)).returncode == 0
-    assert env.run("download", str(T2)).returncode == 0
+def test_owner_locks_do_not_pile_up(env):
+    assert env.run_process("download", str(T1)).returncode == 0
+    assert env.run_process("download", str(T2)).returncode == 0
     assert list((env.state_dir / "owners").iterdir()) == []
-    assert (env.state_dir.stat().st_mode & 0o777) == 0o700
-    assert ((env.state_dir / "downloads.db").stat().st_mode & 0o777) == 0o600
-
-
-def test_unknown_id_for_steering_commands_exits_2(env):
-    for cmd in ("pause", "resume", "cancel"):
-        result = env.run(cmd, "424242")
-        assert result.returncode == 2 and "no download with id 424242" in result.stderr

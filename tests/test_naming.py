@@ -54,3 +54,32 @@ def test_url_filename():
     assert url_filename("https://h/a/..") == "_"
     assert url_filename("https://host.example/") == "host.example"
     assert url_filename("https://h/a/b.mp3", suffix=" (u1)") == "b (u1).mp3"
+
+
+# -- properties (hypothesis): whatever the metadata, the name is safe ------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from halftunes_cli.naming import _WINDOWS_RESERVED  # noqa: E402
+
+FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)} | {"\x7f"}
+
+
+@settings(max_examples=300, deadline=None)
+@given(artist=st.text(), title=st.text(), suffix=st.sampled_from(["", " (1234567)"]))
+def test_any_track_name_is_safe_everywhere(artist, title, suffix):
+    name = track_filename(artist, title, "https://a/p.m4a", suffix)
+    assert name and len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    assert not FORBIDDEN & set(name)
+    assert not name.startswith(".") and not name.endswith((".", " "))
+    assert name not in (".", "..")
+    assert name.split(".")[0].strip().upper() not in _WINDOWS_RESERVED
+    assert name.endswith(suffix + ".m4a")
+
+
+@settings(max_examples=200, deadline=None)
+@given(url=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300))
+def test_any_url_gives_a_safe_name(url):
+    name = url_filename("https://host.example/" + url)
+    assert name and len(name.encode("utf-8")) <= MAX_NAME_BYTES
+    assert not FORBIDDEN & set(name) and not name.startswith(".")

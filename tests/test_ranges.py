@@ -100,3 +100,28 @@ def test_restart_and_refetch_explain_themselves():
 )  # fmt: skip
 def test_retry_after(value, expected):
     assert parse_retry_after(value, now=1e10) == expected
+
+
+# -- properties (hypothesis): the parser accepts exactly the valid forms ---------------------
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@given(start=st.integers(0, 2**53), length=st.integers(1, 2**40), extra=st.integers(0, 2**40))
+def test_valid_content_ranges_round_trip(start, length, extra):
+    end = start + length - 1
+    total = end + 1 + extra
+    assert parse_content_range(f"bytes {start}-{end}/{total}") == ContentRange(start, end, total)
+    assert parse_content_range(f"bytes {start}-{end}/*") == ContentRange(start, end, None)
+
+
+@given(start=st.integers(0, 2**40), back=st.integers(1, 2**20))
+def test_an_end_before_the_start_or_past_the_total_is_refused(start, back):
+    assert parse_content_range(f"bytes {start + back}-{start}/{start + back + 1}") is None
+    assert parse_content_range(f"bytes {start}-{start + back}/{start + back}") is None
+
+
+@given(st.text())
+def test_the_parser_never_raises(text):
+    result = parse_content_range(text)
+    assert result is None or isinstance(result, ContentRange)

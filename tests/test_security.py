@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from conftest import sha256_file
+
 
 def snapshot(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_size for p in root.rglob("*")}
@@ -19,6 +21,8 @@ def test_ephemeral_session_leaves_no_trace(env, tmp_path):
     after = snapshot(env.tmp)
     added = sorted(set(after) - set(before))
     assert added == ["downloads", "downloads/Jack Johnson - Better Together.m4a"]
+    song = env.download_dir / "Jack Johnson - Better Together.m4a"
+    assert sha256_file(song) == env.expected_sha(1000001)
 
 
 def test_state_and_worker_files_are_private(env):

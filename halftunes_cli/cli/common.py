@@ -12,9 +12,9 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
-from ..errors import ExitStatus, HalftunesError
+from ..errors import ExitStatus, HalftunesError, internal_error
 from ..render import Console, ConsoleReporter
-from ..service import DownloadService
+from ..service import DownloadService, record_ids
 
 # -- options declared once --------------------------------------------------------------------
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -61,8 +61,7 @@ def set_up(ctx: typer.Context, session: str | None, quiet: bool, verbose: bool,
         raise typer.Exit(ExitStatus.USAGE)
     state = AppState(session, quiet, verbose, not no_color and not os.environ.get("NO_COLOR"))
     ctx.obj = state
-    if verbose:
-        _log_to_stderr(state.console)
+    _log_to_stderr(state.console if verbose else None)
     return state
 
 
@@ -75,14 +74,17 @@ class _ConsoleHandler(logging.Handler):
         self.console.debug(record.getMessage())
 
 
-def _log_to_stderr(console: Console) -> None:
-    """-v: the library's log (requests, status lines, retries) on stderr."""
+def _log_to_stderr(console: Console | None) -> None:
+    """-v: the library's log (requests, status lines, retries) on stderr; else nothing."""
     logger = logging.getLogger("halftunes_cli")
     for handler in list(logger.handlers):
         if isinstance(handler, _ConsoleHandler):
             logger.removeHandler(handler)
-    logger.addHandler(_ConsoleHandler(console))
-    logger.setLevel(logging.DEBUG)
+    if console is not None:
+        logger.addHandler(_ConsoleHandler(console))
+        logger.setLevel(logging.DEBUG)
+    else:
+        logger.setLevel(logging.WARNING)
 
 
 # -- the one error-to-exit boundary ---------------------------------------------------------
@@ -92,8 +94,6 @@ def fail(state: AppState, exc: BaseException) -> NoReturn:
     if not isinstance(exc, HalftunesError):
         if isinstance(exc, typer.Exit | KeyboardInterrupt | SystemExit):
             raise exc
-        from ..errors import internal_error
-
         if state.verbose:
             import traceback
 
@@ -149,18 +149,6 @@ def expand_ids(items: list[str] | None) -> list[str]:
 def complete_ids(incomplete: str) -> list[str]:
     """Shell completion of download ids from the state file (read only, never fails)."""
     try:
-        from pathlib import Path
-
-        from ..records import Records
-        from ..store import STATE_FILE_NAME, Store
-
-        config = load_configuration({})
-        if not (Path(config.state_dir) / STATE_FILE_NAME).exists():
-            return []
-        records = Records(Store(Path(config.state_dir)))
-        try:
-            return [r.id for r in records.all() if r.id.startswith(incomplete)]
-        finally:
-            records.close()
+        return record_ids(load_configuration({}), incomplete)
     except Exception:  # noqa: BLE001 - completion must never print a traceback
         return []
