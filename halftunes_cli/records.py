@@ -122,6 +122,13 @@ class DownloadRecord:
     def display_name(self) -> str:
         return self.title or self.id
 
+    @property
+    def label(self) -> str:
+        """A short name for progress lines: the title, or a URL download's file name."""
+        if self.title and "://" not in self.title:
+            return self.title
+        return Path(self.path).name
+
 
 @dataclass
 class Target:

@@ -165,8 +165,34 @@ def _printable(text: str) -> str:
     return "".join(ch if ch.isprintable() else "?" for ch in str(text))
 
 
-_BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_fmt}  {rate_fmt}  ETA {remaining}"
-_BAR_UNKNOWN = "{desc} {n_fmt}  {rate_fmt}"
+_BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_h}  {rate_h}  ETA {eta_h}"
+_BAR_UNKNOWN = "{desc} {n_h}  {rate_h}"
+_bar_class: Any = None
+
+
+def _bar_type() -> Any:
+    """tqdm with byte fields in binary units (tqdm's own are decimal for rates); tqdm still
+    measures elapsed time and the (smoothed) rate."""
+    global _bar_class
+    if _bar_class is None:
+        from tqdm import tqdm
+
+        class Bar(tqdm):
+            @property
+            def format_dict(self):  # type: ignore[override]
+                d = super().format_dict
+                rate = d.get("rate")
+                if rate is None and d["elapsed"]:
+                    rate = (d["n"] - d.get("initial", 0)) / d["elapsed"]
+                total, n = d.get("total"), d["n"]
+                d["total_h"] = human_bytes(total)
+                d["n_h"] = human_bytes(n)
+                d["rate_h"] = f"{human_bytes(rate or 0)}/s"
+                d["eta_h"] = duration((total - n) / rate) if rate and total else "-:--"
+                return d
+
+        _bar_class = Bar
+    return _bar_class
 
 
 class ProgressDelegate:
@@ -185,10 +211,8 @@ class ProgressDelegate:
     def _bar(self, key: Any, title: str, done: int, total: int | None):
         bar = self._bars.get(key)
         if bar is None:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, initial=done, unit="iB", unit_scale=True, unit_divisor=1024,
-                       position=self._position, leave=True, mininterval=0.25,
+            bar = _bar_type()(total=total, initial=done, unit="B", position=self._position,
+                       leave=True, mininterval=0.25,
                        desc=_printable(title)[:32].ljust(32), file=sys.stderr,
                        bar_format=_BAR_KNOWN if total else _BAR_UNKNOWN,
                        dynamic_ncols=True)  # fmt: skip
@@ -201,7 +225,15 @@ class ProgressDelegate:
 
     @staticmethod
     def _title(task: Any) -> str:
-        return getattr(task, "title", None) or task.url.rsplit("/", 1)[-1]
+        title = getattr(task, "title", None)
+        if not title or "://" in title:  # a URL download is known by its file name
+            destination = getattr(task, "destination", None)
+            return destination.name if destination else task.url.rsplit("/", 1)[-1]
+        return title
+
+    def on_all_finished(self) -> None:
+        """The session's transfers are over: end the bars before anything else is said."""
+        self.close()
 
     def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
         if not self.enabled:
@@ -253,7 +285,7 @@ class ProgressDelegate:
             return
         with self._lock:
             for r in records:
-                bar = self._bar(r.id, r.display_name, r.bytes_received, r.bytes_total)
+                bar = self._bar(r.id, r.label, r.bytes_received, r.bytes_total)
                 if r.bytes_received < bar.n:
                     bar.reset(total=r.bytes_total)
                 bar.update(r.bytes_received - bar.n)

@@ -329,6 +329,7 @@ class DownloadService:
         finally:
             runner.shutdown()
             self.session.http.close()
+            self.session.call_delegate("on_all_finished")
             if is_main and previous is not None and not interrupted:
                 signal.signal(signal.SIGTERM, previous)
         for future in futures:
