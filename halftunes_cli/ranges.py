@@ -55,12 +55,46 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     return ContentRange(start, end, total)
 
 
+# Bytes of the partial asked for again on every resume and compared before appending: they
+# catch a resource that changed under validators that did not (ETags reused, mtime kept).
+OVERLAP_BYTES = 64 * 1024
+
+
 def is_strong_etag(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/") and etag.startswith('"')
 
 
+def _http_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def trusted_validators(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The (ETag, Last-Modified) of a full response that a later If-Range may carry.
+
+    RFC 9110 8.8.2.2 and 13.1.5: a Last-Modified date is strong only when the response's Date
+    is at least one second later; a weak ETag (W/) never goes into If-Range. When Date is within
+    a second of Last-Modified, nothing is trusted, the ETag included: common servers derive
+    ETags from the modification second and the size, so a same-second rewrite keeps them."""
+    etag = _header(headers, "ETag")
+    last_modified = _header(headers, "Last-Modified")
+    modified_at = _http_time(last_modified)
+    date = _http_time(_header(headers, "Date"))
+    if modified_at is not None and date is not None and date - modified_at < 1:
+        return None, None
+    strong_etag = etag if is_strong_etag(etag) else None
+    strong_date = last_modified if modified_at is not None and date is not None else None
+    return strong_etag, strong_date
+
+
 def validator_for(etag: str | None, last_modified: str | None) -> str | None:
-    """What If-Range may carry: a strong ETag, else Last-Modified (RFC 9110 13.1.5)."""
+    """What If-Range may carry: a strong ETag, else a strong Last-Modified (RFC 9110 13.1.5)."""
     if is_strong_etag(etag):
         return etag
     if last_modified:
@@ -68,12 +102,18 @@ def validator_for(etag: str | None, last_modified: str | None) -> str | None:
     return None
 
 
+def resume_start(offset: int) -> int:
+    """Where a resume asks to start: the overlap before `offset` (0 for a smaller partial)."""
+    return max(0, offset - OVERLAP_BYTES)
+
+
 def request_headers(offset: int, etag: str | None, last_modified: str | None) -> dict[str, str]:
-    """Headers for a (re)start at `offset`. Without a validator we never ask for a range."""
+    """Headers for a (re)start with `offset` bytes in hand. Without a validator we never ask
+    for a range; with one we ask from `resume_start(offset)`, to compare the overlap."""
     headers = {"Accept-Encoding": "identity"}
     validator = validator_for(etag, last_modified)
     if offset > 0 and validator is not None:
-        headers["Range"] = f"bytes={offset}-"
+        headers["Range"] = f"bytes={resume_start(offset)}-"
         headers["If-Range"] = validator
     return headers
 
@@ -97,14 +137,21 @@ def decide(
     headers: Mapping[str, str],
     offset: int,
     known_total: int | None,
+    have: int | None = None,
+    ranged: bool | None = None,
 ) -> Decision:
     """What to do with a response to a request that asked for bytes from `offset` on.
 
-    `offset` 0 means no Range was sent. `known_total` is the total we saw before, if any.
+    `ranged` says whether a Range was sent (default: `offset` > 0); `offset` is its start.
+    `known_total` is the total we saw before, if any; `have` the partial's length (default
+    `offset`), which a 416 compares with the total. APPEND means: after checking the bytes
+    from `offset` to `have` against the partial, write the rest at `have`.
     """
+    have = offset if have is None else have
+    ranged = offset > 0 if ranged is None else ranged
     if status == 200:
         total = content_length(headers)
-        if offset == 0:
+        if not ranged:
             return Decision(Action.APPEND, total, "")
         return Decision(
             Action.RESTART,
@@ -113,7 +160,7 @@ def decide(
         )
     if status == 206:
         cr = parse_content_range(_header(headers, "Content-Range"))
-        if offset == 0:
+        if not ranged:
             if cr is not None and cr.start == 0 and cr.total is not None:
                 if cr.end == cr.total - 1:
                     return Decision(Action.APPEND, cr.total, "")
@@ -126,7 +173,10 @@ def decide(
                 None,
                 f"server answered from byte {cr.start}, not {offset}: restarting from 0",
             )
-        if known_total is not None and cr.total is not None and cr.total != known_total:
+        if known_total is not None and cr.total is not None and cr.total != known_total \
+                and cr.total != have:  # fmt: skip
+            # (A total equal to what we hold, under a matching If-Range, says an earlier answer
+            # lied about the length or ended short: the overlap check still has the last word.)
             return Decision(Action.REFETCH, None, "file size changed on the server: restarting")
         if cr.total is not None and cr.end != cr.total - 1:
             # A range that stops short: we asked for the rest, so this is not it.
@@ -138,7 +188,7 @@ def decide(
         # If-Range guarantees the server compared validators first (a mismatch yields a 200),
         # so a 416 whose total equals our offset says the partial is the whole file, even if
         # an earlier answer announced a different length (a short body or a lie).
-        if total is not None and offset == total:
+        if total is not None and have == total:
             return Decision(Action.COMPLETE, total, "")
         return Decision(Action.REFETCH, None, "range not satisfiable: restarting from 0")
     if status in RETRYABLE_STATUSES:

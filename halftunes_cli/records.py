@@ -235,14 +235,17 @@ class Records:
 
     def _is_busy(self, row: Row) -> AlreadyRunningError | None:
         """The error to give when someone else is transferring this record right now."""
-        rid = row["id"]
         if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
-            who = "the background worker" if row["session"] == "background" else "another halftunes"
-            return AlreadyRunningError(
-                f"{rid} is being downloaded right now by {who} (pid {row['owner_pid']})",
-                f"run `halftunes wait {rid}` to wait for it",
-            )
+            return self.busy_error(DownloadRecord.from_row(row))
         return None
+
+    @staticmethod
+    def busy_error(record: DownloadRecord) -> AlreadyRunningError:
+        who = "the background worker" if record.session == "background" else "another halftunes"
+        return AlreadyRunningError(
+            f"{record.id} is being downloaded right now by {who} (pid {record.owner_pid})",
+            f"run `halftunes wait {record.id}` to wait for it",
+        )
 
     # -- transitions -----------------------------------------------------------------------------
     def _write(self, conn: Any, row: Row | None, record_id: str, **values: Any) -> None:

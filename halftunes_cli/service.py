@@ -4,6 +4,7 @@ wait, announce. It prints nothing: it tells a `Reporter` and returns outcomes.""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -258,9 +259,10 @@ class DownloadService:
                 self._error(result, unknown_download(item))
             elif record.is_finished_on_disk:
                 self.reporter.info(f"{item}: already completed: {record.path}")
-            elif record.status in (RecordStatus.RUNNING, RecordStatus.QUEUED) and \
-                    self.records.is_owner_alive(record.owner):  # fmt: skip
-                self.reporter.info(f"{item}: already running")
+            elif record.status is RecordStatus.RUNNING and self.records.is_owner_alive(
+                record.owner
+            ):
+                self._error(result, self.records.busy_error(record))
             else:
                 out.append(record)
         return out
@@ -320,8 +322,10 @@ class DownloadService:
             while pending:
                 _, pending = wait_futures(pending, timeout=0.2)
         except KeyboardInterrupt:
-            if is_main:  # a second signal must not tear a checkpoint
-                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if is_main:
+                # A second Ctrl-C ends the process at once: what is on disk is trusted by the
+                # next command (same boot), so nothing is lost. SIGTERM waits for the pause.
+                signal.signal(signal.SIGINT, self._exit_now)
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
             runner.stop_all("cancel" if self.configuration.is_ephemeral else "pause")
             wait_futures(futures)
@@ -354,6 +358,11 @@ class DownloadService:
                     self.reporter.info(f"interrupted: paused {len(paused)} download(s); "
                                        f"`halftunes resume {' '.join(paused)}` continues")  # fmt: skip
             result.exit_code = worse(result.exit_code, interrupted[0])
+
+    def _exit_now(self, signum: int, frame: object) -> None:  # noqa: ARG002
+        self.reporter.info("interrupted again: exiting now; `halftunes resume` continues from "
+                           "what is on disk")  # fmt: skip
+        os._exit(ExitStatus.INTERRUPTED)
 
     def outcome_records(self, result: BatchResult) -> list[tuple[Outcome, DownloadRecord]]:
         """Each outcome with its record as the state file has it now (for the report)."""

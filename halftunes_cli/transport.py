@@ -24,11 +24,90 @@ if TYPE_CHECKING:
 
 USER_AGENT = f"halftunes/{__version__}"
 log = logging.getLogger(__name__)
+_current = threading.local()  # the RequestHandle of the request this thread is sending
+
+
+class RequestHandle:
+    """The socket of one request, so that another thread can stop it in any phase: while the
+    TLS handshake runs, while the server thinks before its headers, or mid-body.
+
+    (The TCP connect itself is not covered: a connect to a silent host ends at the connect
+    timeout, at most 30 s.)"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.is_aborted = False
+
+    def attach(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if sock not in self._sockets:
+                self._sockets.append(sock)
+            aborted = self.is_aborted
+        if aborted:
+            _shut(sock)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.is_aborted = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _attach_current(sock: socket.socket | None) -> None:
+    handle = getattr(_current, "handle", None)
+    if handle is not None:
+        handle.attach(sock)
+
+
+def _tracked_adapter(**kw: Any) -> Any:
+    """A requests adapter whose connections tell the sending thread's RequestHandle their
+    socket: when urllib3 makes one (before TLS) and when a pooled one is reused."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connection import HTTPConnection, HTTPSConnection
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    class Tracked:
+        def _new_conn(self):  # type: ignore[no-untyped-def]
+            sock = super()._new_conn()  # type: ignore[misc]
+            _attach_current(sock)
+            return sock
+
+        def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            _attach_current(self.sock)  # type: ignore[attr-defined]
+            return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    class TrackedHTTPConnection(Tracked, HTTPConnection):
+        pass
+
+    class TrackedHTTPSConnection(Tracked, HTTPSConnection):
+        pass
+
+    class TrackedHTTPPool(HTTPConnectionPool):
+        ConnectionCls = TrackedHTTPConnection
+
+    class TrackedHTTPSPool(HTTPSConnectionPool):
+        ConnectionCls = TrackedHTTPSConnection
+
+    class TrackedAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = {"http": TrackedHTTPPool,
+                                                       "https": TrackedHTTPSPool}  # fmt: skip
+
+    return TrackedAdapter(**kw)
 
 
 def _build(config: SessionConfiguration) -> requests.Session:
     import requests
-    from requests.adapters import HTTPAdapter
 
     from .protocols import FileAdapter
 
@@ -45,7 +124,7 @@ def _build(config: SessionConfiguration) -> requests.Session:
     http = _CheckedSession()
     pool = config.max_connections_per_host
     for prefix in ("https://", "http://"):
-        http.mount(prefix, HTTPAdapter(pool_connections=8, pool_maxsize=pool, max_retries=0))
+        http.mount(prefix, _tracked_adapter(pool_connections=8, pool_maxsize=pool, max_retries=0))
     http.mount("file://", FileAdapter())
     for prefix, handler in config.protocol_classes.items():
         http.mount(prefix, handler() if isinstance(handler, type) else handler)
@@ -88,21 +167,28 @@ class HttpClient:
         data: Any = None,
         auth: Any = None,
         stream: bool = True,
+        handle: RequestHandle | None = None,
     ) -> requests.Response:
-        """One HTTP exchange, redirects followed and checked; raises requests' errors."""
+        """One HTTP exchange, redirects followed and checked; raises requests' errors.
+        `handle.abort()` from another thread stops it in any phase after the connect."""
         self.configuration.check_url(url)
         timeout = self.configuration.request_timeout
         log.debug("> %s %s %s", method, url, dict(headers or {}))
-        response = self.session.request(
-            method,
-            url,
-            headers=headers,
-            data=data,
-            auth=auth,
-            stream=stream,
-            timeout=(min(timeout, 30.0), timeout),
-            allow_redirects=True,
-        )
+        session = self.session
+        _current.handle = handle
+        try:
+            response = session.request(
+                method,
+                url,
+                headers=headers,
+                data=data,
+                auth=auth,
+                stream=stream,
+                timeout=(min(timeout, 30.0), timeout),
+                allow_redirects=True,
+            )
+        finally:
+            _current.handle = None
         log.debug("< %s %s %s", response.status_code, response.reason or "", response.url)
         return response
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from halftunes_cli.ranges import OVERLAP_BYTES
 from halftunes_cli.testing.catalog import CatalogServer
 
 HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
@@ -118,6 +119,11 @@ class Env:
                 return value
             time.sleep(interval)
         raise AssertionError(f"timed out waiting for {what or predicate}")
+
+    @staticmethod
+    def resume_range(offset: int) -> str:
+        """The Range a resume with `offset` bytes in hand sends: 64 KiB of overlap before it."""
+        return f"bytes={max(0, offset - OVERLAP_BYTES)}-"
 
     def part_size(self, rid: str | int) -> int:
         """Bytes in a record's partial right now (0 when there is none)."""

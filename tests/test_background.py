@@ -112,7 +112,7 @@ def test_pause_one_background_transfer_leaves_the_others_running(env):
     env.server.state.throttle_bps = None
     assert env.run("resume", "-b", target).returncode == 0
     assert env.run("wait", "--timeout", "60").returncode == 0
-    assert env.preview_requests(int(target))[-1]["range"] == f"bytes={paused_at}-"
+    assert env.preview_requests(int(target))[-1]["range"] == env.resume_range(paused_at)
     for rid in ids:
         assert sha256_file(env.record(rid)["path"]) == env.expected_sha(int(rid))
 
@@ -132,7 +132,8 @@ def test_kill_9_of_the_worker_then_resume_all(env):
     for rid in ids:
         assert sha256_file(env.record(rid)["path"]) == env.expected_sha(int(rid))
         served = sum(r["bytes_sent"] for r in env.preview_requests(int(rid)))
-        assert served - size <= bps  # at most one checkpoint interval fetched twice
+        # at most one checkpoint interval fetched twice, plus the resume's 64 KiB overlap
+        assert served - size <= bps + 65536
 
 
 def test_sigterm_pauses_everything_and_exits(env):

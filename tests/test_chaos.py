@@ -20,6 +20,7 @@ import pytest
 from conftest import HALFTUNES, Env, reap_children, sha256_file
 
 from halftunes_cli.liveness import is_lock_held
+from halftunes_cli.ranges import OVERLAP_BYTES
 
 FAULTS = ["kill9", "sigterm", "sigint", "drop", "503", "stall", "etag", "ignore_range", "short"]
 THROTTLE = 3_000_000  # bytes/s per request: a round's transfer lasts about half a second
@@ -46,6 +47,7 @@ class Round:
         self.mode = self.rng.choice(["fg", "bg"])
         self.size = self.rng.randint(1_000_000, 2_000_000)
         self.discarded = 0  # bytes a correct client must fetch again (restarts)
+        self.resumes: list[tuple[float, int]] = []  # (when, bytes in the partial)
         self.began = time.time()
 
     def run(self) -> dict:
@@ -81,6 +83,7 @@ class Round:
             row = env.state_record(self.rid)
             if row is not None and row["status"] == "completed":
                 break
+            self.resumes.append((time.time(), env.part_size(self.rid)))
             if self.mode == "fg":
                 env.run("resume", self.rid, env=extra_env, timeout=120)
             else:
@@ -133,9 +136,15 @@ class Round:
             failures.append(f"stray partials {stray}")
         served = sum(e["bytes_sent"] for e in env.preview_requests(self.tid)
                      if e["time"] >= self.began)  # fmt: skip
+        ranged = [e for e in env.preview_requests(self.tid)
+                  if e["time"] >= self.began and e["range"]]  # fmt: skip
         over = served - self.size - self.discarded
-        if over > CHECKPOINT_BYTES:
+        if over > CHECKPOINT_BYTES + OVERLAP_BYTES * len(ranged):
             failures.append(f"re-fetched {over} bytes over the minimum")
+        for when, had in self.resumes:  # every resume compares the overlap before appending
+            first = next((e for e in env.preview_requests(self.tid) if e["time"] >= when), None)
+            if had > 0 and first is not None and first["range"] != env.resume_range(had):
+                failures.append(f"resume with {had} bytes asked {first['range']}")
         return {"kind": self.kind, "mode": self.mode, "over": over, "failures": failures}
 
 

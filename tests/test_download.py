@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import corrupt_state, sha256_file
 
+from halftunes_cli.ranges import OVERLAP_BYTES
+
 T1, T2 = 1000001, 1000002  # Jack Johnson - Better Together / Banana Pancakes
 MB = 1_000_000
 
@@ -55,10 +57,11 @@ def test_drop_at_40_percent_recovers_from_the_checkpoint(env):
     assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
     first, second = env.preview_requests(T1)
     assert first["bytes_sent"] == int(size * 0.4)
-    assert second["range"] == f"bytes={int(size * 0.4)}-"
+    assert second["range"] == env.resume_range(int(size * 0.4))
     assert second["if_range"] == f'"p{T1}-v1-{size}"'
     assert second["status"] == 206
-    assert first["bytes_sent"] + second["bytes_sent"] == size  # nothing fetched twice
+    # nothing fetched twice but the 64 KiB overlap, compared before appending
+    assert first["bytes_sent"] + second["bytes_sent"] == size + OVERLAP_BYTES
 
 
 def test_kill_9_then_resume_fetches_only_the_missing_bytes(env):
@@ -78,7 +81,8 @@ def test_kill_9_then_resume_fetches_only_the_missing_bytes(env):
     assert result.returncode == 0, result.stderr
     assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)
     last = env.preview_requests(T1)[-1]
-    assert last["range"] == f"bytes={have}-" and last["bytes_sent"] == size - have
+    assert last["range"] == env.resume_range(have)
+    assert last["bytes_sent"] == size - have + min(have, OVERLAP_BYTES)
 
 
 def test_kill_9_before_the_first_checkpoint_still_resumes_with_if_range(env):
@@ -92,7 +96,7 @@ def test_kill_9_before_the_first_checkpoint_still_resumes_with_if_range(env):
     env.server.state.throttle_bps = None
     assert env.run("resume", str(T1)).returncode == 0
     last = env.preview_requests(T1)[-1]
-    assert last["range"] == f"bytes={have}-" and last["if_range"] == f'"p{T1}-v1-{3 * MB}"'
+    assert last["range"] == env.resume_range(have) and last["if_range"] == f'"p{T1}-v1-{3 * MB}"'
 
 
 def test_pause_from_another_process_then_resume(env):
@@ -113,7 +117,7 @@ def test_pause_from_another_process_then_resume(env):
     result = env.run("resume", str(T1))
     assert result.returncode == 0, result.stderr
     assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
-    assert env.preview_requests(T1)[-1]["range"] == f"bytes={rec['bytes_received']}-"
+    assert env.preview_requests(T1)[-1]["range"] == env.resume_range(rec["bytes_received"])
 
 
 def test_a_partial_deleted_while_paused_is_never_appended_to(env):
@@ -180,8 +184,11 @@ def test_a_body_shorter_than_announced_is_never_completed_early(env, fault):
     result = env.run("download", str(T1))
     assert result.returncode == 0, result.stderr
     assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
-    # all bytes arrived but fewer than announced: asking for the rest says there is no more
-    assert [r["status"] for r in env.preview_requests(T1)] == [200, 416]
+    # all bytes arrived but fewer than announced: asking for the rest (from the overlap on)
+    # says there is no more; the overlap matches and the file completes without a refetch
+    first, second = env.preview_requests(T1)
+    assert (first["status"], second["status"]) == (200, 206)
+    assert second["range"] == env.resume_range(MB) and second["bytes_sent"] == OVERLAP_BYTES
 
 
 def test_4xx_after_a_drop_fails_and_keeps_the_partial(env):
@@ -198,7 +205,7 @@ def test_4xx_after_a_drop_fails_and_keeps_the_partial(env):
     result = env.run("resume", str(T1))
     assert result.returncode == 0, result.stderr
     assert sha256_file(rec["path"]) == env.expected_sha(T1)
-    assert env.preview_requests(T1)[-1]["range"] == "bytes=400000-"
+    assert env.preview_requests(T1)[-1]["range"] == env.resume_range(400_000)
 
 
 def test_stalled_server_times_out_and_retries(env):
@@ -208,7 +215,7 @@ def test_stalled_server_times_out_and_retries(env):
     assert result.returncode == 0, result.stderr
     assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
     second = env.preview_requests(T1)[1]
-    assert second["range"] == "bytes=300000-"
+    assert second["range"] == env.resume_range(300_000)
 
 
 def test_503_with_retry_after_is_retried(env):

@@ -37,10 +37,13 @@ def test_parse_content_range(value, expected):
     "offset, etag, last_modified, expected",
     [
         (0, '"abc"', None, {"Accept-Encoding": "identity"}),
+        # the overlap: 64 KiB before the offset, or the whole of a smaller partial
         (100, '"abc"', "Wed, 10 Nov 2004 11:33:20 GMT",
-         {"Accept-Encoding": "identity", "Range": "bytes=100-", "If-Range": '"abc"'}),
+         {"Accept-Encoding": "identity", "Range": "bytes=0-", "If-Range": '"abc"'}),
+        (100_000, '"abc"', None,
+         {"Accept-Encoding": "identity", "Range": "bytes=34464-", "If-Range": '"abc"'}),
         (100, 'W/"weak"', "Wed, 10 Nov 2004 11:33:20 GMT",
-         {"Accept-Encoding": "identity", "Range": "bytes=100-",
+         {"Accept-Encoding": "identity", "Range": "bytes=0-",
           "If-Range": "Wed, 10 Nov 2004 11:33:20 GMT"}),
         (100, 'W/"weak"', None, {"Accept-Encoding": "identity"}),  # never append blindly
         (100, None, None, {"Accept-Encoding": "identity"}),

@@ -60,7 +60,7 @@ def test_task_contract_download_pause_resume(env, kind):
     assert hashlib.sha256(again.location.read_bytes()).hexdigest() == expected
     assert got[-1] == (env.download_dir / "contract.bin", None)
     last = env.server.state.requests_for("/files/contract.bin")[-1]
-    assert last["range"] == f"bytes={data.offset}-"
+    assert last["range"] == env.resume_range(data.offset)
 
 
 def test_task_contract_failure_is_an_error_object(env, kind):

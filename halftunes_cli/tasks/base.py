@@ -19,7 +19,7 @@ from ..errors import (
     translate_request_error,
 )
 from ..retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after, sleep_unless_stopped
-from ..transport import HttpClient, abort
+from ..transport import HttpClient, RequestHandle, abort
 
 if TYPE_CHECKING:
     import requests
@@ -80,6 +80,7 @@ class Task:
         self._thread: threading.Thread | None = None
         self._state_lock = threading.Lock()
         self._live_response: Any = None
+        self._request = RequestHandle()  # the socket in use, for a stop from another thread
 
     def _move(self, new: TaskState) -> None:
         with self._state_lock:
@@ -126,7 +127,17 @@ class Task:
         if self._stop_reason is None or reason == "cancel":
             self._stop_reason = reason
         self._stop.set()
-        abort(self._live_response)
+        self._request.abort()
+        abort(self._live_response)  # a custom protocol handler's response
+
+    def _send_once(self, method: str, headers: dict[str, str] | None = None,
+                   **kw: Any) -> Any:  # fmt: skip
+        """One exchange through the session's client, stoppable by request_stop."""
+        self._check_stop()
+        self._request = RequestHandle()
+        if self._stop.is_set():
+            self._request.abort()
+        return self.session.http.send(method, self.url, headers, handle=self._request, **kw)
 
     # -- for subclasses --------------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -153,7 +164,7 @@ class Task:
             self._check_stop()
             try:
                 data = data_factory() if data_factory is not None else None
-                response = self.session.http.send(method, self.url, headers, data=data, auth=auth)
+                response = self._send_once(method, headers, data=data, auth=auth)
             except requests.exceptions.RequestException as exc:
                 self._check_stop()
                 error = translate_request_error(exc, self.url)

@@ -69,8 +69,15 @@ class Journal(Protocol):
     def checkpoint(self, task: DownloadTask) -> str | None: ...
 
 
+DECODABLE = ("gzip", "x-gzip", "deflate")
+
+
 class _BodyError(Exception):
     pass
+
+
+class _OverlapMismatch(Exception):
+    """The bytes asked for again before the resume point differ from the partial's."""
 
 
 class DownloadTask(Task):
@@ -101,6 +108,7 @@ class DownloadTask(Task):
         self.notes: list[str] = []  # things the user should hear (restarts)
         self.location: Path | None = None
         self.title: str | None = None
+        self.content_encoding: str | None = None  # set when a server compresses regardless
         self._auth: Any = None  # credentials from on_challenge, once given
         self._last_error: HalftunesError | None = None
         self._retry_after: float | None = None
@@ -177,10 +185,12 @@ class DownloadTask(Task):
             if offset > 0 and "Range" not in headers:
                 self._note("no ETag or Last-Modified to check the partial against: restarting")
                 offset = self.partial.truncate(0)
-            progressed, done = self._attempt(offset, headers)
+            progressed, outcome = self._attempt(offset, headers)
             offset = self.bytes_received
-            if done:
+            if outcome == "done":
                 return
+            if outcome == "again":
+                continue  # a clean restart from 0, asked for at once
             # Only new ground counts as progress: a server that keeps breaking the same way
             # (and sends us back to byte 0) must still run out of retries.
             if progressed and self.bytes_received > high_water:
@@ -195,21 +205,22 @@ class DownloadTask(Task):
                      self._last_error)  # fmt: skip
             self._back_off(wait)
 
-    def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, bool]:
-        """One request. Returns (did bytes flow?, is the download done?)."""
+    def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
+        """One request with `offset` bytes in hand. Returns (did bytes flow?, outcome):
+        'done', 'retry' (after a back-off) or 'again' (at once: restarted from 0)."""
         import requests
         import urllib3
 
         self._retry_after = None
         try:
-            response = self.session.http.send("GET", self.url, headers, auth=self._auth)
+            response = self._send_once("GET", headers, auth=self._auth)
         except requests.exceptions.RequestException as exc:
             self._check_stop()
             error = translate_request_error(exc, self.url)
             if isinstance(exc, requests.exceptions.SSLError) or isinstance(error, UsageError):
                 raise error from exc
             self._last_error = error
-            return False, False
+            return False, "retry"
         self.response = response
         self._live_response = response
         with response:
@@ -217,10 +228,12 @@ class DownloadTask(Task):
                 answer = self.session.call_delegate("on_challenge", self, response)
                 if answer is not None and self._auth is None:
                     self._auth = answer
-                    return True, False
+                    return True, "retry"
                 raise authentication_required(self.url)
-            decision = ranges.decide(response.status_code, response.headers, offset,
-                                     self.bytes_total)  # fmt: skip
+            ranged = "Range" in headers
+            start = ranges.resume_start(offset) if ranged else 0
+            decision = ranges.decide(response.status_code, response.headers, start,
+                                     self.bytes_total, have=offset, ranged=ranged)  # fmt: skip
             action = decision.action
             if action is Action.FAIL:
                 raise HTTPStatusError(response.status_code, self.url,
@@ -228,22 +241,23 @@ class DownloadTask(Task):
             if action is Action.RETRY:
                 self._retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 self._last_error = HTTPStatusError(response.status_code, self.url)
-                return False, False
+                return False, "retry"
             if action is Action.COMPLETE:
                 self._finish(decision.total)
-                return True, True
+                return True, "done"
             if action is Action.REFETCH:
                 self._note(decision.reason)
                 self.partial.truncate(0)
                 self.bytes_total = None
                 self._last_error = TransferError(f"{self.url}: {decision.reason}")
-                return False, False
+                return False, "retry"
             if action is Action.RESTART:
                 self._note(decision.reason)
                 offset = self.partial.truncate(0)
+                start = 0
             if action is Action.RESTART or offset == 0:
-                self.etag = response.headers.get("ETag")
-                self.last_modified = response.headers.get("Last-Modified")
+                self.etag, self.last_modified = ranges.trusted_validators(response.headers)
+            self._check_encoding(response.headers)
             validators = (self.etag, self.last_modified, self.bytes_total)
             self.bytes_total = decision.total
             if self.journal is not None and validators != (
@@ -255,28 +269,51 @@ class DownloadTask(Task):
                 # checkpoint must still be resumable with If-Range.
                 self._journal()
                 self._check_stop()
-            start = offset
             try:
-                self._stream(response, offset)
+                self._stream(response, offset, start)
+            except _OverlapMismatch:
+                self._check_stop()
+                self._note("the server's copy changed (the bytes before the resume point "
+                           "differ): restarting from 0")  # fmt: skip
+                self.partial.truncate(0)
+                self.bytes_total = self.etag = self.last_modified = None
+                return False, "again"
             except (_BodyError, PartialShrank) as exc:
                 self._check_stop()
                 self._last_error = TransferError(str(exc))
-                return self.bytes_received > start, False
+                return self.bytes_received > offset, "retry"
             except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
                     OSError) as exc:  # fmt: skip
                 # the connection broke mid-body (a failed write is a DiskError, not OSError)
                 self._check_stop()
                 self._last_error = translate_request_error(exc, self.url)
-                return self.bytes_received > start, False
+                return self.bytes_received > offset, "retry"
             self._check_stop()
             total = self.bytes_total
             if total is not None and self.bytes_received < total:
                 self._last_error = TransferError(
                     f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
                 )
-                return self.bytes_received > start, False
+                return self.bytes_received > offset, "retry"
             self._finish(total)
-            return True, True
+            return True, "done"
+
+    def _check_encoding(self, headers: Any) -> None:
+        """We ask for identity; a server that compresses anyway gets its body decoded at the
+        end (gzip, deflate), or refused (anything else): never a compressed file under the
+        resource's name."""
+        encoding = (headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding == "identity":
+            self.content_encoding = None
+            return
+        if encoding not in DECODABLE:
+            raise TransferError(f"{self.url}: the server sent the file encoded as "
+                                f"{encoding!r} although halftunes asked for no encoding",
+                                "halftunes decodes gzip and deflate only")  # fmt: skip
+        if self.content_encoding != encoding:
+            self._note(f"the server compressed the file ({encoding}) although halftunes asked "
+                       "for no encoding: it is decoded when complete")  # fmt: skip
+        self.content_encoding = encoding
 
     def _note(self, message: str) -> None:
         if message and message not in self.notes:
@@ -290,12 +327,16 @@ class DownloadTask(Task):
             if request in ("pause", "cancel"):
                 self.request_stop(request)
 
-    def _stream(self, response: Any, offset: int) -> None:
+    def _stream(self, response: Any, offset: int, start: int) -> None:
+        """Write the body at `offset`; its first `offset - start` bytes are the overlap, which
+        must equal the partial's before a single byte is appended."""
         read = chunk_reader(response.raw)
         partial = self.partial
         partial.open_at(offset)
         at_eof = False
         try:
+            if start < offset:
+                self._verify_overlap(read, partial.read_back(start, offset))
             while not self._stop.is_set():
                 chunk = read(CHUNK_BYTES)
                 if not chunk:
@@ -319,8 +360,22 @@ class DownloadTask(Task):
                     self._journal()
             partial.close()
 
+    def _verify_overlap(self, read: Callable[[int], bytes], expected: bytes) -> None:
+        seen = 0
+        while seen < len(expected):
+            self._check_stop()
+            chunk = read(min(CHUNK_BYTES, len(expected) - seen))
+            if not chunk:
+                raise _BodyError(f"{self.url}: connection closed before the resume point")
+            self.bytes_fetched += len(chunk)
+            if chunk != expected[seen : seen + len(chunk)]:
+                raise _OverlapMismatch
+            seen += len(chunk)
+
     def _finish(self, total: int | None) -> None:
-        size = self.partial.finish(self.destination, total) if not self._stop.is_set() else None
+        size = None
+        if not self._stop.is_set():
+            size = self.partial.finish(self.destination, total, self.content_encoding)
         self._check_stop()
         assert size is not None
         self.bytes_total = size if total is None else total

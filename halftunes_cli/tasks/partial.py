@@ -97,6 +97,14 @@ class PartialFile:
             raise disk_error(exc, self.path) from exc
         self.length += len(chunk)
 
+    def read_back(self, start: int, end: int) -> bytes:
+        """The partial's bytes [start, end), read from disk (the overlap to compare)."""
+        assert self._file is not None
+        try:
+            return os.pread(self._file.fileno(), end - start, start)
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+
     @property
     def is_checkpoint_due(self) -> bool:
         return self._clock() - self._last_checkpoint >= self._checkpoint_seconds
@@ -125,7 +133,8 @@ class PartialFile:
             self.length = os.fstat(self._file.fileno()).st_size
 
     # -- the end -----------------------------------------------------------------------------
-    def finish(self, destination: Path, bytes_total: int | None) -> int:
+    def finish(self, destination: Path, bytes_total: int | None,
+               content_encoding: str | None = None) -> int:  # fmt: skip
         """Check the size, then rename to the final name; returns the file's size.
 
         The data was fsynced at the last checkpoint, before the rename, so the final name can
@@ -136,13 +145,50 @@ class PartialFile:
         if bytes_total is not None and size != bytes_total:
             raise TransferError(f"{destination.name}: size check failed "
                                 f"({size} of {bytes_total} bytes)")  # fmt: skip
-        try:
-            os.replace(self.path, destination)
-        except OSError as exc:
-            raise DiskError(f"cannot move the finished file to {destination}: "
-                            f"{exc.strerror}") from exc  # fmt: skip
+        if content_encoding is not None:
+            self._decode(destination, content_encoding)
+        else:
+            try:
+                os.replace(self.path, destination)
+            except OSError as exc:
+                raise DiskError(f"cannot move the finished file to {destination}: "
+                                f"{exc.strerror}") from exc  # fmt: skip
         self.length = self.synced = size
         return size
+
+    def _decode(self, destination: Path, content_encoding: str) -> None:
+        """A body the server compressed although we asked for identity: the partial holds the
+        encoded bytes (range offsets count those); the final file is the decoded resource,
+        checked by the format's own length and checksum (gzip CRC32 + ISIZE, zlib Adler-32)."""
+        import gzip
+        import zlib
+
+        decoding = destination.with_name(destination.name + ".decoding")
+        try:
+            with open(self.path, "rb") as src, open(decoding, "wb") as out:
+                if content_encoding in ("gzip", "x-gzip"):
+                    with gzip.GzipFile(fileobj=src) as unzipped:
+                        while block := unzipped.read(1 << 20):
+                            out.write(block)
+                else:  # deflate: a zlib stream (RFC 9110 8.4.1.2)
+                    inflater = zlib.decompressobj()
+                    while block := src.read(1 << 20):
+                        out.write(inflater.decompress(block))
+                    out.write(inflater.flush())
+                    if not inflater.eof:
+                        raise zlib.error("the deflate stream is incomplete")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(decoding, destination)
+        except (OSError, EOFError, zlib.error) as exc:
+            with contextlib.suppress(OSError):
+                decoding.unlink()
+            if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
+                raise disk_error(exc, destination) from exc
+            raise TransferError(f"{destination.name}: the server's {content_encoding} body "
+                                f"does not decode ({exc})") from exc  # fmt: skip
+        with contextlib.suppress(OSError):
+            self.path.unlink()
 
     def discard(self) -> None:
         """Delete the partial (a cancelled download that no record owns)."""

@@ -145,6 +145,13 @@ class CatalogState:
         self.log: list[dict] = []
         self.uploads: dict[str, dict] = {}
         self.throttle_bps: int | None = None
+        # Habits of real servers, per track: how validators are made ("default": a versioned
+        # ETag; "lm-only": Last-Modified, no ETag (nginx etag off); "mtime-etag": ETag from
+        # the modification second and size (nginx, Caddy); "weak-etag"; "sticky-etag": one
+        # ETag whatever the content), the modification time, and forced gzip.
+        self.styles: dict[int, str] = {}
+        self.mtimes: dict[int, float] = {}
+        self.gzip_tracks: set[int] = set()
         self.lock = threading.Lock()
 
     def size_of(self, track_id: int) -> int:
@@ -153,6 +160,23 @@ class CatalogState:
         if self.preview_size is not None:
             return self.preview_size
         return 60_000 + (track_id * 7919) % 200_000
+
+    def mtime_of(self, track_id: int) -> float:
+        return self.mtimes.get(track_id, 1_100_000_000 + self.versions.get(track_id, 1) * 86_400)
+
+    def validators_of(self, track_id: int) -> tuple[str | None, str]:
+        version, size = self.versions.get(track_id, 1), self.size_of(track_id)
+        mtime = self.mtime_of(track_id)
+        etag = {
+            "default": f'"p{track_id}-v{version}-{size}"',
+            "lm-only": None,
+            "mtime-etag": f'"{int(mtime):x}-{size:x}"',
+            "weak-etag": f'W/"p{track_id}-v{version}"',
+            "sticky-etag": f'"p{track_id}-sticky"',
+        }[self.styles.get(track_id, "default")]
+        if etag is not None and track_id in self.gzip_tracks:
+            etag = etag[:-1] + '-gz"'
+        return etag, formatdate(int(mtime), usegmt=True)
 
     def seed_of(self, track_id: int) -> int:
         return track_id * 1000 + self.versions.get(track_id, 1)
@@ -242,6 +266,25 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(entry, status, body, "application/json", extra)
         return True
 
+    def _delay_headers(self, entry: dict, fault: dict) -> bool:
+        """A slow origin: nothing for `seconds` before the status line. Returns False when the
+        client hung up meanwhile (noted in the log as `closed_by_client`)."""
+        import select
+
+        deadline = time.monotonic() + float(fault.get("seconds", 20))
+        while time.monotonic() < deadline:
+            readable, _, _ = select.select([self.connection], [], [], 0.02)
+            if readable:
+                try:
+                    peek = self.connection.recv(1, socket.MSG_PEEK)
+                except OSError:
+                    peek = b""
+                if not peek:
+                    entry["closed_by_client"] = entry["ended"] = time.time()
+                    self.close_connection = True
+                    return False
+        return True
+
     def _drain_body(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         while length > 0:
@@ -261,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._admin_get(entry, path)
         fault = self.state.take_fault(path)
         if fault and self._fault_status(entry, fault):
+            return
+        if fault and fault["kind"] == "header_delay" and not self._delay_headers(entry, fault):
             return
         if fault and fault["kind"] == "stall" and not path.startswith(("/previews", "/files")):
             time.sleep(float(fault.get("seconds", 5)))
@@ -342,11 +387,16 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(entry, 404, {"errorMessage": "no such preview"})
         track_id = int(part)
         st = self.state
-        version = st.versions.get(track_id, 1)
         size = st.size_of(track_id)
-        etag = f'"p{track_id}-v{version}-{size}"'
-        mtime = formatdate(1_100_000_000 + version * 86_400, usegmt=True)
-        self._serve_body(entry, st.seed_of(track_id), size, etag, mtime, fault, "audio/mp4")
+        etag, mtime = st.validators_of(track_id)
+        encoded = None
+        if track_id in st.gzip_tracks:  # Apache force-gzip: ranges count the gzip bytes
+            import gzip
+
+            encoded = gzip.compress(body_slice(st.seed_of(track_id), 0, size), mtime=0)
+            size = len(encoded)
+        self._serve_body(entry, st.seed_of(track_id), size, etag, mtime, fault, "audio/mp4",
+                         encoded)  # fmt: skip
 
     def _file(self, entry: dict, path: str, fault: dict | None) -> None:
         query = parse_qs(urlsplit(self.path).query)
@@ -370,7 +420,7 @@ class _Handler(BaseHTTPRequestHandler):
             )  # fmt: skip
         self._serve_body(entry, 99, 10_000, '"auth-1"', None, None, "application/octet-stream")
 
-    def _serve_body(self, entry, seed, size, etag, mtime, fault, ctype) -> None:
+    def _serve_body(self, entry, seed, size, etag, mtime, fault, ctype, encoded=None) -> None:
         kind = fault["kind"] if fault else None
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
@@ -412,6 +462,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        if encoded is not None:
+            self.send_header("Content-Encoding", "gzip")
         if etag:
             self.send_header("ETag", etag)
         if mtime:
@@ -435,7 +487,8 @@ class _Handler(BaseHTTPRequestHandler):
                 if drop_after is not None and sent + n > drop_after:
                     n = drop_after - sent
                 if n > 0:
-                    self.wfile.write(body_slice(seed, pos, pos + n))
+                    piece = encoded[pos : pos + n] if encoded is not None else None
+                    self.wfile.write(piece if piece is not None else body_slice(seed, pos, pos + n))
                     pos += n
                     sent += n
                     entry["bytes_sent"] = sent
