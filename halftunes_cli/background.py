@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .config import transfer_settings
 from .errors import HalftunesError, TransferError
 from .liveness import WORKER_LOCK
 from .records import (
@@ -161,7 +162,7 @@ class BackgroundDownloadTask(Task):
         folder = self.destination.parent if self.destination else Path(cfg.download_dir)
         folder = check_download_dir(folder)
         kwargs = dict(owner=None, force=False, queue=True, download_dir=folder,
-                      session_kind="background")  # fmt: skip
+                      session_kind="background", settings=transfer_settings(cfg))  # fmt: skip
         if record is None:
             name = self.destination.name if self.destination else None
             self.records.claim([target_for_url(self.url, self.record_id, name)], **kwargs)

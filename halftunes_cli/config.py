@@ -312,3 +312,59 @@ def load_configuration(
     config.config_path = path
     config.check_url(config.api_url)  # the plain-http rule applies to the API too
     return config
+
+
+# -- settings that travel with a background transfer -------------------------------------------
+# The worker may have been started by another command, with another environment: each queued
+# transfer carries what its own command was given. Header values and credentials are never
+# written down: headers are re-read from the config file named here.
+TRANSFER_KEYS = ("request_timeout", "resource_timeout", "retries", "allow_insecure_http")
+TRANSFER_ENVIRONMENT = (
+    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
+    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
+)  # fmt: skip
+
+
+def transfer_settings(config: SessionConfiguration, environ: Any = None) -> str:
+    """What a background transfer needs of the command that queues it, as JSON.
+
+    Refuses (exit 2) a proxy URL with a password: it would have to be stored."""
+    import json
+
+    env = os.environ if environ is None else environ
+    captured = {name: env[name] for name in TRANSFER_ENVIRONMENT if env.get(name)}
+    for name, value in captured.items():
+        if "proxy" in name.lower() and urlsplit(value if "://" in value else "//" + value).password:
+            raise ConfigError(
+                f"{name} holds a password, which the background worker would have to store",
+                "download in the foreground (without -b), or use a proxy without credentials",
+            )
+    config_file = None
+    if config.sources.get("headers") == "file" and config.config_path is not None:
+        config_file = str(config.config_path)
+    return json.dumps({
+        "config": {key: getattr(config, key) for key in TRANSFER_KEYS},
+        "config_file": config_file,
+        "environment": captured,
+    }, sort_keys=True)  # fmt: skip
+
+
+def with_transfer_settings(base: SessionConfiguration,
+                           settings: str | None) -> tuple[SessionConfiguration, dict | None]:  # fmt: skip
+    """The configuration and environment a transfer queued with `settings` runs with.
+
+    (base, None) for a record without settings: the worker's own environment then applies."""
+    import json
+
+    if not settings:
+        return base, None
+    data = json.loads(settings)
+    values = {k: v for k, v in data.get("config", {}).items() if k in TRANSFER_KEYS}
+    headers: dict[str, str] = {}
+    if data.get("config_file"):
+        table = _read_config_file(Path(data["config_file"]), explicit=False)
+        if "headers" in table:
+            headers = _coerce("headers", table["headers"], f"config file {data['config_file']}",
+                              False)  # fmt: skip
+    config = dataclasses.replace(base, headers=headers, **values)
+    return config, dict(data.get("environment", {}))

@@ -97,6 +97,7 @@ class DownloadRecord:
     boot_id: str | None = None
     request: str | None = None
     announced: int = 1
+    settings: str | None = None  # JSON: what the queuing command was given (no secrets)
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -261,10 +262,12 @@ class Records:
             self.store.update_record(conn, record_id, **values)
 
     def claim(self, items: Iterable[Target | DownloadRecord], *, owner: str | None, force: bool,
-              queue: bool, download_dir: Path, session_kind: str) -> list[Claim]:  # fmt: skip
+              queue: bool, download_dir: Path, session_kind: str,
+              settings: str | None = None) -> list[Claim]:  # fmt: skip
         """Create or take the records for `items` in one transaction.
 
-        `owner` None with `queue` hands them to the background worker."""
+        `owner` None with `queue` hands them to the background worker, with the `settings`
+        (JSON) that the worker is to use for them."""
         listing = _DirListing(download_dir)
         out: list[Claim] = []
         with self.store.transaction() as conn:
@@ -273,17 +276,17 @@ class Records:
                     row = self.store.row(conn, item.id)
                     if row is None:
                         out.append(self._create(conn, item, owner, queue, download_dir,
-                                                session_kind, listing))  # fmt: skip
+                                                session_kind, listing, settings))  # fmt: skip
                         continue
                 else:
                     row = self.store.row(conn, item.id)
                     if row is None:
                         raise unknown_download(item.id)
-                out.append(self._take(conn, row, owner, force, queue, session_kind))
+                out.append(self._take(conn, row, owner, force, queue, session_kind, settings))
         return out
 
     def _create(self, conn, target: Target, owner, queue, download_dir, session_kind,
-                listing: _DirListing) -> Claim:  # fmt: skip
+                listing: _DirListing, settings: str | None) -> Claim:  # fmt: skip
         path = download_dir / target.filename
         taken = self.store.path_taken(conn, str(path), target.id)
         if not taken and listing.has(target.filename):
@@ -295,11 +298,13 @@ class Records:
         self._write(conn, None, target.id, url=target.url, path=str(path),
                     part_path=str(path) + ".part", status=status, owner=owner,
                     owner_pid=os.getpid() if owner else None, title=target.title,
-                    session=session_kind, announced=0 if queue else 1, boot_id=self._boot)  # fmt: skip
+                    session=session_kind, announced=0 if queue else 1, boot_id=self._boot,
+                    settings=settings)  # fmt: skip
         record = DownloadRecord.from_row(self.store.row(conn, target.id) or {})
         return Claim(target.id, "queued" if queue else "claimed", record)
 
-    def _take(self, conn, row: Row, owner, force, queue, session_kind) -> Claim:
+    def _take(self, conn, row: Row, owner, force, queue, session_kind,
+              settings: str | None) -> Claim:  # fmt: skip
         rid = row["id"]
         busy = self._is_busy(row)
         if busy is not None:
@@ -317,7 +322,8 @@ class Records:
         status = S.QUEUED if queue else S.RUNNING
         values: dict[str, Any] = {"status": status, "owner": owner, "request": None,
                                   "owner_pid": os.getpid() if owner else None, "error": None,
-                                  "session": session_kind, "announced": 0 if queue else 1}  # fmt: skip
+                                  "session": session_kind, "announced": 0 if queue else 1,
+                                  "settings": settings}  # fmt: skip
         if done or force:  # start over: the finished file is gone, or the user asked
             _unlink(row["part_path"])
             values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)

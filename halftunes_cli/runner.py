@@ -45,8 +45,13 @@ class _RecordJournal:
 
 
 class Runner:
-    def __init__(self, session: Session, owner: str):
+    """`session_for` picks the session a record runs in (the worker: one per distinct set of
+    settings the queuing commands carried); by default every record runs in `session`."""
+
+    def __init__(self, session: Session, owner: str,
+                 session_for: Callable[[DownloadRecord], Session] | None = None):  # fmt: skip
         self.session = session
+        self.session_for = session_for or (lambda record: session)
         self.records = session.records
         self.owner = owner
         self.tasks: dict[str, DownloadTask] = {}
@@ -80,7 +85,7 @@ class Runner:
                                  int(record.bytes_received or 0), record.bytes_total,
                                  record.etag, record.last_modified)  # fmt: skip
         task = DownloadTask(
-            self.session, record.url, record.path, resume_data=resume_data,
+            self.session_for(record), record.url, record.path, resume_data=resume_data,
             record_id=record.id, journal=_RecordJournal(self.records, self.owner, record.id),
         )  # fmt: skip
         task.title = record.display_name

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .background import ensure_worker
-from .config import SessionConfiguration
+from .config import SessionConfiguration, transfer_settings
 from .errors import (
     ApiError,
     ExitStatus,
@@ -275,6 +275,7 @@ class DownloadService:
             entries, owner=None if background else self.records.owner_token(), force=force,
             queue=background, download_dir=check_download_dir(Path(self.configuration.download_dir)),
             session_kind="background" if background else self.configuration.kind,
+            settings=transfer_settings(self.configuration) if background else None,
         )  # fmt: skip
         runnable: list[DownloadRecord] = []
         for claim in claims:

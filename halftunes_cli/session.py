@@ -25,10 +25,11 @@ class Session:
     """Like NSURLSession: `Session(SessionConfiguration.default(), delegate=...)`."""
 
     def __init__(self, configuration: SessionConfiguration | None = None, delegate: Any = None,
-                 records: Records | None = None):  # fmt: skip
+                 records: Records | None = None,
+                 environment: dict[str, str] | None = None):  # fmt: skip
         self.configuration = configuration or SessionConfiguration.default()
         self.delegate = delegate
-        self.http = HttpClient(self.configuration)
+        self.http = HttpClient(self.configuration, environment)
         cfg = self.configuration
         self.retry_policy = RetryPolicy(cfg.retries, cfg.backoff_base_seconds,
                                         cfg.backoff_max_seconds)  # fmt: skip

@@ -17,7 +17,9 @@ from typing import Any
 from .errors import StateError, state_error
 
 STATE_FILE_NAME = "downloads.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Format 1 -> 2: each record carries the settings of the command that queued it.
+_MIGRATIONS = {1: "ALTER TABLE downloads ADD COLUMN settings TEXT"}
 
 _SCHEMA = """
 CREATE TABLE downloads (
@@ -41,6 +43,7 @@ CREATE TABLE downloads (
     boot_id TEXT,
     request TEXT,
     announced INTEGER NOT NULL DEFAULT 1,
+    settings TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -146,8 +149,10 @@ class Store:
                     "upgrade halftunes, or point HALFTUNES_STATE_DIR elsewhere",
                 )
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
-            if version != SCHEMA_VERSION or "downloads" not in names:
+            if "downloads" not in names or version not in (SCHEMA_VERSION, *_MIGRATIONS):
                 raise sqlite3.DatabaseError("not a halftunes state file")
+            if version != SCHEMA_VERSION:
+                self._migrate(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA busy_timeout=30000")
@@ -157,6 +162,22 @@ class Store:
                 conn.close()
             self._move_aside(str(exc))
             return self._connect_checked()
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring an older state file up to this format, once, under the write lock."""
+        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            while version in _MIGRATIONS:
+                conn.execute(_MIGRATIONS[version])
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _move_aside(self, why: str) -> None:
         assert self.path is not None

@@ -106,7 +106,7 @@ def _tracked_adapter(**kw: Any) -> Any:
     return TrackedAdapter(**kw)
 
 
-def _build(config: SessionConfiguration) -> requests.Session:
+def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> requests.Session:
     import requests
 
     from .protocols import FileAdapter
@@ -130,6 +130,11 @@ def _build(config: SessionConfiguration) -> requests.Session:
         http.mount(prefix, handler() if isinstance(handler, type) else handler)
     http.headers["User-Agent"] = USER_AGENT
     http.headers.update(config.headers)
+    if environment is not None:
+        # This transfer's own CA bundle and proxies, not the process environment's.
+        http.trust_env = False
+        http.verify = environment.get("REQUESTS_CA_BUNDLE") or environment.get(
+            "CURL_CA_BUNDLE") or True  # fmt: skip
     if config.is_ephemeral:
         # No .netrc for the ephemeral session: a no-op auth stops requests from reading it.
         http.auth = lambda request: request
@@ -146,8 +151,12 @@ def _build(config: SessionConfiguration) -> requests.Session:
 class HttpClient:
     """Holds the pooled session of one `Session`; built on first use (keeps start-up fast)."""
 
-    def __init__(self, configuration: SessionConfiguration):
+    def __init__(self, configuration: SessionConfiguration,
+                 environment: dict[str, str] | None = None):  # fmt: skip
+        """`environment`: CA bundle and proxy variables to use instead of the process's
+        (a background transfer carries those of the command that queued it)."""
         self.configuration = configuration
+        self.environment = environment
         self._http: requests.Session | None = None
         self._lock = threading.Lock()
 
@@ -155,7 +164,7 @@ class HttpClient:
     def session(self) -> requests.Session:
         with self._lock:
             if self._http is None:
-                self._http = _build(self.configuration)
+                self._http = _build(self.configuration, self.environment)
             return self._http
 
     def send(
@@ -175,6 +184,7 @@ class HttpClient:
         timeout = self.configuration.request_timeout
         log.debug("> %s %s %s", method, url, dict(headers or {}))
         session = self.session
+        extra = self._explicit_environment(url, auth) if self.environment is not None else {}
         _current.handle = handle
         try:
             response = session.request(
@@ -182,15 +192,34 @@ class HttpClient:
                 url,
                 headers=headers,
                 data=data,
-                auth=auth,
                 stream=stream,
                 timeout=(min(timeout, 30.0), timeout),
                 allow_redirects=True,
+                **{"auth": auth, **extra},
             )
         finally:
             _current.handle = None
         log.debug("< %s %s %s", response.status_code, response.reason or "", response.url)
         return response
+
+    def _explicit_environment(self, url: str, auth: Any) -> dict[str, Any]:
+        """Proxies (honouring NO_PROXY) and .netrc, as requests would take them from the
+        environment, but from this transfer's own."""
+        from requests.utils import get_netrc_auth, should_bypass_proxies
+
+        env = self.environment or {}
+
+        def pick(name: str) -> str | None:
+            return env.get(name.lower()) or env.get(name.upper())
+
+        out: dict[str, Any] = {"proxies": {}}
+        if not should_bypass_proxies(url, no_proxy=pick("no_proxy") or ""):
+            out["proxies"] = {scheme: value for scheme, value in (
+                ("http", pick("http_proxy")), ("https", pick("https_proxy")),
+                ("all", pick("all_proxy"))) if value}  # fmt: skip
+        if auth is None and not self.configuration.is_ephemeral:
+            out["auth"] = get_netrc_auth(url)  # None when .netrc has nothing for the host
+        return out
 
     def save_cookies(self) -> None:
         if self._http is None or self.configuration.is_ephemeral:

@@ -18,10 +18,12 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from .background import LOG_MAX_BYTES, POLL_SECONDS, WORKER_LOG, WORKER_PID
-from .config import load_configuration
+from .config import load_configuration, with_transfer_settings
 from .errors import ExitStatus, HalftunesError
+from .records import DownloadRecord
 from .runner import Outcome, Runner
 from .service import DownloadService
+from .session import Session
 
 log = logging.getLogger("halftunes_cli.worker")
 
@@ -50,7 +52,16 @@ def run(state_dir: Path, lock_fd: int) -> int:
     records = service.records
     owner = records.owner_token()
     (state_dir / WORKER_PID).write_text(f"{os.getpid()}\n")
-    runner = Runner(service.session, owner)
+    sessions: dict[str | None, Session] = {None: service.session}
+
+    def session_for(record: DownloadRecord) -> Session:
+        """Each transfer runs with the settings of the command that queued it."""
+        if record.settings not in sessions:
+            cfg, environment = with_transfer_settings(config, record.settings)
+            sessions[record.settings] = Session(cfg, records=records, environment=environment)
+        return sessions[record.settings]
+
+    runner = Runner(service.session, owner, session_for)
     runner.start_control()
     stop = threading.Event()
 
@@ -94,6 +105,9 @@ def run(state_dir: Path, lock_fd: int) -> int:
         runner.stop_all("pause")
     finally:
         runner.shutdown()
+        for session in sessions.values():
+            if session is not service.session:
+                session.http.close()
         service.close()
         with contextlib.suppress(OSError):
             if (state_dir / WORKER_PID).read_text().strip() == str(os.getpid()):

@@ -221,3 +221,61 @@ print(tasks[0].state, tasks[0].record["path"])
     assert result.returncode == 0, result.stderr
     status, path = result.stdout.split(maxsplit=1)
     assert status == "completed" and Path(path.strip()).stat().st_size == 200000
+
+
+# -- each transfer carries the settings of the command that queued it ------------------------
+def test_a_running_worker_uses_each_commands_own_settings(env, tmp_path):
+    # The worker is started by a plain command and kept busy...
+    first = start_background(env, 1, size=3 * MB, bps=MB)[0]
+    assert worker_alive(env)
+    # ...then another command, with a proxy, a header in its config file and no retries,
+    # queues more: those transfers must run with its settings, not the worker's.
+    cfg = tmp_path / "b.toml"
+    cfg.write_text('retries = 0\n[headers]\nX-Team = "blue"\n')
+    extra = {"HALFTUNES_CONFIG": str(cfg), "HTTP_PROXY": env.server.url, "NO_PROXY": ""}
+    good = f"{env.server.url}/files/good.bin?size=100000&seed=3"
+    flaky = f"{env.server.url}/files/flaky.bin?size=100000&seed=4"
+    env.fault(path="/files/flaky.bin", kind="status", status=503, times=2)
+    assert env.run("download", "-b", good, flaky, env=extra).returncode == 0
+    env.server.state.throttle_bps = None
+    waited = env.run("wait", "--timeout", "60")
+    assert waited.returncode == 1  # flaky failed: retries = 0 travelled with it
+    [good_req] = env.server.state.requests_for("/files/good.bin")
+    assert good_req["proxied"] and good_req["headers"].get("x-team") == "blue"
+    flaky_reqs = env.server.state.requests_for("/files/flaky.bin")
+    assert [r["status"] for r in flaky_reqs] == [503]
+    first_reqs = env.preview_requests(int(first))
+    assert not any(r["proxied"] or "x-team" in r["headers"] for r in first_reqs)
+    assert env.record(first)["status"] == "completed"
+    state = b"".join(p.read_bytes() for p in env.state_dir.rglob("*") if p.is_file())
+    assert b"blue" not in state  # header values are re-read from the file, never stored
+
+
+def test_a_proxy_password_is_never_stored(env):
+    extra = {"HTTPS_PROXY": "http://user:pa55word@proxy.example:3128"}
+    result = env.run("download", "-b", "1000001", env=extra)
+    assert result.returncode == 2 and "password" in result.stderr
+    assert env.state_record("1000001") is None
+    state = b"".join(p.read_bytes() for p in env.state_dir.rglob("*") if p.is_file())
+    assert b"pa55word" not in state
+
+
+def test_a_state_file_of_format_1_is_migrated(env):
+    import sqlite3
+
+    from halftunes_cli import store
+
+    env.state_dir.mkdir(mode=0o700)
+    db = sqlite3.connect(env.state_dir / "downloads.db")
+    db.executescript(store._SCHEMA.replace("    settings TEXT,\n", ""))
+    db.execute("INSERT INTO downloads (id, seq, url, path, path_key, part_path, status, "
+               "created, updated) VALUES ('u1', 1, 'https://a/b', '/x/b', '/x/b', '/x/b.part', "
+               "'paused', 0, 0)")  # fmt: skip
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    assert [r["id"] for r in env.json("list")] == ["u1"]
+    db = sqlite3.connect(env.state_dir / "downloads.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert "settings" in [c[1] for c in db.execute("PRAGMA table_info(downloads)")]
+    db.close()

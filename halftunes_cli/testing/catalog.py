@@ -224,6 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
             "if_range": h.get("If-Range"),
             "accept_encoding": h.get("Accept-Encoding"),
             "user_agent": h.get("User-Agent"),
+            "headers": {k.lower(): v for k, v in h.items()},
+            "proxied": self.path.startswith(("http://", "https://")),  # an absolute-form target
             "authorization": h.get("Authorization") is not None,
             "status": None,
             "bytes_sent": 0,
