@@ -20,31 +20,99 @@ RATE_PER_SECOND = 20.0 / 60.0
 SEARCH_CACHE_SECONDS = 3600.0
 
 
+def _as_id(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():  # some answers quote their ids
+        return int(value.strip())
+    return None
+
+
+def _as_millis(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(float(value))
+        except ValueError:
+            return None
+    return None
+
+
+# What each wrapper type is, said to a user; the id a user types for each.
+_NOUNS = {"collection": "an album", "artist": "an artist", "audiobook": "an audiobook",
+          "podcast": "a podcast", "software": "an app"}  # fmt: skip
+_DOWNLOADABLE_WRAPPERS = ("track", "audiobook", "podcastEpisode")
+
+
 @dataclass
 class Track:
-    trackId: int
+    """One result object of the Search or Lookup API: a song, music video, podcast episode,
+    audiobook, movie, album or artist. `trackId` is the id a user types for it: the trackId,
+    or for an audiobook (which has none) its collectionId; None when Apple sent neither."""
+
+    trackId: int | None
     trackName: str
     artistName: str
     collectionName: str | None
     previewUrl: str | None
     trackTimeMillis: int | None
+    wrapperType: str = "track"
+    kind: str = "song"
+    explicitness: str | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @classmethod
     def from_api(cls, item: dict[str, Any]) -> Track:
+        wrapper = str(item.get("wrapperType") or "track")
+        if wrapper == "artist":
+            ident = _as_id(item.get("artistId"))
+        elif wrapper in ("collection", "audiobook"):
+            ident = _as_id(item.get("collectionId"))
+        else:
+            ident = _as_id(item.get("trackId")) or _as_id(item.get("collectionId"))
+        title = item.get("trackName") or item.get("collectionName") or item.get("artistName")
         return cls(
-            trackId=int(item["trackId"]),
-            trackName=str(item.get("trackName") or ""),
+            trackId=ident,
+            trackName=str(title or ""),
             artistName=str(item.get("artistName") or ""),
             collectionName=item.get("collectionName"),
             previewUrl=item.get("previewUrl") or None,
-            trackTimeMillis=item.get("trackTimeMillis"),
+            trackTimeMillis=_as_millis(item.get("trackTimeMillis")),
+            wrapperType=wrapper,
+            kind=str(item.get("kind") or item.get("collectionType") or wrapper),
+            explicitness=item.get("trackExplicitness") or item.get("collectionExplicitness"),
             raw=item,
         )
 
     @property
     def has_preview(self) -> bool:
         return bool(self.previewUrl)
+
+    @property
+    def is_downloadable(self) -> bool:
+        return self.wrapperType in _DOWNLOADABLE_WRAPPERS and self.has_preview
+
+    @property
+    def noun(self) -> str:
+        """What it is, for a message: 'an album', 'an artist', 'a song', ..."""
+        if self.wrapperType in _NOUNS:
+            return _NOUNS[self.wrapperType]
+        kind = self.kind.replace("-", " ")
+        return f"an {kind}" if kind[:1] in "aeiou" else f"a {kind}"
+
+    @property
+    def explicit_mark(self) -> str:
+        return {"explicit": "E", "cleaned": "clean"}.get(self.explicitness or "", "")
+
+    @property
+    def artist_or_show(self) -> str:
+        """Who made it; a podcast episode without an artist is named after its show."""
+        return self.artistName or (self.collectionName or "" if self.trackName else "")
 
 
 def encode_term(term: str) -> str:
@@ -59,7 +127,7 @@ class Cache(Protocol):
 
     def cache_put(self, key: str, body: str, max_age: float) -> None: ...
 
-    def put_tracks(self, tracks: list[dict[str, Any]]) -> None: ...
+    def put_tracks(self, tracks: list[tuple[str, dict[str, Any]]]) -> None: ...
 
     def take_tokens(self, name: str, capacity: float, per_second: float) -> float: ...
 
@@ -98,9 +166,8 @@ class ITunesClient:
             raise UsageError(f"--limit must be between 1 and 200, not {limit}")
         url = self.search_url(term, limit, country.upper(), media, entity)
         items = self._get_json(url, offline=offline)
-        tracks = [Track.from_api(i) for i in items if _is_track(i)]
-        if self._store is not None and tracks:
-            self._store.put_tracks([t.raw for t in tracks])
+        tracks = [Track.from_api(i) for i in items]
+        self._remember(tracks)
         return tracks
 
     def lookup(self, ids: list[int | str]) -> list[Track]:
@@ -108,10 +175,15 @@ class ITunesClient:
         for start in range(0, len(ids), 150):
             chunk = ",".join(str(i) for i in ids[start : start + 150])
             items = self._get_json(f"{self.api_url}/lookup?id={chunk}", cache=False)
-            out += [Track.from_api(i) for i in items if _is_track(i)]
-        if self._store is not None and out:
-            self._store.put_tracks([t.raw for t in out])
+            out += [Track.from_api(i) for i in items]
+        self._remember(out)
         return out
+
+    def _remember(self, tracks: list[Track]) -> None:
+        """Keep the objects by the id a user types, so `download ID` needs no lookup."""
+        known = [(str(t.trackId), t.raw) for t in tracks if t.trackId is not None]
+        if self._store is not None and known:
+            self._store.put_tracks(known)
 
     # -- transport ---------------------------------------------------------------------------
     def _get_json(self, url: str, offline: bool = False, cache: bool = True) -> list[dict]:
@@ -174,7 +246,3 @@ class ITunesClient:
         ):
             raise ApiError("the iTunes API answer has an unexpected shape (no results list)")
         return payload["results"]
-
-
-def _is_track(item: dict) -> bool:
-    return isinstance(item.get("trackId"), int | str) and str(item.get("trackId")).isdigit()

@@ -66,15 +66,23 @@ def is_url(text: str) -> bool:
     return "://" in text or text.lower().startswith(("javascript:", "mailto:", "data:"))
 
 
-def target_for_track(track: dict[str, Any]) -> Target:
-    track_id = str(track["trackId"])
-    preview = track.get("previewUrl")
-    title = f"{track.get('artistName', '?')} - {track.get('trackName', '?')}"
-    if not preview:
-        raise UsageError(f"track {track_id} ({title}) has no preview to download")
-    artist, name = track.get("artistName"), track.get("trackName")
-    return Target(track_id, preview, title,
-                  lambda suffix: track_filename(artist, name, preview, suffix))  # fmt: skip
+def target_for_track(track: Track) -> Target:
+    """A downloadable result object (song, music video, podcast episode, audiobook) as a
+    target; anything else is bad input that says what it is."""
+    ident = str(track.trackId)
+    title = track.trackName or "?"
+    if not track.is_downloadable:
+        if track.wrapperType in ("collection", "artist", "podcast", "software"):
+            raise UsageError(f"{ident} is {track.noun} ({title}), not a track",
+                             f"`halftunes search {title!r}` lists its songs")  # fmt: skip
+        raise UsageError(f"track {ident} ({track.artist_or_show or '?'} - {title}) has no "
+                         "preview to download")  # fmt: skip
+    preview = track.previewUrl
+    assert preview is not None
+    maker = track.artist_or_show
+    label = f"{maker} - {title}" if maker else title
+    return Target(ident, preview, label,
+                  lambda suffix: track_filename(maker, title, preview, suffix))  # fmt: skip
 
 
 def worse(code: int, other: int) -> int:
@@ -219,7 +227,7 @@ class DownloadService:
                             "catalog", "find ids with `halftunes search TERM`"))  # fmt: skip
                 continue
             try:
-                out.append(target_for_track(tracks[value]))
+                out.append(target_for_track(Track.from_api(tracks[value])))
             except UsageError as exc:
                 self._error(result, exc)
         return out

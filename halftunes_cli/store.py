@@ -323,12 +323,13 @@ class Store:
         return row is not None
 
     # -- caches (search results and tracks) -----------------------------------------------------
-    def put_tracks(self, tracks: list[dict[str, Any]]) -> None:
+    def put_tracks(self, tracks: list[tuple[str, dict[str, Any]]]) -> None:
+        """(id, result object) pairs from the iTunes API."""
         now = time.time()
         with self.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO tracks (id, json, fetched) VALUES (?, ?, ?)",
-                [(str(t["trackId"]), json.dumps(t), now) for t in tracks if "trackId" in t],
+                [(ident, json.dumps(t), now) for ident, t in tracks],
             )
 
     def get_tracks(self, ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -5,14 +5,77 @@ from __future__ import annotations
 import sys
 from typing import Annotated
 
+import click
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from .._version import __version__
 from ..errors import ExitStatus
 from .common import set_up
 
-app = typer.Typer(
+GLOBAL_FLAGS = {"--no-color", "-q", "--quiet", "-v", "--verbose"}
+GLOBAL_WITH_VALUE = {"--session"}
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Global options may stand after the command too (`download 1000001 -q`): move them in
+    front of it, as click wants them. `--` ends options, as usual."""
+    command_at = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    if command_at is None:
+        return args
+    front, rest, hoisted = args[:command_at], args[command_at:], []
+    out, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if arg == "--":
+            out += rest[i:]
+            break
+        if arg in GLOBAL_FLAGS or arg.startswith("--session="):
+            hoisted.append(arg)
+        elif arg in GLOBAL_WITH_VALUE and i + 1 < len(rest):
+            hoisted += [arg, rest[i + 1]]
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return front + hoisted + out
+
+
+def _plain(formatter: click.HelpFormatter) -> None:
+    # typer escapes "[default: …]" for rich whenever rich is installed, even with rich markup
+    # off, which shows literal backslashes: undo that in the finished help text.
+    formatter.buffer[:] = [part.replace("\\[", "[") for part in formatter.buffer]
+
+
+class _Command(TyperCommand):
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        _plain(formatter)
+
+
+class _Group(TyperGroup):
+    def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_help(ctx, formatter)
+        _plain(formatter)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(list(args)))
+
+
+class _Typer(typer.Typer):
+    """Commands of this app get plain help (see _plain)."""
+
+    def command(self, *args, cls=None, **kwargs):  # type: ignore[no-untyped-def, override]
+        return super().command(*args, cls=cls or _Command, **kwargs)
+
+
+EPILOG = ("Exit status: 0 success; 1 an operation failed (network, server, disk, a failed "
+          "transfer); 2 bad usage or input; 124 wait --timeout expired; 130 interrupted.")  # fmt: skip
+
+app = _Typer(
     name="halftunes",
+    cls=_Group,
+    epilog=EPILOG,
     help="Search the iTunes catalog and download song previews, with pause, resume and "
     "cancel that survive the process (NSURLSession for the terminal).",
     add_completion=True,
@@ -21,8 +84,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-config_app = typer.Typer(help="Show the effective configuration.", no_args_is_help=True,
-                         rich_markup_mode=None)  # fmt: skip
+config_app = _Typer(help="Show the effective configuration.\n\nExamples:\n\n  halftunes config "
+                    "show\n\n  halftunes config path", no_args_is_help=True, cls=_Group,
+                    rich_markup_mode=None)  # fmt: skip
 app.add_typer(config_app, name="config")
 
 
@@ -47,6 +111,8 @@ def main_callback(
 ) -> None:  # fmt: skip
     """halftunes: search iTunes, download previews, pause / resume / cancel them.
 
+    Global options may also follow the command (halftunes list -q).
+
     Examples:
 
       halftunes search "jack johnson"
@@ -54,6 +120,8 @@ def main_callback(
       halftunes download 1000001 1000002
 
       halftunes download -b 1000001 && halftunes wait
+
+      halftunes pause 1000001; halftunes resume 1000001
     """
     set_up(ctx, session, quiet, verbose, no_color)
 

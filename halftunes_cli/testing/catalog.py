@@ -84,6 +84,57 @@ _HOSTILE = [
 ]  # fmt: skip
 
 
+def build_shapes(base_url: str) -> tuple[dict[int, dict], list[dict]]:
+    """The other shapes real iTunes answers have, all found by `search shapes`: downloadable
+    ones (music video, podcast episode, audiobook, explicit / clean / standard editions, a
+    quoted id) by id, and albums and artists, which are not downloadable."""
+    b = base_url
+    song = {"wrapperType": "track", "kind": "song", "artistName": "The Shapes",
+            "collectionName": "Shapes", "country": "USA", "currency": "USD"}  # fmt: skip
+    downloadable = [
+        {**song, "kind": "music-video", "trackId": 1440000000001,
+         "trackName": "Shapes in Motion (Video)", "trackTimeMillis": 245123.0,
+         "trackExplicitness": "notExplicit",
+         "previewUrl": f"{b}/r/2/previews/1440000000001/video.m4v"},
+        {"wrapperType": "podcastEpisode", "kind": "podcast-episode", "trackId": 1000000000002,
+         "collectionName": "Shapes Weekly", "trackName": "Finneas", "trackTimeMillis": 1800000,
+         "previewUrl": f"{b}/previews/1000000000002/episode.mp3"},
+        {"wrapperType": "audiobook", "collectionId": 1234567890123, "artistName": "Jane Reader",
+         "collectionName": "The Long Walk of Shapes (Unabridged)",
+         "previewUrl": f"{b}/previews/1234567890123/sample.m4a"},
+        {**song, "trackId": 1500000000011, "trackName": "Loud Shapes",
+         "collectionName": "Shapes (Deluxe)", "trackExplicitness": "explicit",
+         "previewUrl": f"{b}/previews/1500000000011/preview.m4a"},
+        {**song, "trackId": 1500000000012, "trackName": "Loud Shapes",
+         "collectionName": "Shapes (Clean)", "trackExplicitness": "cleaned",
+         "previewUrl": f"{b}/previews/1500000000012/preview.m4a"},
+        {**song, "trackId": 1500000000013, "trackName": "Loud Shapes",
+         "collectionName": "Shapes", "trackExplicitness": "notExplicit",
+         "previewUrl": f"{b}/previews/1500000000013/preview.m4a"},
+        {**song, "trackId": "1500000000014", "trackName": "Quoted Id Shapes",
+         "trackTimeMillis": "199999.5",
+         "previewUrl": f"{b}/previews/1500000000014/preview.m4a"},
+    ]  # fmt: skip
+    others = [
+        {"wrapperType": "collection", "collectionType": "Album", "collectionId": 1469577723,
+         "artistName": "The Shapes", "collectionName": "Shapes (Deluxe)", "trackCount": 12},
+        {"wrapperType": "artist", "artistType": "Artist", "artistId": 909253,
+         "artistName": "The Shapes", "primaryGenreName": "Pop"},
+    ]  # fmt: skip
+    by_id = {}
+    for item in downloadable:
+        ident = item.get("trackId") or item["collectionId"]
+        by_id[int(ident)] = item
+    return by_id, others
+
+
+def _item_id(item: dict) -> int | None:
+    for key in ("trackId", "collectionId", "artistId"):
+        if str(item.get(key, "")).isdigit():
+            return int(item[key])
+    return None
+
+
 def build_tracks(
     base_url: str, count: int = 300, preview_base: str | None = None
 ) -> dict[int, dict]:
@@ -138,6 +189,7 @@ class CatalogState:
                  preview_base: str | None = None):  # fmt: skip
         self.base_url = base_url
         self.tracks = build_tracks(base_url, count, preview_base)
+        self.shapes, self.others = build_shapes(base_url)
         self.preview_size = preview_size
         self.sizes: dict[int, int] = {}
         self.versions: dict[int, int] = {}
@@ -236,7 +288,8 @@ class _Handler(BaseHTTPRequestHandler):
         return entry
 
     def _send_json(self, entry: dict, status: int, payload: object, ctype: str | None = None):
-        body = json.dumps(payload).encode()
+        # As Apple: raw UTF-8, and the body starts with blank lines.
+        body = b"\n\n\n" + json.dumps(payload, ensure_ascii=False).encode("utf-8")
         self._send_bytes(entry, status, body, ctype or "text/javascript; charset=utf-8")
 
     def _send_bytes(self, entry: dict, status: int, body: bytes, ctype: str, extra=None):
@@ -321,6 +374,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._file(entry, path, fault)
         if path.startswith("/auth/"):
             return self._auth(entry, path)
+        if path.startswith("/r/"):  # a redirect chain: /r/2/x -> /r/1/x -> /x
+            hops, _, rest = path[3:].partition("/")
+            target = (
+                f"/r/{int(hops) - 1}/{rest}" if hops.isdigit() and int(hops) > 1 else f"/{rest}"
+            )
+            query = urlsplit(self.path).query
+            return self._send_bytes(entry, 302, b"", "text/plain",
+                                    {"Location": target + (f"?{query}" if query else "")})  # fmt: skip
         self._send_json(entry, 404, {"errorMessage": "not found"})
 
     def do_PUT(self) -> None:
@@ -365,8 +426,10 @@ class _Handler(BaseHTTPRequestHandler):
         limit = max(1, min(200, limit))
         words = [w for w in term.lower().split() if w]
         results = []
-        for t in self.state.tracks.values():
-            hay = f"{t['artistName']} {t['trackName']} {t['collectionName']}".lower()
+        st = self.state
+        for t in [*st.tracks.values(), *st.shapes.values(), *st.others]:
+            hay = " ".join(str(t.get(k, "")) for k in ("artistName", "trackName",
+                                                        "collectionName")).lower()  # fmt: skip
             if words and all(w in hay for w in words):
                 results.append(t)
         results = results[:limit]
@@ -380,12 +443,15 @@ class _Handler(BaseHTTPRequestHandler):
         for part in ",".join(query.get("id", [])).split(","):
             if part.strip().isdigit():
                 ids.append(int(part))
-        results = [self.state.tracks[i] for i in ids if i in self.state.tracks]
+        st = self.state
+        everything = {**{_item_id(o): o for o in st.others}, **st.shapes, **st.tracks}
+        results = [everything[i] for i in ids if i in everything]
         self._send_json(entry, 200, {"resultCount": len(results), "results": results})
 
     def _preview(self, entry: dict, path: str, fault: dict | None) -> None:
         part = path[len("/previews/") :].split("/", 1)[0].split(".", 1)[0]
-        if not part.isdigit() or int(part) not in self.state.tracks:
+        if not part.isdigit() or (int(part) not in self.state.tracks
+                                  and int(part) not in self.state.shapes):  # fmt: skip
             return self._send_json(entry, 404, {"errorMessage": "no such preview"})
         track_id = int(part)
         st = self.state
