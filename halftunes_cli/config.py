@@ -117,6 +117,9 @@ class SessionConfiguration:
     country: str = "US"
     limit: int = 25
     protocol_classes: dict[str, Any] = field(default_factory=dict)
+    # Mode of downloaded files; None: the process's umask decides (a background transfer
+    # carries the umask of the command that queued it, since the worker's is 077).
+    file_mode: int | None = None
     # key -> "flag" | "env" | "file" | "default": where each value came from
     sources: dict[str, str] = field(default_factory=dict)
     config_path: Path | None = None
@@ -346,7 +349,21 @@ def transfer_settings(config: SessionConfiguration, environ: Any = None) -> str:
         "config": {key: getattr(config, key) for key in TRANSFER_KEYS},
         "config_file": config_file,
         "environment": captured,
+        "umask": current_umask(),
     }, sort_keys=True)  # fmt: skip
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the system allows."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def with_transfer_settings(base: SessionConfiguration,
@@ -366,5 +383,7 @@ def with_transfer_settings(base: SessionConfiguration,
         if "headers" in table:
             headers = _coerce("headers", table["headers"], f"config file {data['config_file']}",
                               False)  # fmt: skip
+    if isinstance(data.get("umask"), int):
+        values["file_mode"] = 0o666 & ~data["umask"]
     config = dataclasses.replace(base, headers=headers, **values)
     return config, dict(data.get("environment", {}))

@@ -89,3 +89,38 @@ def url_filename(url: str, suffix: str = "") -> str:
         stem, ext = last, ""
     host = urlsplit(url).hostname or "download"
     return safe_filename(stem, ext, suffix, fallback=_clean(host) or "download")
+
+
+# -- -o templates ------------------------------------------------------------------------------
+TEMPLATE_FIELDS = ("artist", "title", "album", "collection", "id", "ext")
+_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def template_fields(template: str) -> list[str]:
+    """The fields a -o value uses; raises ValueError naming an unknown one."""
+    found = _FIELD.findall(template)
+    for name in found:
+        if name not in TEMPLATE_FIELDS:
+            raise ValueError(f"unknown field {{{name}}}")
+    return found
+
+
+def fill_template(template: str, values: dict[str, str], suffix: str = "") -> str:
+    """`template` with its fields filled, each value made safe (no separators, no `..`), so a
+    `/` in the template, and only there, makes subfolders. `suffix` goes before the last
+    component's extension (the ` (trackId)` of a name taken by another track)."""
+    parts = template.split("/")
+    out = []
+    for i, part in enumerate(parts):
+        has_fields = bool(_FIELD.search(part))
+        filled = _FIELD.sub(lambda m: _undot(_clean(values.get(m[1], ""))), part)
+        if i == len(parts) - 1:
+            stem, ext = os.path.splitext(filled)
+            if not safe_extension(ext):
+                stem, ext = filled, ""
+            out.append(safe_filename(stem, ext, suffix))
+        elif has_fields:
+            out.append(safe_filename(filled, fallback="_"))
+        else:
+            out.append(part)  # the user's own folder names, as typed
+    return "/".join(out)

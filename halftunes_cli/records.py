@@ -170,6 +170,7 @@ class Claim:
     outcome: str  # claimed | queued | skipped | refused
     record: DownloadRecord | None = None
     error: AlreadyRunningError | None = None
+    elsewhere: Path | None = None  # skipped, though this command asked for it there
 
 
 @dataclass
@@ -268,32 +269,37 @@ class Records:
 
         `owner` None with `queue` hands them to the background worker, with the `settings`
         (JSON) that the worker is to use for them."""
-        listing = _DirListing(download_dir)
+        listing = _DirListing()
         out: list[Claim] = []
         with self.store.transaction() as conn:
             for item in items:
-                if isinstance(item, Target):
-                    row = self.store.row(conn, item.id)
-                    if row is None:
-                        out.append(self._create(conn, item, owner, queue, download_dir,
-                                                session_kind, listing, settings))  # fmt: skip
-                        continue
-                else:
-                    row = self.store.row(conn, item.id)
-                    if row is None:
-                        raise unknown_download(item.id)
-                out.append(self._take(conn, row, owner, force, queue, session_kind, settings))
+                row = self.store.row(conn, item.id)
+                target = item if isinstance(item, Target) else None
+                if row is None and target is not None:
+                    out.append(self._create(conn, target, owner, queue, download_dir,
+                                            session_kind, listing, settings))  # fmt: skip
+                    continue
+                if row is None:
+                    raise unknown_download(item.id)
+                out.append(self._take(conn, row, owner, force, queue, session_kind, settings,
+                                      target, download_dir, listing))  # fmt: skip
         return out
+
+    def _choose_path(self, conn, target: Target, download_dir: Path, listing: _DirListing,
+                     own: str | None = None) -> Path:  # fmt: skip
+        """The target's file: its name, or with ` (id)` when another record or a file we did
+        not make has it (compared case-insensitively: never two tracks in one file). `own` is
+        the record's present path, which it may always reuse."""
+        path = download_dir / target.filename
+        mine = own is not None and str(path).casefold() == own.casefold()
+        if not mine and (self.store.path_taken(conn, str(path), target.id) or listing.has(path)):
+            path = download_dir / target.namer(f" ({target.id})")
+        listing.add(path)
+        return path
 
     def _create(self, conn, target: Target, owner, queue, download_dir, session_kind,
                 listing: _DirListing, settings: str | None) -> Claim:  # fmt: skip
-        path = download_dir / target.filename
-        taken = self.store.path_taken(conn, str(path), target.id)
-        if not taken and listing.has(target.filename):
-            taken = True  # a file we did not make (or an older record's): never overwrite it
-        if taken:
-            path = download_dir / target.namer(f" ({target.id})")
-        listing.add(path.name)
+        path = self._choose_path(conn, target, download_dir, listing)
         status = S.QUEUED if queue else S.RUNNING
         self._write(conn, None, target.id, url=target.url, path=str(path),
                     part_path=str(path) + ".part", status=status, owner=owner,
@@ -303,8 +309,8 @@ class Records:
         record = DownloadRecord.from_row(self.store.row(conn, target.id) or {})
         return Claim(target.id, "queued" if queue else "claimed", record)
 
-    def _take(self, conn, row: Row, owner, force, queue, session_kind,
-              settings: str | None) -> Claim:  # fmt: skip
+    def _take(self, conn, row: Row, owner, force, queue, session_kind, settings: str | None,
+              target: Target | None, download_dir: Path, listing: _DirListing) -> Claim:  # fmt: skip
         rid = row["id"]
         busy = self._is_busy(row)
         if busy is not None:
@@ -318,7 +324,12 @@ class Records:
             return Claim(rid, "queued", DownloadRecord.from_row(row))
         done = row["status"] == S.COMPLETED
         if done and Path(row["path"]).exists() and not force:
-            return Claim(rid, "skipped", DownloadRecord.from_row(row))
+            claim = Claim(rid, "skipped", DownloadRecord.from_row(row))
+            wanted = [download_dir / target.filename,
+                      download_dir / target.namer(f" ({rid})")] if target else []  # fmt: skip
+            if wanted and str(row["path"]).casefold() not in {str(w).casefold() for w in wanted}:
+                claim.elsewhere = wanted[0]
+            return claim
         status = S.QUEUED if queue else S.RUNNING
         values: dict[str, Any] = {"status": status, "owner": owner, "request": None,
                                   "owner_pid": os.getpid() if owner else None, "error": None,
@@ -327,6 +338,10 @@ class Records:
         if done or force:  # start over: the finished file is gone, or the user asked
             _unlink(row["part_path"])
             values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
+            if target is not None:  # ...where this command asks for it (-P / -o)
+                path = self._choose_path(conn, target, download_dir, listing, row["path"])
+                values.update(path=str(path), part_path=str(path) + ".part",
+                              title=target.title)  # fmt: skip
         elif row["status"] == S.RUNNING:
             # Its owner died before anyone noticed: keep only what may be trusted.
             values["bytes_received"] = self._recover_partial(row)
@@ -518,25 +533,24 @@ class Records:
 
 
 class _DirListing:
-    """The download dir's names, case-folded, read once per claim batch."""
+    """Names in the folders a claim batch writes to, case-folded, each folder read once."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self._names: set[str] | None = None
+    def __init__(self) -> None:
+        self._names: dict[Path, set[str]] = {}
 
-    def _load(self) -> set[str]:
-        if self._names is None:
+    def _load(self, folder: Path) -> set[str]:
+        if folder not in self._names:
             try:
-                self._names = {n.casefold() for n in os.listdir(self.folder)}
+                self._names[folder] = {n.casefold() for n in os.listdir(folder)}
             except OSError:
-                self._names = set()
-        return self._names
+                self._names[folder] = set()
+        return self._names[folder]
 
-    def has(self, name: str) -> bool:
-        return name.casefold() in self._load()
+    def has(self, path: Path) -> bool:
+        return path.name.casefold() in self._load(path.parent)
 
-    def add(self, name: str) -> None:
-        self._load().add(name.casefold())
+    def add(self, path: Path) -> None:
+        self._load(path.parent).add(path.name.casefold())
 
 
 def _unlink(path: str) -> None:

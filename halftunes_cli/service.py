@@ -26,7 +26,14 @@ from .errors import (
 )
 from .itunes import ITunesClient, Track
 from .liveness import is_worker_alive
-from .naming import track_filename
+from .naming import (
+    TEMPLATE_FIELDS,
+    extension_from_url,
+    fill_template,
+    template_fields,
+    track_filename,
+    url_filename,
+)
 from .records import (
     DownloadRecord,
     Records,
@@ -66,7 +73,22 @@ def is_url(text: str) -> bool:
     return "://" in text or text.lower().startswith(("javascript:", "mailto:", "data:"))
 
 
-def target_for_track(track: Track) -> Target:
+@dataclass
+class OutputSpec:
+    """Where files go: an absolute folder, and a -o name or template relative to it (or
+    absolute)."""
+
+    folder: Path
+    template: str | None = None
+
+    def apply(self, target: Target, fields: dict[str, str]) -> Target:
+        if self.template is not None:
+            template = self.template
+            target.namer = lambda suffix: fill_template(template, fields, suffix)
+        return target
+
+
+def target_for_track(track: Track, output: OutputSpec | None = None) -> Target:
     """A downloadable result object (song, music video, podcast episode, audiobook) as a
     target; anything else is bad input that says what it is."""
     ident = str(track.trackId)
@@ -81,8 +103,25 @@ def target_for_track(track: Track) -> Target:
     assert preview is not None
     maker = track.artist_or_show
     label = f"{maker} - {title}" if maker else title
-    return Target(ident, preview, label,
-                  lambda suffix: track_filename(maker, title, preview, suffix))  # fmt: skip
+    target = Target(ident, preview, label,
+                    lambda suffix: track_filename(maker, title, preview, suffix))  # fmt: skip
+    if output is None:
+        return target
+    album = track.collectionName or ""
+    ext = (extension_from_url(preview) or ".m4a").lstrip(".")
+    fields = {"artist": maker, "title": title, "album": album, "collection": album,
+              "id": ident, "ext": ext}  # fmt: skip
+    return output.apply(target, fields)
+
+
+def url_target(url: str, output: OutputSpec | None = None) -> Target:
+    target = target_for_url(url)
+    if output is None:
+        return target
+    stem, ext = os.path.splitext(url_filename(url))
+    fields = {"artist": "", "title": stem, "album": "", "collection": "", "id": target.id,
+              "ext": ext.lstrip(".")}  # fmt: skip
+    return output.apply(target, fields)
 
 
 def worse(code: int, other: int) -> int:
@@ -159,14 +198,16 @@ class DownloadService:
 
     # -- download / resume ----------------------------------------------------------------
     def download(self, items: list[str], *, force: bool = False, background: bool = False,
-                 delegate: Any = None) -> BatchResult:  # fmt: skip
+                 delegate: Any = None, output_dir: str | None = None,
+                 output: str | None = None) -> BatchResult:  # fmt: skip
         result = BatchResult(background=background)
         try:
             self._check_background(background)
             if not items:
                 raise UsageError("nothing to download", "give track ids, URLs, or - for stdin")
-            entries = self._resolve(items, result)
-            self._claim_and_run(entries, force, background, result, delegate)
+            spec = self.output_spec(len(items), output_dir, output)
+            entries = self._resolve(items, result, spec)
+            self._claim_and_run(entries, force, background, result, delegate, spec.folder)
         except HalftunesError as exc:
             self._error(result, exc)
         return result
@@ -177,10 +218,35 @@ class DownloadService:
         try:
             self._check_background(background)
             entries = self._resume_entries(ids, all_, result)
-            self._claim_and_run(entries, False, background, result, delegate)
+            self._claim_and_run(entries, False, background, result, delegate,
+                                self.output_spec(0, None, None).folder)  # fmt: skip
         except HalftunesError as exc:
             self._error(result, exc)
         return result
+
+    def output_spec(self, count: int, output_dir: str | None, output: str | None) -> OutputSpec:
+        """-P is the folder; -o a file name (one id) or a template, relative to that folder
+        unless absolute; a -o that is an existing folder or ends in / is taken as the folder.
+        Every path is made absolute here, against this command's working directory."""
+        folder = Path(output_dir or self.configuration.download_dir).expanduser()
+        if output is None:
+            return OutputSpec(Path(os.path.abspath(folder)))
+        given = Path(output).expanduser()
+        if output.endswith("/") or given.is_dir():
+            self.reporter.info(f"note: -o {output} is a folder: downloading into it "
+                               f"(-P {output} says the same)")  # fmt: skip
+            return OutputSpec(Path(os.path.abspath(given)))
+        try:
+            fields = template_fields(output)
+        except ValueError as exc:
+            raise UsageError(
+                f"-o {output!r}: {exc}", "fields: " + " ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
+            ) from exc
+        if count > 1 and not fields:
+            raise UsageError(f"-o {output!r} names one file, but {count} ids were given",
+                             "use a template such as '{artist} - {title}.{ext}', "
+                             "or -P DIR for a folder")  # fmt: skip
+        return OutputSpec(Path(os.path.abspath(folder)), str(given))
 
     def _check_background(self, background: bool) -> None:
         if background and self.configuration.is_ephemeral:
@@ -190,25 +256,29 @@ class DownloadService:
         self.reporter.error(error)
         result.fail(error)
 
-    def _resolve(self, items: list[str], result: BatchResult) -> list[Target | DownloadRecord]:
-        """Ids and URLs in input order: targets, or records we already have."""
+    def _resolve(self, items: list[str], result: BatchResult,
+                 spec: OutputSpec) -> list[Target | DownloadRecord]:  # fmt: skip
+        """Ids and URLs in input order, as targets (named for this command's -P / -o), or as
+        records we already have and cannot name anew (no cached metadata)."""
         resolved: list[tuple[str, Any]] = []
         wanted: list[str] = []
-        known = {r.id: r for r in self.records.all([i for i in items if i and not is_url(i)])}
+        ids = [i for i in items if i and not is_url(i)]
+        known = {r.id: r for r in self.records.all(ids)}
+        cached = self.session.cache.get_tracks(ids) if self.session.cache and ids else {}
         for item in items:
             if not item:
                 continue
             if is_url(item):
                 try:
                     self.configuration.check_url(item)
-                    resolved.append(("target", target_for_url(item)))
+                    resolved.append(("target", url_target(item, spec)))
                 except UsageError as exc:
                     self._error(result, exc)
                 continue
             record = known.get(item)
-            if record is not None:
+            if record is not None and item not in cached:
                 resolved.append(("record", record))
-            elif item.isdigit():
+            elif item.isdigit() or record is not None:
                 wanted.append(item)
                 resolved.append(("track", item))
             else:
@@ -227,7 +297,7 @@ class DownloadService:
                             "catalog", "find ids with `halftunes search TERM`"))  # fmt: skip
                 continue
             try:
-                out.append(target_for_track(Track.from_api(tracks[value])))
+                out.append(target_for_track(Track.from_api(tracks[value]), spec))
             except UsageError as exc:
                 self._error(result, exc)
         return out
@@ -276,12 +346,13 @@ class DownloadService:
         return out
 
     def _claim_and_run(self, entries: list[Target | DownloadRecord], force: bool,
-                       background: bool, result: BatchResult, delegate: Any) -> None:  # fmt: skip
+                       background: bool, result: BatchResult, delegate: Any,
+                       folder: Path) -> None:  # fmt: skip
         background = background or self.configuration.is_background
         result.background = background
         claims = self.records.claim(
             entries, owner=None if background else self.records.owner_token(), force=force,
-            queue=background, download_dir=check_download_dir(Path(self.configuration.download_dir)),
+            queue=background, download_dir=check_download_dir(folder),
             session_kind="background" if background else self.configuration.kind,
             settings=transfer_settings(self.configuration) if background else None,
         )  # fmt: skip
@@ -292,7 +363,11 @@ class DownloadService:
                 self._error(result, claim.error)
             elif claim.outcome == "skipped":
                 assert claim.record is not None
-                self.reporter.info(f"{claim.id}: already downloaded: {claim.record.path}")
+                if claim.elsewhere is not None:
+                    self.reporter.info(f"{claim.id}: already downloaded to {claim.record.path}; "
+                                       f"`--force` fetches it to {claim.elsewhere}")  # fmt: skip
+                else:
+                    self.reporter.info(f"{claim.id}: already downloaded: {claim.record.path}")
                 result.outcomes.append(Outcome(claim.id, "skipped", claim.record))
             else:
                 assert claim.record is not None

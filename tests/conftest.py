@@ -88,10 +88,10 @@ class Env:
                                            result.stderr)  # fmt: skip
 
     def run_process(self, *args: str, input: str | None = None, timeout: float = 60,
-                    env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
-        """The installed `halftunes` command in its own process."""
+                    env: dict | None = None, **kw) -> subprocess.CompletedProcess:  # fmt: skip
+        """The installed `halftunes` command in its own process (kw: cwd, umask, ...)."""
         return subprocess.run([HALFTUNES, *args], input=input, capture_output=True, text=True,
-                              timeout=timeout, env={**self.env, **(env or {})})  # fmt: skip
+                              timeout=timeout, env={**self.env, **(env or {})}, **kw)  # fmt: skip
 
     def json(self, *args: str, **kw) -> object:
         result = self.run(*args, "--json", **kw)

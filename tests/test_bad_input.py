@@ -81,7 +81,7 @@ def test_bad_input_row(world, tmp_path, name, args, code, fragment):
     elif args == "dir-file":
         blocker = tmp_path / "blocker"
         blocker.write_text("x")
-        args = ["download", str(FRESH), "-o", str(blocker)]
+        args = ["download", str(FRESH), "-P", str(blocker)]
     result = env.run(*args, env=extra)
     assert result.returncode == code, result.stderr
     assert fragment in result.stderr
@@ -102,7 +102,7 @@ def test_unwritable_download_dir(env, tmp_path):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
     assert not os.access(locked, os.W_OK)
-    result = env.run("download", str(FRESH), "-o", str(locked))
+    result = env.run("download", str(FRESH), "-P", str(locked))
     assert result.returncode == 1 and "not writable" in result.stderr
     assert env.state_record(str(FRESH)) is None
 

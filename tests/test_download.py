@@ -365,7 +365,7 @@ def test_url_download_and_plain_http_rule(env):
 
 def test_missing_download_dir_is_created(env, tmp_path):
     deep = tmp_path / "a" / "b"
-    result = env.run("download", str(T1), "-o", str(deep))
+    result = env.run("download", str(T1), "-P", str(deep))
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == deep / "Jack Johnson - Better Together.m4a"
     assert sha256_file(deep / "Jack Johnson - Better Together.m4a") == env.expected_sha(T1)

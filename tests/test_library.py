@@ -164,7 +164,7 @@ def test_netrc_is_used_by_the_default_session(env, tmp_path):
     state_text = b"".join(p.read_bytes() for p in env.state_dir.rglob("*") if p.is_file())
     assert b"secret" not in state_text  # credentials never land in the state
     result = env.run("--session", "ephemeral", "download", f"{env.server.url}/auth/file.bin",
-                     "--force", "-o", str(tmp_path / "eph"))  # fmt: skip
+                     "--force", "-P", str(tmp_path / "eph"))  # fmt: skip
     assert result.returncode == 1 and "authentication required" in result.stderr
 
 

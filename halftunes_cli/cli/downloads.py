@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -42,11 +41,9 @@ def _report(state: AppState, service: DownloadService, result: BatchResult,
 
 
 def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, background: bool,
-         output_dir: Path | None = None, **kw: Any) -> None:  # fmt: skip
+         **kw: Any) -> None:  # fmt: skip
     state = app_state(ctx)
     flags: dict[str, Any] = {}
-    if output_dir is not None:
-        flags["download_dir"] = str(output_dir)
     if background:
         flags["session"] = "background"
     config = configuration(state, **flags)
@@ -71,8 +68,12 @@ def download(
     items: Annotated[list[str], typer.Argument(help="Track ids or URLs; - reads ids from stdin.",
                                                show_default=False, metavar="ID_OR_URL...")],
     background: BackgroundOption = False,
-    output_dir: Annotated[Path | None, typer.Option("-o", "--output-dir",
+    output_dir: Annotated[str | None, typer.Option("-P", "--output-dir", metavar="DIR",
                           help="Download folder (created if missing).")] = None,
+    output: Annotated[str | None, typer.Option("-o", "--output", metavar="NAME_OR_TEMPLATE",
+                      help="File name for one id, or a template with {artist} {title} {album} "
+                      "{collection} {id} {ext} ('/' makes subfolders); relative to the "
+                      "folder unless absolute.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if done.")] = False,
     json_out: JsonOption = False,
 ) -> None:  # fmt: skip
@@ -82,12 +83,16 @@ def download(
 
       halftunes download 1000001
 
-      halftunes download -b 1000001 1000002 -o ~/Music/previews
+      halftunes download -b 1000001 1000002 -P ~/Music/previews
+
+      halftunes download 1000001 -o song.m4a
+
+      halftunes download 1000001 1000002 -o '{artist}/{title}.{ext}'
 
       halftunes search jack johnson --json | jq '.[].trackId' | halftunes download -
     """
     _run(ctx, "download", expand_ids(items), json_out, background, force=force,
-         output_dir=output_dir)  # fmt: skip
+         output_dir=output_dir, output=output)  # fmt: skip
 
 
 @app.command()

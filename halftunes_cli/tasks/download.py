@@ -120,7 +120,7 @@ class DownloadTask(Task):
             self.bytes_total = resume_data.bytes_total
             self.etag = resume_data.etag
             self.last_modified = resume_data.last_modified
-        self.partial = PartialFile(part_path, synced)
+        self.partial = PartialFile(part_path, synced, mode=session.configuration.file_mode)
 
     # -- public ----------------------------------------------------------------------------
     @property

@@ -25,8 +25,11 @@ class PartialFile:
 
     def __init__(self, path: Path, synced: int = 0,
                  clock: Callable[[], float] = time.monotonic,
-                 checkpoint_seconds: float = CHECKPOINT_SECONDS):  # fmt: skip
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS,
+                 mode: int | None = None):  # fmt: skip
+        """`mode`: the permission bits of a file this creates (None: the umask decides)."""
         self.path = Path(path)
+        self.mode = mode
         self.length = synced  # bytes in the file as far as we know
         self.synced = synced
         self._clock = clock
@@ -56,6 +59,7 @@ class PartialFile:
         """Cut to `length` (durably) and continue from there."""
         try:
             with open(self.path, "ab") as f:
+                self._set_mode(f)
                 f.truncate(length)
                 os.fsync(f.fileno())
         except OSError as exc:
@@ -73,6 +77,7 @@ class PartialFile:
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
         try:
+            self._set_mode(f)
             size = os.fstat(f.fileno()).st_size
             if size < offset:
                 f.truncate(0)
@@ -87,6 +92,10 @@ class PartialFile:
         self._file = f
         self.length = offset
         self._last_checkpoint = self._clock()
+
+    def _set_mode(self, f: BinaryIO) -> None:
+        if self.mode is not None:
+            os.fchmod(f.fileno(), self.mode)  # not subject to the umask
 
     def write(self, chunk: bytes | memoryview) -> None:
         assert self._file is not None
@@ -166,6 +175,7 @@ class PartialFile:
         decoding = destination.with_name(destination.name + ".decoding")
         try:
             with open(self.path, "rb") as src, open(decoding, "wb") as out:
+                os.fchmod(out.fileno(), os.fstat(src.fileno()).st_mode & 0o777)
                 if content_encoding in ("gzip", "x-gzip"):
                     with gzip.GzipFile(fileobj=src) as unzipped:
                         while block := unzipped.read(1 << 20):
