@@ -75,7 +75,14 @@ def is_loopback_host(host: str | None) -> bool:
 
 def check_url(url: str, allow_insecure_http: bool, extra_schemes: tuple[str, ...] = ()) -> str:
     """The App Transport Security rule: https anywhere, http only to loopback unless allowed."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as exc:
+        raise UnsupportedURLError(f"malformed URL {url!r}: {exc}") from exc
+    if hostname is not None and any(c.isspace() for c in hostname):
+        raise UnsupportedURLError(f"malformed URL {url!r}: a space in the host name")
     scheme = parts.scheme.lower()
     if scheme in extra_schemes:
         return url
@@ -85,11 +92,11 @@ def check_url(url: str, allow_insecure_http: bool, extra_schemes: tuple[str, ...
             f"unsupported URL scheme ({shown}) in {url!r}",
             "halftunes downloads https:// URLs (and http:// on this machine, file:// paths)",
         )
-    if not parts.hostname:
+    if not hostname:
         raise UnsupportedURLError(f"URL has no host: {url!r}")
-    if scheme == "http" and not allow_insecure_http and not is_loopback_host(parts.hostname):
+    if scheme == "http" and not allow_insecure_http and not is_loopback_host(hostname):
         raise InsecureURLError(
-            f"refusing plain http:// to {parts.hostname} (App Transport Security rule)",
+            f"refusing plain http:// to {hostname} (App Transport Security rule)",
             "use https://, or set allow_insecure_http = true in the config file "
             "(or HALFTUNES_ALLOW_INSECURE_HTTP=1) if you trust the network",
         )

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import re
 
 
 class ExitStatus(enum.IntEnum):
@@ -84,14 +85,20 @@ class OfflineMissError(HalftunesError):
 
 
 class TransferError(HalftunesError):
-    pass
+    # Set where the cause is known: `is_permanent` (trying again will not help: 404, 410, a
+    # 403 that is no rate limit, an unknown host), `is_unreachable` (refused, unknown host:
+    # worth one more attempt at most).
+    is_permanent = False
+    is_unreachable = False
 
 
 class HTTPStatusError(TransferError):
-    def __init__(self, status: int, url: str, hint: str | None = None):
+    def __init__(self, status: int, url: str, hint: str | None = None,
+                 retry_after: str | None = None):  # fmt: skip
         super().__init__(f"server answered HTTP {status} for {url}", hint)
         self.status = status
         self.url = url
+        self.is_permanent = status in (404, 410) or (status == 403 and retry_after is None)
 
 
 class AuthenticationRequired(TransferError):
@@ -163,7 +170,10 @@ def translate_request_error(exc: BaseException, url: str) -> HalftunesError:
     elif isinstance(exc, requests.exceptions.Timeout):
         error = TransferError(f"timed out talking to {url}", "the server stalled; try again later")
     elif isinstance(exc, requests.exceptions.ConnectionError):
-        error = TransferError(f"could not connect to {url}: {_root_reason(exc)}")
+        reason = _root_reason(exc)
+        error = TransferError(f"could not connect to {url}: {reason}")
+        error.is_unreachable = reason in (REFUSED, UNKNOWN_HOST)
+        error.is_permanent = reason == UNKNOWN_HOST
     elif isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         error = UnsupportedURLError(f"invalid URL {url!r}")
     elif isinstance(exc, requests.exceptions.InvalidSchema):
@@ -196,11 +206,29 @@ def state_error(exc: BaseException, path: object) -> StateError:
     return error
 
 
+REFUSED = "connection refused (nothing listens there)"
+UNKNOWN_HOST = "host not found (DNS)"
+
+
 def _root_reason(exc: BaseException) -> str:
+    """The innermost cause, said as a person would (no `[Errno -2]`)."""
+    import socket
+
     seen = exc
     while seen.__cause__ is not None or seen.__context__ is not None:
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     text = str(seen) or type(seen).__name__
-    if "Connection refused" in text:
-        return "connection refused"
+    if isinstance(seen, socket.gaierror) or "Name or service not known" in text \
+            or "nodename nor servname" in text or "Failed to resolve" in text:  # fmt: skip
+        return UNKNOWN_HOST
+    if isinstance(seen, ConnectionRefusedError) or "Connection refused" in text:
+        return REFUSED
+    if isinstance(seen, ConnectionResetError) or "Connection reset" in text:
+        return "the connection was reset"
+    if isinstance(seen, TimeoutError) or "timed out" in text:
+        return "timed out"
+    text = _ERRNO.sub("", text).strip()
     return text if len(text) < 160 else text[:157] + "..."
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\]\s*")

@@ -12,12 +12,14 @@ from typing import Any, Protocol
 from urllib.parse import quote_plus, urlencode
 
 from .config import SessionConfiguration
-from .errors import ApiError, OfflineMissError, RateLimitedError, UsageError
+from .errors import ApiError, OfflineMissError, RateLimitedError, TransferError, UsageError
+from .headers import parse_retry_after
 
 # Apple documents roughly 20 calls a minute; a burst of 20 then one every 3 s.
 RATE_CAPACITY = 20.0
 RATE_PER_SECOND = 20.0 / 60.0
 SEARCH_CACHE_SECONDS = 3600.0
+RATE_RETRY_MAX_SECONDS = 10.0  # a rate limit that asks for longer is reported, not waited
 
 
 def _as_id(value: Any) -> int | None:
@@ -139,12 +141,13 @@ class Fetcher(Protocol):
     def cache(self) -> Cache | None: ...
 
     def fetch(self, url: str, *, retry_statuses: frozenset[int] | None = None,
-              max_bytes: int = ...) -> tuple[int, bytes]: ...  # fmt: skip
+              max_bytes: int = ...) -> tuple[int, bytes, Any]: ...  # fmt: skip
 
 
 class ITunesClient:
     def __init__(self, session: Fetcher, api_url: str | None = None):
         self.session = session
+        self.notice: str | None = None  # e.g. "showing the answer cached at ..."
         self.api_url = (api_url or session.configuration.api_url).rstrip("/")
 
     @property
@@ -192,9 +195,9 @@ class ITunesClient:
             policy = "return-cache-dont-load"
         store = self._store if cache else None
         key = "GET " + url
-        if store is not None and policy != "reload-ignoring-cache":
-            hit = store.cache_get(key)
-            fresh = hit is not None and (
+        hit = store.cache_get(key) if store is not None else None
+        if hit is not None and policy != "reload-ignoring-cache":
+            fresh = (
                 policy in ("return-cache-else-load", "return-cache-dont-load")
                 or time.time() - hit[1] < hit[2]
             )
@@ -205,20 +208,40 @@ class ITunesClient:
                 "no cached answer for this search (--offline)",
                 "run the same search once while online",
             )
-        self._pace()
-        status, data = self.session.fetch(url, retry_statuses=frozenset({500, 502, 503, 504}),
-                                          max_bytes=16 << 20)  # fmt: skip
-        if status in (403, 429):
+        try:
+            status, data, headers = self._fetch(url)
+            if status >= 400:
+                raise ApiError(f"the iTunes API answered HTTP {status} for {url}")
+        except (TransferError, ApiError) as exc:
+            if hit is None or isinstance(exc, RateLimitedError):
+                raise
+            # Unreachable or failing: an old answer is better than none, said as such.
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit[1]))
+            self.notice = f"the iTunes API could not be reached ({exc}); showing the answer " \
+                          f"cached at {when}"  # fmt: skip
+            return self._parse(hit[0].encode(), url)
+        items = self._parse(data, url, headers.get("Content-Type"))
+        if store is not None:
+            store.cache_put(key, data.decode("utf-8", "replace"), SEARCH_CACHE_SECONDS)
+        return items
+
+    def _fetch(self, url: str) -> tuple[int, bytes, Any]:
+        """One paced call; a 403/429 with a Retry-After of at most 10 s is tried once more."""
+        for attempt in (1, 2):
+            self._pace()
+            status, data, headers = self.session.fetch(
+                url, retry_statuses=frozenset({500, 502, 503, 504}), max_bytes=16 << 20)  # fmt: skip
+            if status not in (403, 429):
+                return status, data, headers
+            wait = parse_retry_after(headers.get("Retry-After"))
+            if attempt == 1 and wait is not None and wait <= RATE_RETRY_MAX_SECONDS:
+                time.sleep(wait)
+                continue
             raise RateLimitedError(
                 f"the iTunes API refused the call (HTTP {status}): rate limited",
                 "Apple allows about 20 calls a minute; wait a minute and try again",
             )
-        if status >= 400:
-            raise ApiError(f"the iTunes API answered HTTP {status} for {url}")
-        items = self._parse(data, url)
-        if store is not None:
-            store.cache_put(key, data.decode("utf-8", "replace"), SEARCH_CACHE_SECONDS)
-        return items
+        raise AssertionError("unreachable")
 
     def _pace(self) -> None:
         store = self._store
@@ -229,16 +252,19 @@ class ITunesClient:
             time.sleep(min(wait, 10.0))
 
     @staticmethod
-    def _parse(body: bytes, url: str) -> list[dict]:
-        # Apple answers text/javascript; parse whatever the Content-Type says.
+    def _parse(body: bytes, url: str, content_type: str | None = None) -> list[dict]:
+        # Apple answers text/javascript after blank lines; parse whatever the Content-Type.
         try:
             payload = json.loads(body.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError):
-            snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
+        except (UnicodeDecodeError, ValueError) as exc:
+            text = body[:200].decode("utf-8", "replace")
+            shown = "".join(c if c.isprintable() else " " for c in text).split()
+            start = " ".join(shown)[:60] or "nothing printable"
             raise ApiError(
-                f"the iTunes API sent something that is not JSON: {snippet!r}",
+                f"the iTunes API sent something that is not JSON "
+                f"({content_type or 'no Content-Type'}), starting: {start}",
                 "the service may be down or a proxy may be in the way; try again later",
-            ) from None
+            ) from exc
         if (
             not isinstance(payload, dict)
             or not isinstance(payload.get("results"), list)

@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from .headers import http_time
 from .retry import RETRYABLE_STATUSES
 
 
@@ -64,17 +65,6 @@ def is_strong_etag(etag: str | None) -> bool:
     return bool(etag) and not etag.startswith("W/") and etag.startswith('"')
 
 
-def _http_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    from email.utils import parsedate_to_datetime
-
-    try:
-        return parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
 def trusted_validators(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The (ETag, Last-Modified) of a full response that a later If-Range may carry.
 
@@ -84,8 +74,8 @@ def trusted_validators(headers: Mapping[str, str]) -> tuple[str | None, str | No
     ETags from the modification second and the size, so a same-second rewrite keeps them."""
     etag = _header(headers, "ETag")
     last_modified = _header(headers, "Last-Modified")
-    modified_at = _http_time(last_modified)
-    date = _http_time(_header(headers, "Date"))
+    modified_at = http_time(last_modified)
+    date = http_time(_header(headers, "Date"))
     if modified_at is not None and date is not None and date - modified_at < 1:
         return None, None
     strong_etag = etag if is_strong_etag(etag) else None

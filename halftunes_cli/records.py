@@ -98,6 +98,7 @@ class DownloadRecord:
     request: str | None = None
     announced: int = 1
     settings: str | None = None  # JSON: what the queuing command was given (no secrets)
+    permanent: int = 0  # failed for good (404, 410, ...): `resume --all` leaves it alone
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -332,6 +333,7 @@ class Records:
             return claim
         status = S.QUEUED if queue else S.RUNNING
         values: dict[str, Any] = {"status": status, "owner": owner, "request": None,
+                                  "permanent": 0,
                                   "owner_pid": os.getpid() if owner else None, "error": None,
                                   "session": session_kind, "announced": 0 if queue else 1,
                                   "settings": settings}  # fmt: skip
@@ -385,7 +387,8 @@ class Records:
 
     def settle(self, record_id: str, owner: str, task_state: str, *, bytes_received: int,
                bytes_total: int | None, etag: str | None, last_modified: str | None,
-               error: str | None) -> tuple[DownloadRecord | None, bool]:  # fmt: skip
+               error: str | None,
+               permanent: bool = False) -> tuple[DownloadRecord | None, bool]:  # fmt: skip
         """Write a finished task's end into its record, while we still own it.
 
         `task_state` is the task's end: completed, paused, failed or cancelled. Returns the
@@ -403,6 +406,7 @@ class Records:
             status = {"completed": S.COMPLETED, "paused": S.PAUSED}.get(task_state, S.FAILED)
             self._write(conn, row, record_id, status=status,
                         error=error if status is S.FAILED else None,
+                        permanent=int(permanent and status is S.FAILED),
                         bytes_received=bytes_received, bytes_total=bytes_total, owner=None,
                         request=None, etag=etag, last_modified=last_modified)  # fmt: skip
             return DownloadRecord.from_row(self.store.row(conn, record_id) or row), True
@@ -467,6 +471,12 @@ class Records:
             for row in rows:
                 self.store.update_record(conn, row["id"], announced=1)
         return [DownloadRecord.from_row(r) for r in rows]
+
+    def unreported(self) -> list[DownloadRecord]:
+        """Outcomes not yet shown by the command that ran them, announced, or returned by a
+        `wait` (background transfers that ended since they were queued)."""
+        with self.store.transaction() as conn:
+            return [DownloadRecord.from_row(r) for r in self.store.unreported(conn)]
 
     def mark_announced(self, ids: Iterable[str]) -> None:
         with self.store.transaction() as conn:

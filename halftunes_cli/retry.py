@@ -12,6 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .headers import parse_retry_after
+
+__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "parse_retry_after", "sleep_unless_stopped"]
+
 # 408 and 429 are the client-side statuses worth another try; the rest are server trouble.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -53,20 +57,3 @@ def sleep_unless_stopped(seconds: float, stop: threading.Event | None) -> bool:
         time.sleep(seconds)
         return False
     return stop.wait(seconds)
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date)."""
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    now = time.time() if now is None else now
-    return max(0.0, when.timestamp() - now)

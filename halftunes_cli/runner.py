@@ -114,6 +114,7 @@ class Runner:
             rid, self.owner, state, bytes_received=task.bytes_synced,
             bytes_total=task.bytes_total, etag=task.etag, last_modified=task.last_modified,
             error=str(task.error) if task.error else "failed",
+            permanent=bool(getattr(task.error, "is_permanent", False)),
         )  # fmt: skip
         if not ours:  # cancelled or taken over by another process
             return Outcome(rid, "cancelled" if record is None else "paused", None, task.error)

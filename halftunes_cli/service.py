@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,8 +193,17 @@ class DownloadService:
 
     # -- search -----------------------------------------------------------------------------
     def search(self, term: str, *, limit: int, country: str, offline: bool) -> list[Track]:
-        return ITunesClient(self.session).search(term, limit=limit, country=country,
-                                                 offline=offline)  # fmt: skip
+        client = ITunesClient(self.session)
+        tracks = client.search(term, limit=limit, country=country, offline=offline)
+        if client.notice:
+            self.reporter.info(client.notice)
+        return tracks
+
+    def downloaded_ids(self) -> set[str]:
+        """Ids whose file is on disk (search marks them)."""
+        if not self.records.is_persistent:
+            return set()
+        return {r.id for r in self.records.all() if r.is_finished_on_disk}
 
     # -- download / resume ----------------------------------------------------------------
     def download(self, items: list[str], *, force: bool = False, background: bool = False,
@@ -325,7 +334,13 @@ class DownloadService:
         if all_:
             records = [r for r in self.records.all()
                        if r.status in (RecordStatus.PAUSED, RecordStatus.FAILED)]  # fmt: skip
-            if not records:
+            gone = [r for r in records if r.permanent]
+            if gone:
+                self.reporter.info(f"skipped {len(gone)} download(s) that failed for good "
+                                   f"({', '.join(r.id for r in gone[:5])}"
+                                   f"{', ...' if len(gone) > 5 else ''}): name them to retry")  # fmt: skip
+            records = [r for r in records if not r.permanent]
+            if not records and not gone:
                 self.reporter.info("nothing to resume")
             return records
         if not ids:
@@ -526,15 +541,33 @@ class DownloadService:
              on_poll: Callable[[list[DownloadRecord]], None] | None = None,
              poll_seconds: float = 0.1) -> WaitResult:  # fmt: skip
         """Block until the downloads are no longer queued or running (restarting the worker
-        if queued work has none)."""
+        if queued work has none).
+
+        Without ids it covers what is queued or running now and every outcome not yet
+        reported; what it returns counts as reported, so an old failure changes the exit
+        status of one `wait` at most."""
         for item in ids:
             if self.records.get(item) is None:
                 raise unknown_download(item)
+        if not ids:
+            active = [r.id for r in self.records.all()
+                      if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]  # fmt: skip
+            ids = active + [r.id for r in self.records.unreported() if r.id not in active]
+            if not ids:
+                return WaitResult([])
+        result = self._wait_for(ids, timeout_seconds, on_poll, poll_seconds)
+        if not result.timed_out:
+            self.records.mark_announced(r.id for r in result.records)
+        return result
+
+    def _wait_for(self, ids: list[str], timeout_seconds: float | None,
+                  on_poll: Callable[[list[DownloadRecord]], None] | None,
+                  poll_seconds: float) -> WaitResult:  # fmt: skip
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         state_dir = Path(self.configuration.state_dir)
         while True:
             self.records.reconcile_dead_owners()
-            records = self.records.all(ids) if ids else self.records.all()
+            records = self.records.all(ids)
             active = [r for r in records
                       if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]  # fmt: skip
             if any(r.status is RecordStatus.QUEUED for r in active) and \
@@ -548,9 +581,33 @@ class DownloadService:
                 return WaitResult(records, timed_out=True, still_active=len(active))
             time.sleep(poll_seconds)
 
-    def mark_seen(self, records: Iterable[DownloadRecord]) -> None:
-        """The user watched these end: nothing left to announce later."""
-        self.records.mark_announced(r.id for r in records)
+    def clean(self, ids: list[str], *, completed: bool, failed: bool) -> SteerResult:
+        """Forget finished records (and the partials of failed ones); never a finished file.
+        Without flags both kinds go; with ids, only those."""
+        result = SteerResult()
+        wanted = {RecordStatus.COMPLETED} if completed else set()
+        wanted |= {RecordStatus.FAILED} if failed else set()
+        wanted = wanted or {RecordStatus.COMPLETED, RecordStatus.FAILED}
+        targets: list[DownloadRecord] = []
+        for item in ids:
+            record = self.records.get(item)
+            if record is None:
+                self.reporter.error(unknown_download(item))
+                result.exit_code = worse(result.exit_code, ExitStatus.USAGE)
+            elif record.status not in (RecordStatus.COMPLETED, RecordStatus.FAILED):
+                error = HalftunesError(f"{item} is {record.status}, not finished",
+                                       f"`halftunes cancel {item}` discards it")  # fmt: skip
+                self.reporter.error(error)
+                result.exit_code = worse(result.exit_code, ExitStatus.ERROR)
+            elif record.status in wanted:
+                targets.append(record)
+        if not ids:
+            targets = [r for r in self.records.all() if r.status in wanted]
+        for record in targets:
+            gone = self.records.forget(record.id)
+            if gone is not None:
+                result.records.append(gone.public())
+        return result
 
     # -- upload -----------------------------------------------------------------------------
     def upload(self, file: Path, url: str, *, method: str, headers: dict[str, str],

@@ -65,8 +65,9 @@ class Session:
         return self.records.store if self.configuration.persists_state else None
 
     def fetch(self, url: str, *, retry_statuses: frozenset[int] | None = None,
-              max_bytes: int = 16 << 20) -> tuple[int, bytes]:  # fmt: skip
-        """GET `url` with a data task on this thread; (status, body) or the task's error."""
+              max_bytes: int = 16 << 20) -> tuple[int, bytes, Any]:  # fmt: skip
+        """GET `url` with a data task on this thread; (status, body, headers), or the task's
+        error."""
         kw: dict[str, Any] = {"max_bytes": max_bytes}
         if retry_statuses is not None:
             kw["retry_statuses"] = retry_statuses
@@ -75,7 +76,7 @@ class Session:
         if task.error is not None:
             raise task.error
         assert task.response is not None and task.data is not None
-        return task.response.status_code, task.data
+        return task.response.status_code, task.data, task.response.headers
 
     def open(self, method: str, url: str, headers: dict[str, str] | None = None,
              **kw: Any) -> requests.Response:  # fmt: skip

@@ -18,8 +18,14 @@ from .errors import StateError, state_error
 
 STATE_FILE_NAME = "downloads.db"
 SCHEMA_VERSION = 2
-# Format 1 -> 2: each record carries the settings of the command that queued it.
-_MIGRATIONS = {1: "ALTER TABLE downloads ADD COLUMN settings TEXT"}
+# Format 1 -> 2: each record carries the settings of the command that queued it, and whether
+# its failure is permanent (404, 410, ...).
+_MIGRATIONS = {
+    1: (
+        "ALTER TABLE downloads ADD COLUMN settings TEXT",
+        "ALTER TABLE downloads ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0",
+    )
+}
 
 _SCHEMA = """
 CREATE TABLE downloads (
@@ -44,6 +50,7 @@ CREATE TABLE downloads (
     request TEXT,
     announced INTEGER NOT NULL DEFAULT 1,
     settings TEXT,
+    permanent INTEGER NOT NULL DEFAULT 0,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -171,7 +178,8 @@ class Store:
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             while version in _MIGRATIONS:
-                conn.execute(_MIGRATIONS[version])
+                for statement in _MIGRATIONS[version]:
+                    conn.execute(statement)
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
             conn.execute("COMMIT")
@@ -280,6 +288,12 @@ class Store:
     def running_owners(self) -> set[str | None]:
         rows = self.query("SELECT DISTINCT owner FROM downloads WHERE status = 'running'")
         return {r["owner"] for r in rows}
+
+    def unreported(self, conn: sqlite3.Connection) -> list[Row]:
+        """Ended transfers whose outcome nobody has been told yet."""
+        sql = ("SELECT * FROM downloads WHERE announced = 0 "
+               "AND status IN ('completed', 'failed', 'paused') ORDER BY seq")  # fmt: skip
+        return [dict(r) for r in conn.execute(sql)]
 
     def unannounced(self, conn: sqlite3.Connection) -> list[Row]:
         sql = ("SELECT * FROM downloads WHERE announced = 0 AND session = 'background' "

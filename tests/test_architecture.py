@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.liveness",),
     ("halftunes_cli.config",),
     ("halftunes_cli.naming",),
+    ("halftunes_cli.headers",),
     ("halftunes_cli.errors", "halftunes_cli._version"),
 ]  # fmt: skip
 # The offline catalog plays the other side of the wire: it shares no code with the client.

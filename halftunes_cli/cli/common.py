@@ -120,13 +120,14 @@ def configuration(state: AppState, **flags: Any) -> SessionConfiguration:
         fail(state, exc)
 
 
-def open_service(state: AppState, config: SessionConfiguration) -> DownloadService:
+def open_service(state: AppState, config: SessionConfiguration,
+                 announce: bool = True) -> DownloadService:  # fmt: skip
     """The command's service, after noticing dead owners and announcing, on a terminal only,
     background transfers that ended unwatched."""
     service = DownloadService(config, ConsoleReporter(state.console))
     try:
         service.recover()
-        if sys.stderr.isatty():
+        if announce and sys.stderr.isatty():
             state.console.announce(service.announcements())
     except HalftunesError as exc:
         service.close()

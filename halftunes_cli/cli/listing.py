@@ -68,15 +68,21 @@ def wait(
 ) -> None:  # fmt: skip
     """Block until downloads are completed or failed (exit 1 if any failed).
 
-    Example:
+    Without ids: the downloads queued or running now, and every outcome nobody has been
+    told about yet (a background download that ended since it was queued). An outcome
+    already reported no longer changes the exit status.
+
+    Examples:
 
       halftunes download -b 1000001 1000002 && halftunes wait --timeout 600
+
+      halftunes wait 1000001
     """
     state = app_state(ctx)
     config = configuration(state)
     if not config.persists_state:
         exit_with(ExitStatus.OK)
-    service = open_service(state, config)
+    service = open_service(state, config, announce=False)  # wait reports them itself
     bars = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
     try:
         result = service.wait(expand_ids(ids), timeout_seconds=timeout, on_poll=bars.on_records)
@@ -86,8 +92,6 @@ def wait(
             state.console.error(f"timed out after {timeout:g} s with {result.still_active} "
                                 "download(s) still active")  # fmt: skip
             exit_with(ExitStatus.TIMEOUT)
-        if sys.stderr.isatty():
-            service.mark_seen(result.records)
     except KeyboardInterrupt:
         exit_with(ExitStatus.INTERRUPTED)
     except HalftunesError as exc:
@@ -100,3 +104,37 @@ def wait(
     for r in result.failed:
         state.console.error(f"{r.id}: {r.status}" + (f": {r.error}" if r.error else ""))
     exit_with(ExitStatus.ERROR if result.failed else ExitStatus.OK)
+
+
+@app.command()
+def clean(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    completed: Annotated[bool, typer.Option("--completed", help="Completed downloads.")] = False,
+    failed: Annotated[bool, typer.Option("--failed", help="Failed downloads (and partials).")] = False,
+    json_out: JsonOption = False,
+) -> None:  # fmt: skip
+    """Forget finished downloads: their records, and the partials of failed ones.
+
+    Never deletes a finished file. Without --completed or --failed both kinds go.
+
+    Examples:
+
+      halftunes clean --failed
+
+      halftunes clean 1000001 --json
+    """
+    state = app_state(ctx)
+    service = open_service(state, configuration(state))
+    try:
+        result = service.clean(expand_ids(ids), completed=completed, failed=failed)
+    except HalftunesError as exc:
+        fail(state, exc)
+    finally:
+        service.close()
+    if json_out:
+        render.print_json(result.records)
+    else:
+        for r in result.records:
+            state.console.info(f"{r['id']}: forgot the {r['status']} download")
+    exit_with(result.exit_code)

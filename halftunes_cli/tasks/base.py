@@ -169,11 +169,14 @@ class Task:
                 self._check_stop()
                 error = translate_request_error(exc, self.url)
                 failures += 1
+                unreachable = getattr(error, "is_unreachable", False)
                 if (isinstance(exc, requests.exceptions.SSLError) or not idempotent
-                        or policy.gives_up_after(failures)):  # fmt: skip
+                        or policy.gives_up_after(failures)
+                        or (unreachable and failures >= 2)):  # fmt: skip
                     raise error from exc
                 wait = policy.delay_seconds(failures)
                 log.info("retry %d of %s in %.1fs after %s", failures, self.url, wait, error)
+                self.session.call_delegate("on_retry", self, wait, str(error).rsplit(": ", 1)[-1])
                 self._back_off(wait)
                 continue
             self._live_response = response
@@ -194,6 +197,8 @@ class Task:
                     wait = policy.delay_seconds(failures, retry_after)
                     log.info("retry %d of %s in %.1fs after HTTP %d", failures, self.url, wait,
                              response.status_code)  # fmt: skip
+                    self.session.call_delegate("on_retry", self, wait,
+                                               f"HTTP {response.status_code}")  # fmt: skip
                     response.close()
                     self._back_off(wait)
                     continue

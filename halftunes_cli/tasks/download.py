@@ -72,6 +72,14 @@ class Journal(Protocol):
 DECODABLE = ("gzip", "x-gzip", "deflate")
 
 
+def _short_reason(error: HalftunesError | None) -> str:
+    """What made a retry necessary, in a few words (for a progress bar)."""
+    if isinstance(error, HTTPStatusError):
+        return f"HTTP {error.status}"
+    text = str(error or "error")
+    return text.rsplit(": ", 1)[-1] if ": " in text else text
+
+
 class _BodyError(Exception):
     pass
 
@@ -198,11 +206,14 @@ class DownloadTask(Task):
                 failures = 0
             else:
                 failures += 1
-            if policy.gives_up_after(failures):
+            unreachable = getattr(self._last_error, "is_unreachable", False)
+            if policy.gives_up_after(failures) or (unreachable and failures >= 2):
                 raise self._last_error or TransferError(f"giving up on {self.url}")
             wait = policy.delay_seconds(max(failures, 1), self._retry_after)
+            reason = _short_reason(self._last_error)
             log.info("retrying %s from byte %d in %.1fs (%s)", self.url, offset, wait,
                      self._last_error)  # fmt: skip
+            self.session.call_delegate("on_retry", self, wait, reason)
             self._back_off(wait)
 
     def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
@@ -236,8 +247,15 @@ class DownloadTask(Task):
                                      self.bytes_total, have=offset, ranged=ranged)  # fmt: skip
             action = decision.action
             if action is Action.FAIL:
-                raise HTTPStatusError(response.status_code, self.url,
-                                      "the partial is kept; `halftunes resume` tries again")  # fmt: skip
+                status = response.status_code
+                if status in (404, 410):
+                    hint = "the server does not have it (any more): check the id or URL"
+                elif offset > 0:
+                    hint = f"the partial ({offset} bytes) is kept; `halftunes resume` tries again"
+                else:
+                    hint = "`halftunes resume` tries again"
+                raise HTTPStatusError(status, self.url, hint,
+                                      retry_after=response.headers.get("Retry-After"))  # fmt: skip
             if action is Action.RETRY:
                 self._retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 self._last_error = HTTPStatusError(response.status_code, self.url)
