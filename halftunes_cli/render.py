@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
@@ -79,6 +80,15 @@ class Console:
         self.info(f"{len(records)} background {noun} finished: {names}{more}")
 
 
+def summary(given: int, statuses: list[str], elapsed_seconds: float) -> str:
+    """`35 ids: 33 completed, 1 skipped, 1 failed in 0:42`: every id given is counted once
+    (an id that never reached a transfer, bad input, counts as failed)."""
+    counts = {s: statuses.count(s) for s in ("completed", "skipped", "paused", "cancelled")}
+    counts["failed"] = given - sum(counts.values())
+    parts = [f"{n} {name}" for name, n in counts.items() if n or name == "completed"]
+    return f"{given} ids: {', '.join(parts)} in {duration(elapsed_seconds)}"
+
+
 class ConsoleReporter:
     """The service's messages, said on the console."""
 
@@ -104,54 +114,166 @@ def spinner(text: str, color: bool):
     return status
 
 
-def rich_console(color: bool):
-    from rich.console import Console as RichConsole
+@dataclass
+class Column:
+    """A table column. `keep` columns (ids, status, progress) never shrink or vanish;
+    the others give way by `priority` (lower goes first) and are cut at the end, or in the
+    middle for paths (the file name stays)."""
 
-    return RichConsole(no_color=not color, highlight=False, soft_wrap=False)
+    name: str
+    keep: bool = False
+    priority: int = 0
+    min_width: int = 6
+    trim: str = "end"  # end | middle
+    right: bool = False
 
 
-def search_table(tracks: list[Any], color: bool) -> None:
-    from rich.table import Table
+def _cells(text: str) -> int:
+    from rich.cells import cell_len
 
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name, kw in (("#", {"justify": "right"}), ("trackId", {}), ("title", {"max_width": 40}),
-                     ("artist", {"max_width": 28}), ("album", {"max_width": 28}),
-                     ("time", {"justify": "right"}), ("preview", {})):  # fmt: skip
-        table.add_column(name, overflow="ellipsis", no_wrap=True, **kw)
-    for i, t in enumerate(tracks, 1):
-        table.add_row(str(i), str(t.trackId), _printable(t.trackName), _printable(t.artistName),
-                      _printable(t.collectionName or ""),
-                      duration(t.trackTimeMillis, millis=True),
-                      "yes" if t.has_preview else "no")  # fmt: skip
-    rich_console(color).print(table)
+    return cell_len(text)
+
+
+def fit(text: str, width: int, trim: str = "end") -> str:
+    """`text` cut to `width` terminal cells (wide CJK and emoji count 2), with an ellipsis."""
+    from rich.cells import set_cell_size
+
+    if _cells(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    if trim == "middle":  # a path: the file name stays whole as long as it can
+        name = text.rsplit("/", 1)[-1]
+        tail = min(_cells(name) + (1 if "/" in text else 0), width - 2)
+        tail = max(tail, width // 2)
+        head = width - 1 - tail
+        right = text
+        while _cells(right) > tail:
+            right = right[1:]
+        return set_cell_size(text, head).rstrip() + "…" + right
+    return set_cell_size(text, width - 1).rstrip() + "…"
+
+
+def layout(columns: list[Column], rows: list[list[str]], width: int) -> list[str]:
+    """Header and rows as lines of at most `width` cells (two spaces between columns)."""
+    natural = [max([_cells(c.name)] + [_cells(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    shown = list(range(len(columns)))
+
+    def needed(indexes: list[int]) -> int:
+        fixed = sum(natural[i] for i in indexes if columns[i].keep)
+        flexible = sum(min(natural[i], columns[i].min_width) for i in indexes
+                       if not columns[i].keep)  # fmt: skip
+        return fixed + flexible + 2 * (len(indexes) - 1)
+
+    # narrow terminals: drop the least important flexible columns until the rest fit
+    for i in sorted((i for i in shown if not columns[i].keep), key=lambda i: columns[i].priority):
+        if needed(shown) <= width:
+            break
+        shown.remove(i)
+    widths = {i: natural[i] for i in shown}
+    flexible = [i for i in shown if not columns[i].keep]
+    room = width - sum(natural[i] for i in shown if columns[i].keep) - 2 * (len(shown) - 1)
+    wanted = sum(natural[i] for i in flexible)
+    if flexible and wanted > room:
+        # share the room in proportion to what each column would like, none below its minimum
+        for i in flexible:
+            floor = min(natural[i], columns[i].min_width)
+            widths[i] = max(floor, natural[i] * room // wanted)
+        excess = sum(widths[i] for i in flexible) - room
+        for i in sorted(flexible, key=lambda i: columns[i].priority):
+            if excess <= 0:
+                break
+            give = min(excess, widths[i] - min(natural[i], columns[i].min_width))
+            widths[i] -= give
+            excess -= give
+
+    def line(cells: list[str]) -> str:
+        out = []
+        for i in shown:
+            text = fit(cells[i], widths[i], columns[i].trim)
+            pad = " " * (widths[i] - _cells(text))
+            out.append(pad + text if columns[i].right else text + pad)
+        return "  ".join(out).rstrip()
+
+    return [line([c.name for c in columns])] + [line(r) for r in rows]
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+def _print_table(lines: list[str], color: bool, styles: list[str | None] | None = None) -> None:
+    bold, reset = ("\x1b[1m", "\x1b[0m") if color else ("", "")
+    print(f"{bold}{lines[0]}{reset}")
+    for n, text in enumerate(lines[1:]):
+        style = styles[n] if styles and color else None
+        print(f"\x1b[{style}m{text}{reset}" if style else text)
+
+
+def search_table(tracks: list[Any], color: bool, downloaded: set[str] | None = None,
+                 width: int | None = None) -> None:  # fmt: skip
+    """id, E (explicit / clean), title, artist, album, time, and whether it is here (got) or
+    can be downloaded at all (no preview, album, artist ...)."""
+    downloaded = downloaded or set()
+    columns = [Column("id", keep=True), Column("E", keep=True),
+               Column("title", priority=9, min_width=12), Column("artist", priority=5),
+               Column("album", priority=1), Column("time", priority=3, right=True),
+               Column("got", keep=True)]  # fmt: skip
+    rows = []
+    for t in tracks:
+        ident = str(t.trackId) if t.trackId is not None else "-"
+        if ident in downloaded:
+            got = "yes"
+        elif t.is_downloadable:
+            got = ""
+        else:
+            got = "no preview" if t.wrapperType == "track" else t.noun.split(" ", 1)[-1]
+        rows.append([ident, t.explicit_mark, _printable(t.trackName),
+                     _printable(t.artist_or_show), _printable(t.collectionName or ""),
+                     duration(t.trackTimeMillis, millis=True) if t.trackTimeMillis else "",
+                     got])  # fmt: skip
+    _print_table(layout(columns, rows, width or _terminal_width()), color)
 
 
 def search_lines(tracks: list[Any]) -> None:
     for t in tracks:
-        fields = [str(t.trackId), t.trackName, t.artistName, t.collectionName or "",
+        ident = str(t.trackId) if t.trackId is not None else "-"
+        fields = [ident, t.trackName, t.artist_or_show, t.collectionName or "",
                   duration(t.trackTimeMillis, millis=True), t.previewUrl or ""]  # fmt: skip
         print("\t".join(_printable(f) for f in fields))
 
 
-def records_table(rows: list[Any], color: bool) -> None:
-    from rich.table import Table
-
-    table = Table(show_edge=False, pad_edge=False, header_style="bold")
-    for name in ("id", "title", "status", "progress", "size", "path"):
-        table.add_column(name, overflow="ellipsis", no_wrap=True,
-                         max_width=40 if name in ("title", "path") else None)  # fmt: skip
-    styles = {"completed": "green", "failed": "red", "paused": "yellow", "running": "cyan"}
-    for r in rows:
-        status = str(r.status)
-        shown = f"[{styles[status]}]{status}[/]" if status in styles else status
-        table.add_row(r.id, _printable(r.title or ""), shown,
-                      percent(r.bytes_received, r.bytes_total),
-                      human_bytes(r.bytes_total), _printable(r.path))  # fmt: skip
-    rich_console(color).print(table)
+def records_table(rows: list[Any], color: bool, width: int | None = None) -> None:
+    """id, status, progress and size never shrink; title then path give way (the path is cut
+    in the middle, so the file name stays)."""
+    width = width or _terminal_width()
+    columns = [Column("id", keep=True), Column("status", keep=True),
+               Column("progress", keep=True, right=True),
+               Column("size", priority=7, min_width=9, right=True),  # whole, or gone (narrow)
+               Column("title", priority=5, min_width=10),
+               Column("path", priority=2, min_width=12, trim="middle")]  # fmt: skip
+    cells = [[r.id, str(r.status), percent(r.bytes_received, r.bytes_total),
+              human_bytes(r.bytes_total), _printable(r.label), _printable(r.path)]
+             for r in rows]  # fmt: skip
+    styles = {"completed": "32", "failed": "31", "paused": "33", "running": "36"}
+    _print_table(layout(columns, cells, width), color, [styles.get(str(r.status)) for r in rows])
+    dim, reset = ("\x1b[2m", "\x1b[0m") if color else ("", "")
     for r in rows:
         if r.error and str(r.status) in ("paused", "failed"):
-            rich_console(color).print(f"  {r.id}: {_printable(r.error)}", markup=False,
-                                      style="dim")  # fmt: skip
+            print(f"{dim}{fit(f'  {r.id}: {_printable(r.error)}', width)}{reset}")
+
+
+def config_table(described: dict[str, dict[str, Any]], color: bool,
+                 width: int | None = None) -> None:  # fmt: skip
+    """key and source never shrink; a long value (a path) is cut in the middle."""
+    columns = [Column("key", keep=True), Column("value", priority=1, min_width=10, trim="middle"),
+               Column("source", keep=True)]  # fmt: skip
+    rows = [
+        [key, _printable(str(info["value"])), info["source"]] for key, info in described.items()
+    ]
+    _print_table(layout(columns, rows, width or _terminal_width()), color)
 
 
 def records_lines(rows: list[Any]) -> None:
@@ -167,6 +289,28 @@ def _printable(text: str) -> str:
 
 _BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_h}  {rate_h}  ETA {eta_h}"
 _BAR_UNKNOWN = "{desc} {n_h}  {rate_h}"
+# narrow terminals (< 72 columns): no bar graphic, the figures a person acts on
+_NARROW_KNOWN = "{desc} {percentage:3.0f}% {rate_h}"
+_NARROW_UNKNOWN = "{desc} {n_h}"
+
+
+class _Style:
+    """Bar formats and the title width for a terminal this wide."""
+
+    def __init__(self, columns: int):
+        self.narrow = columns < 72
+        self.desc_width = max(8, min(32, columns - (22 if self.narrow else 62)))
+        self.graphic = "" if self.narrow else "{bar:20} "
+
+    def running(self, total: int | None) -> str:
+        if self.narrow:
+            return _NARROW_KNOWN if total else _NARROW_UNKNOWN
+        return _BAR_KNOWN if total else _BAR_UNKNOWN
+
+    def ended(self, text: str) -> str:
+        return "{desc} " + self.graphic + text.replace("{", "{{").replace("}", "}}")
+
+
 _bar_class: Any = None
 
 
@@ -195,45 +339,257 @@ def _bar_type() -> Any:
     return _bar_class
 
 
-class ProgressDelegate:
-    """A session delegate that draws one tqdm bar per transfer (only when enabled: a TTY).
+PROGRESS_MODES = ("auto", "bar", "line", "json", "none")
+
+
+def _event_id(task: Any) -> str:
+    return str(getattr(task, "record_id", None) or getattr(task, "id", None)
+               or task.task_identifier)  # fmt: skip
+
+
+def _label(task: Any) -> str:
+    title = getattr(task, "title", None) or getattr(task, "label", None)
+    if not title or "://" in title:  # a URL download is known by its file name
+        for attr in ("destination", "file_path"):
+            where = getattr(task, attr, None)
+            if where:
+                return where.name
+        return task.url.rsplit("/", 1)[-1]
+    return title
+
+
+class Progress:
+    """A session delegate that shows nothing: the base of every progress style.
+
+    Events: bytes written (downloads) or sent (uploads), a retry, a transfer's end, and for
+    `wait` the records it polls. Subclasses draw bars, log lines or JSON Lines."""
+
+    def on_transfers(self, count: int) -> None:
+        """How many transfers this command runs (for an overall line)."""
+
+    def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
+        pass
+
+    def on_data_sent(self, task, bytes_sent, total_sent, total_expected) -> None:
+        self.on_data_written(task, bytes_sent, total_sent, total_expected)
+
+    def on_retry(self, task, wait_seconds, reason) -> None:
+        pass
+
+    def on_complete(self, task, error) -> None:
+        pass
+
+    def on_records(self, records: list[Any]) -> None:
+        pass
+
+    def on_records_ended(self, records: list[Any]) -> None:
+        pass
+
+    def on_all_finished(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        pass
+
+
+def make_progress(mode: str, console: Console, is_tty: bool) -> Progress:
+    """auto = bars on a terminal, nothing otherwise; line = plain lines for logs; json = JSON
+    Lines events on stderr for scripts; none = nothing."""
+    if mode == "auto":
+        mode = "bar" if is_tty and not console.quiet else "none"
+    if mode == "bar":
+        return ProgressDelegate(True, console)
+    if mode == "line":
+        return LineProgress()
+    if mode == "json":
+        return JsonProgress()
+    return Progress()
+
+
+class LineProgress(Progress):
+    """One plain line per transfer every few seconds, and one at its end (for logs)."""
+
+    EVERY_SECONDS = 3.0
+
+    def __init__(self, clock: Any = None) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._seen: dict[str, tuple[float, int, float]] = {}  # id -> (start, bytes0, last)
+        self._lock = threading.Lock()
+
+    def _say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
+        key, now = _event_id(task), self._clock()
+        with self._lock:
+            start, first, last = self._seen.setdefault(key, (now, total_written - bytes_written,
+                                                              now))  # fmt: skip
+            if now - last < self.EVERY_SECONDS:
+                return
+            self._seen[key] = (start, first, now)
+        rate = (total_written - first) / max(now - start, 1e-6)
+        of = f"{percent(total_written, total_expected)} of {human_bytes(total_expected)}" \
+            if total_expected else human_bytes(total_written)  # fmt: skip
+        self._say(f"{_label(task)}: {of}, {human_bytes(rate)}/s")
+
+    def on_retry(self, task, wait_seconds, reason) -> None:
+        self._say(f"{_label(task)}: retrying in {wait_seconds:.0f} s ({reason})")
+
+    def on_complete(self, task, error) -> None:
+        state = str(task.state)
+        tail = f": {error}" if state == "failed" and error is not None else ""
+        size = getattr(task, "bytes_total", None) or getattr(task, "bytes_sent", None)
+        self._say(f"{_label(task)}: {state}" + (f" ({human_bytes(size)})" if size else "") + tail)
+
+    def on_records_ended(self, records: list[Any]) -> None:
+        for r in records:
+            self._say(f"{r.label}: {r.status}" + (f": {r.error}" if r.error else ""))
+
+
+class JsonProgress(Progress):
+    """JSON Lines on stderr: {"id", "event", "bytes_received", "bytes_total", ...}; progress
+    events at most twice a second per transfer."""
+
+    EVERY_SECONDS = 0.5
+
+    def __init__(self, clock: Any = None) -> None:
+        import time
+
+        self._clock = clock or time.monotonic
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def _emit(self, **event: Any) -> None:
+        line = json.dumps(event, ensure_ascii=False)
+        with self._lock:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+
+    def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
+        key, now = _event_id(task), self._clock()
+        with self._lock:
+            if now - self._last.get(key, -1e9) < self.EVERY_SECONDS and (
+                    total_expected is None or total_written < total_expected):  # fmt: skip
+                return
+            self._last[key] = now
+        self._emit(id=key, event="progress", bytes_received=total_written,
+                   bytes_total=total_expected)  # fmt: skip
+
+    def on_retry(self, task, wait_seconds, reason) -> None:
+        self._emit(id=_event_id(task), event="retry", bytes_received=task.bytes_received
+                   if hasattr(task, "bytes_received") else None,
+                   bytes_total=getattr(task, "bytes_total", None),
+                   retry_in_seconds=round(wait_seconds, 3), reason=reason)  # fmt: skip
+
+    def on_complete(self, task, error) -> None:
+        state = str(task.state)
+        event: dict[str, Any] = {"id": _event_id(task), "event": state,
+                                 "bytes_received": getattr(task, "bytes_received", None),
+                                 "bytes_total": getattr(task, "bytes_total", None)}  # fmt: skip
+        if error is not None and state == "failed":
+            event["error"] = str(error)
+        self._emit(**event)
+
+    def on_records(self, records: list[Any]) -> None:
+        for r in records:
+            self.on_data_written(_RecordTask(r), 0, r.bytes_received, r.bytes_total)
+
+    def on_records_ended(self, records: list[Any]) -> None:
+        for r in records:
+            event = {"id": r.id, "event": str(r.status), "bytes_received": r.bytes_received,
+                     "bytes_total": r.bytes_total}  # fmt: skip
+            if r.error:
+                event["error"] = r.error
+            self._emit(**event)
+
+
+class _RecordTask:
+    def __init__(self, record: Any) -> None:
+        self.id = record.id
+        self.task_identifier = record.id
+        self.title = record.label
+        self.url = record.url
+
+
+class ProgressDelegate(Progress):
+    """One tqdm bar per transfer (when enabled), an overall line when several run, and bars
+    that end in their final state (done, paused, failed).
 
     Progress arrives as events (bytes written or sent); tqdm computes speed and ETA from
-    `update(n)`. Downloads, `wait` and uploads all draw this one style."""
+    `update(n)`. Downloads, `wait` and uploads all draw this one style. When there are more
+    transfers than the terminal has rows, finished bars make way for running ones."""
 
     def __init__(self, enabled: bool, console: Console):
         self.enabled = enabled
         self.console = console
         self._bars: dict[Any, Any] = {}
         self._lock = threading.Lock()
+        self._free: list[int] = []  # rows of collapsed bars, reused
         self._position = 0
+        self._overall: Any = None
+        self._count = 0
+        self._ended = 0
+        self._collapse = False
+        self._style = _Style(_terminal_width())
+
+    def on_transfers(self, count: int) -> None:
+        if not self.enabled or count < 2:
+            return
+        import shutil
+
+        with self._lock:
+            self._count = count
+            self._collapse = count > shutil.get_terminal_size((80, 24)).lines - 3
+            self._overall = _bar_type()(total=count, position=0, leave=True, file=sys.stderr,
+                                        bar_format="{n} of {total} · {desc}",
+                                        desc="starting", dynamic_ncols=True)  # fmt: skip
+            self._position = 1
+
+    def _tick_overall(self, ended: int = 0) -> None:
+        if self._overall is None:
+            return
+        self._ended += ended
+        done = sum(b.n for b in self._bars.values())
+        rate = sum((b.format_dict.get("rate") or 0) for b in self._bars.values())
+        self._overall.n = self._ended
+        self._overall.set_description_str(f"{human_bytes(done)} · {human_bytes(rate)}/s",
+                                          refresh=True)  # fmt: skip
 
     def _bar(self, key: Any, title: str, done: int, total: int | None):
         bar = self._bars.get(key)
         if bar is None:
-            bar = _bar_type()(total=total, initial=done, unit="B", position=self._position,
-                       leave=True, mininterval=0.25,
-                       desc=_printable(title)[:32].ljust(32), file=sys.stderr,
-                       bar_format=_BAR_KNOWN if total else _BAR_UNKNOWN,
-                       dynamic_ncols=True)  # fmt: skip
-            self._position += 1
+            if self._free:
+                position = self._free.pop(0)
+            else:
+                position = self._position
+                self._position += 1
+            width = self._style.desc_width
+            desc = fit(_printable(title), width)
+            bar = _bar_type()(total=total, initial=done, unit="B", position=position,
+                       leave=not self._collapse, mininterval=0.25,
+                       desc=desc + " " * (width - _cells(desc)), file=sys.stderr,
+                       bar_format=self._style.running(total), dynamic_ncols=True)  # fmt: skip
             self._bars[key] = bar
         elif total != bar.total:
             bar.total = total  # learned (or changed, after a restart) mid-transfer
-            bar.bar_format = _BAR_KNOWN if total else _BAR_UNKNOWN
+            bar.bar_format = self._style.running(total)
         return bar
 
     @staticmethod
     def _title(task: Any) -> str:
-        title = getattr(task, "title", None)
-        if not title or "://" in title:  # a URL download is known by its file name
-            destination = getattr(task, "destination", None)
-            return destination.name if destination else task.url.rsplit("/", 1)[-1]
-        return title
+        return _label(task)
 
-    def on_all_finished(self) -> None:
-        """The session's transfers are over: end the bars before anything else is said."""
-        self.close()
+    def on_retry(self, task, wait_seconds, reason) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            bar = self._bar(task.task_identifier, self._title(task),
+                            getattr(task, "bytes_received", 0) or 0,
+                            getattr(task, "bytes_total", None))  # fmt: skip
+            bar.bar_format = self._style.ended(f"retrying in {wait_seconds:.0f} s ({reason})")
+            bar.refresh()
 
     def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
         if not self.enabled:
@@ -241,26 +597,22 @@ class ProgressDelegate:
         with self._lock:
             bar = self._bar(task.task_identifier, self._title(task),
                             total_written - bytes_written, total_expected)  # fmt: skip
+            if "retrying" in (bar.bar_format or ""):
+                bar.bar_format = self._style.running(bar.total)
             if total_written < bar.n:  # a restart from 0
                 bar.reset(total=total_expected)
                 bar.update(total_written)
             else:
                 bar.update(bytes_written)
+            self._tick_overall()
 
     def on_data_sent(self, task, bytes_sent, total_sent, total_expected) -> None:
         if not self.enabled:
             return
         with self._lock:
-            title = task.file_path.name if hasattr(task, "file_path") else self._title(task)
-            bar = self._bar(task.task_identifier, title, total_sent - bytes_sent, total_expected)
+            bar = self._bar(task.task_identifier, self._title(task), total_sent - bytes_sent,
+                            total_expected)  # fmt: skip
             bar.update(bytes_sent)
-
-    def on_note(self, task, message) -> None:
-        with self._lock:
-            if self.enabled and task.task_identifier in self._bars:
-                self._bars[task.task_identifier].write(f"  {message}", file=sys.stderr)
-            else:
-                self.console.info(f"{self._title(task)}: {message}")
 
     def on_complete(self, task, error) -> None:  # noqa: ARG002
         if not self.enabled:
@@ -274,10 +626,15 @@ class ProgressDelegate:
             return
         if state == "completed":
             bar.update(max(0, (total or done) - bar.n))
-            bar.bar_format = "{desc} {bar:20} done, " + human_bytes(total or done)
+            bar.bar_format = self._style.ended(f"done, {human_bytes(total or done)}")
         else:
-            bar.bar_format = "{desc} {bar:20} " + f"{state} at {human_bytes(done)}"
+            bar.bar_format = self._style.ended(f"{state} at {human_bytes(done)}")
         bar.refresh()
+        self._tick_overall(1)
+        if self._collapse:  # make way for the running ones
+            self._free.append(bar.pos if bar.pos >= 0 else -bar.pos)
+            bar.close()
+            del self._bars[key]
 
     def on_records(self, records: list[Any]) -> None:
         """`wait`: draw records as they move (a record is keyed by its id)."""
@@ -302,3 +659,6 @@ class ProgressDelegate:
             for bar in self._bars.values():
                 bar.close()
             self._bars.clear()
+            if self._overall is not None:
+                self._overall.close()
+                self._overall = None

@@ -403,6 +403,7 @@ class DownloadService:
         if not runnable:
             return
         self.session.delegate = delegate
+        self.session.call_delegate("on_transfers", len(runnable))
         runner = Runner(self.session, self.records.owner_token())
         runner.start_control()
         futures: list = []
@@ -445,8 +446,8 @@ class DownloadService:
                                    f"{outcome.id}` continues it")  # fmt: skip
             elif outcome.status == "cancelled" and not interrupted:
                 self.reporter.info(f"{outcome.id}: cancelled by request")
-            for note in outcome.notes:
-                self.reporter.debug(f"{outcome.id}: {note}")
+            for note in outcome.notes:  # restarts, decoding: what the user should know
+                self.reporter.info(f"{outcome.id}: {note}")
         if interrupted:
             result.interrupted = True
             if self.configuration.is_ephemeral:

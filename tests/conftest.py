@@ -245,3 +245,46 @@ def env(tmp_path, server):
     e = Env(tmp_path, server)
     yield e
     e.cleanup()
+
+
+def run_in_pty(env: Env, args: list[str], columns: int, rows: int = 200,
+               extra: dict | None = None, timeout: float = 60) -> str:  # fmt: skip
+    """Run the installed command with stdout and stderr on a terminal of the given size;
+    returns everything it wrote (escape codes included)."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    proc = subprocess.Popen([HALFTUNES, *args], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env={**env.env, "TERM": "xterm", **(extra or {})})  # fmt: skip
+    os.close(slave)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            data = os.read(master, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    proc.wait(timeout=10)
+    env.last_pty_code = proc.returncode
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def visible_lines(output: str, columns: int = 200, rows: int = 200) -> list[str]:  # noqa: D401
+    """The screen a person sees after `output` (a VT100 emulator runs the escape codes and
+    carriage-return redraws), trailing blanks stripped."""
+    import pyte
+
+    screen = pyte.Screen(columns, rows)
+    pyte.Stream(screen).feed(output)
+    lines = [line.rstrip() for line in screen.display]
+    while lines and not lines[-1]:
+        lines.pop()
+    return lines

@@ -13,7 +13,7 @@ import typer
 
 from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
 from ..errors import ExitStatus, HalftunesError, internal_error
-from ..render import Console, ConsoleReporter
+from ..render import PROGRESS_MODES, Console, ConsoleReporter, Progress, make_progress
 from ..service import DownloadService, record_ids
 
 # -- options declared once --------------------------------------------------------------------
@@ -24,6 +24,10 @@ IdsArgument = Annotated[
                    metavar="ID...", autocompletion=lambda incomplete: complete_ids(incomplete)),
 ]  # fmt: skip
 AllOption = Annotated[bool, typer.Option("--all", help="Every download it applies to.")]
+ProgressOption = Annotated[str, typer.Option(
+    "--progress", metavar="auto|bar|line|json|none", show_default=True,
+    help="auto: bars on a terminal, nothing otherwise; line: plain lines for logs; json: "
+    "JSON Lines events on stderr.")]  # fmt: skip
 BackgroundOption = Annotated[
     bool, typer.Option("-b", "--background", help="Hand the transfers to the background worker.")
 ]
@@ -153,3 +157,11 @@ def complete_ids(incomplete: str) -> list[str]:
         return record_ids(load_configuration({}), incomplete)
     except Exception:  # noqa: BLE001 - completion must never print a traceback
         return []
+
+
+def progress_for(state: AppState, mode: str) -> Progress:
+    if mode not in PROGRESS_MODES:
+        print(f"halftunes: error: --progress must be one of {', '.join(PROGRESS_MODES)}, "
+              f"not {mode!r}", file=sys.stderr)  # fmt: skip
+        raise typer.Exit(ExitStatus.USAGE)
+    return make_progress(mode, state.console, sys.stderr.isatty())

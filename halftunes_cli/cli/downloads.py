@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import time
 from typing import Annotated, Any
 
 import typer
@@ -16,46 +16,49 @@ from .common import (
     BackgroundOption,
     IdsArgument,
     JsonOption,
+    ProgressOption,
     app_state,
     configuration,
     exit_with,
     expand_ids,
     open_service,
+    progress_for,
 )
 
 
-def _report(state: AppState, service: DownloadService, result: BatchResult,
-            json_out: bool) -> None:  # fmt: skip
+def _report(state: AppState, service: DownloadService, result: BatchResult, json_out: bool,
+            given: int, elapsed: float) -> None:  # fmt: skip
     pairs = service.outcome_records(result)
     if json_out:
         render.print_json([record.public() for _, record in pairs])
-        return
-    for outcome, record in pairs:
-        if result.background and outcome.status == "queued":
-            print(record.id)
-        elif str(record.status) == "completed" and not result.background:
-            print(record.path)
-    if not result.background and len(result.outcomes) > 1:
-        done = sum(1 for _, r in pairs if str(r.status) == "completed")
-        state.console.info(f"{done} of {len(result.outcomes)} downloads complete")
+    else:
+        for outcome, record in pairs:
+            if result.background and outcome.status == "queued":
+                print(record.id)
+            elif str(record.status) == "completed" and not result.background:
+                print(record.path)
+    if not result.background and given > 1:
+        state.console.info(render.summary(given, [o.status for o in result.outcomes], elapsed))
 
 
 def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, background: bool,
-         **kw: Any) -> None:  # fmt: skip
+         progress_mode: str, **kw: Any) -> None:  # fmt: skip
     state = app_state(ctx)
+    began = time.monotonic()
+    progress = progress_for(state, progress_mode)
     flags: dict[str, Any] = {}
     if background:
         flags["session"] = "background"
     config = configuration(state, **flags)
     service = open_service(state, config)
-    progress = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
     try:
         if action == "download":
             result = service.download(ids, background=background, delegate=progress, **kw)
         else:
             result = service.resume(ids, background=background, delegate=progress, **kw)
         progress.close()
-        _report(state, service, result, json_out)
+        given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)
+        _report(state, service, result, json_out, given, time.monotonic() - began)
     finally:
         progress.close()
         service.close()
@@ -76,6 +79,7 @@ def download(
                       "folder unless absolute.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if done.")] = False,
     json_out: JsonOption = False,
+    progress: ProgressOption = "auto",
 ) -> None:  # fmt: skip
     """Download song previews (by trackId) or URLs, resumably.
 
@@ -91,7 +95,7 @@ def download(
 
       halftunes search jack johnson --json | jq '.[].trackId' | halftunes download -
     """
-    _run(ctx, "download", expand_ids(items), json_out, background, force=force,
+    _run(ctx, "download", expand_ids(items), json_out, background, progress, force=force,
          output_dir=output_dir, output=output)  # fmt: skip
 
 
@@ -102,6 +106,7 @@ def resume(
     all_: AllOption = False,
     background: BackgroundOption = False,
     json_out: JsonOption = False,
+    progress: ProgressOption = "auto",
 ) -> None:
     """Continue paused or failed downloads from their checkpoint.
 
@@ -111,4 +116,4 @@ def resume(
 
       halftunes resume --all -b
     """
-    _run(ctx, "resume", expand_ids(ids), json_out, background, all_=all_)
+    _run(ctx, "resume", expand_ids(ids), json_out, background, progress, all_=all_)

@@ -8,25 +8,37 @@ from typing import Annotated
 import typer
 
 from .. import render
-from ..errors import ExitStatus, HalftunesError
+from ..errors import ExitStatus, HalftunesError, UsageError
+from ..records import RecordStatus
 from .app import app
 from .common import (
     IdsArgument,
     JsonOption,
+    ProgressOption,
     app_state,
     configuration,
     exit_with,
     expand_ids,
     fail,
     open_service,
+    progress_for,
 )
 
+StatusOption = Annotated[list[str] | None, typer.Option(
+    "--status", metavar="STATUS", help="Only these (repeatable): queued, running, paused, "
+    "completed, failed.")]  # fmt: skip
 
-def _list(ctx: typer.Context, json_out: bool) -> None:
+
+def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> None:
     state = app_state(ctx)
+    wanted = set(statuses or [])
+    bad = wanted - {str(s) for s in RecordStatus}
+    if bad:
+        fail(state, UsageError(f"--status {sorted(bad)[0]!r} is not a status",
+                               "statuses: queued, running, paused, completed, failed"))  # fmt: skip
     service = open_service(state, configuration(state))
     try:
-        records = service.list()
+        records = [r for r in service.list() if not wanted or str(r.status) in wanted]
     except HalftunesError as exc:
         fail(state, exc)
     finally:
@@ -42,20 +54,22 @@ def _list(ctx: typer.Context, json_out: bool) -> None:
 
 
 @app.command("list")
-def list_(ctx: typer.Context, json_out: JsonOption = False) -> None:
+def list_(ctx: typer.Context, json_out: JsonOption = False, status: StatusOption = None) -> None:
     """List downloads with their status and progress (alias: status).
 
-    Example:
+    Examples:
+
+      halftunes list --status paused --status failed
 
       halftunes list --json | jq '.[] | select(.status == "paused") | .id'
     """
-    _list(ctx, json_out)
+    _list(ctx, json_out, status)
 
 
 @app.command("status", hidden=True)
-def status_(ctx: typer.Context, json_out: JsonOption = False) -> None:
+def status_(ctx: typer.Context, json_out: JsonOption = False, status: StatusOption = None) -> None:
     """Alias of list."""
-    _list(ctx, json_out)
+    _list(ctx, json_out, status)
 
 
 @app.command()
@@ -65,6 +79,7 @@ def wait(
     timeout: Annotated[float | None, typer.Option("--timeout", help="Give up after SECONDS "
                        "(exit 124).", metavar="SECONDS")] = None,
     json_out: JsonOption = False,
+    progress: ProgressOption = "auto",
 ) -> None:  # fmt: skip
     """Block until downloads are completed or failed (exit 1 if any failed).
 
@@ -82,8 +97,8 @@ def wait(
     config = configuration(state)
     if not config.persists_state:
         exit_with(ExitStatus.OK)
+    bars = progress_for(state, progress)
     service = open_service(state, config, announce=False)  # wait reports them itself
-    bars = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
     try:
         result = service.wait(expand_ids(ids), timeout_seconds=timeout, on_poll=bars.on_records)
         bars.on_records_ended(result.records)

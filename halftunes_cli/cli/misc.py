@@ -17,12 +17,14 @@ from ..records import DownloadRecord
 from .app import app, config_app
 from .common import (
     JsonOption,
+    ProgressOption,
     app_state,
     complete_ids,
     configuration,
     exit_with,
     fail,
     open_service,
+    progress_for,
 )
 
 IdArgument = Annotated[str, typer.Argument(metavar="ID", help="A download's id.",
@@ -50,6 +52,7 @@ def upload(
     header: Annotated[list[str] | None, typer.Option(
         "--header", help="Extra header 'K: V' (repeatable).")] = None,
     json_out: JsonOption = False,
+    progress: ProgressOption = "auto",
 ) -> None:  # fmt: skip
     """Upload a file with PUT or POST (streamed, with progress; only PUT is retried).
 
@@ -59,7 +62,7 @@ def upload(
     """
     state = app_state(ctx)
     config = configuration(state)
-    bars = render.ProgressDelegate(sys.stderr.isatty() and not state.quiet, state.console)
+    bars = progress_for(state, progress)
     service = None
     try:
         headers = _headers(header or [])
@@ -156,8 +159,7 @@ def config_show(ctx: typer.Context, json_out: JsonOption = False) -> None:
     if json_out:
         render.print_json(described)
         return
-    for key, info in described.items():
-        print(f"{key:<26} {info['value']!s:<40} ({info['source']})")
+    render.config_table(described, app_state(ctx).color if sys.stdout.isatty() else False)
 
 
 @config_app.command("path")

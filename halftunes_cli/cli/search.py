@@ -18,12 +18,17 @@ def search(
     ctx: typer.Context,
     term: Annotated[list[str], typer.Argument(help="Words to search for.", show_default=False,
                                               metavar="TERM...")],
-    limit: Annotated[int | None, typer.Option("--limit", help="1 to 200 results.")] = None,
-    country: Annotated[str | None, typer.Option("--country", help="Store country code.")] = None,
+    limit: Annotated[int | None, typer.Option(
+        "--limit", help="1 to 200 results.  [default: 25, or `limit` in the config]")] = None,
+    country: Annotated[str | None, typer.Option(
+        "--country", help="Store country code.  [default: US, or `country` in the config]")] = None,
     json_out: JsonOption = False,
     offline: Annotated[bool, typer.Option("--offline", help="Answer from the cache only.")] = False,
 ) -> None:  # fmt: skip
     """Search the iTunes catalog for songs.
+
+    On a terminal: a table (id, E for explicit or clean editions, title, artist, album, time,
+    and whether you have it); on a pipe: tab-separated lines; --json: Apple's objects.
 
     Examples:
 
@@ -40,6 +45,7 @@ def search(
         if sys.stderr.isatty() and not json_out and not state.quiet:
             spinner = render.spinner("Searching iTunes…", state.color)
         tracks = service.search(text, limit=config.limit, country=config.country, offline=offline)
+        downloaded = service.downloaded_ids()
     except HalftunesError as exc:
         fail(state, exc)
     finally:
@@ -51,6 +57,6 @@ def search(
     elif not tracks:
         state.console.info(f"No songs found for {text!r}. Try fewer or other words.")
     elif sys.stdout.isatty():
-        render.search_table(tracks, state.color)
+        render.search_table(tracks, state.color, downloaded)
     else:
         render.search_lines(tracks)

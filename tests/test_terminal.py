@@ -1,0 +1,132 @@
+"""What a person sees on a real terminal (a pty) at 40, 80 and 200 columns."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import run_in_pty, visible_lines
+from rich.cells import cell_len
+
+WIDTHS = [40, 80, 200]
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_search_table_keeps_ids_whole_at_every_width(env, columns):
+    out = run_in_pty(env, ["search", "jack", "johnson", "--limit", "5"], columns)
+    lines = [line for line in visible_lines(out, columns) if line.strip()]
+    assert env.last_pty_code == 0, out
+    assert all(cell_len(line) <= columns for line in lines), lines
+    header, rows = lines[0], lines[1:]
+    assert header.startswith("id") and "got" in header
+    ids = [row.split()[0] for row in rows]
+    assert ids == ["1000001", "1000002", "1000003", "1000004", "1000005"]
+    if columns >= 80:
+        assert "Better Together" in rows[0] and "album" in header
+
+
+def test_search_marks_editions_and_what_you_have(env):
+    assert env.run("download", "1500000000011").returncode == 0
+    out = run_in_pty(env, ["search", "shapes", "--limit", "50"], 120)
+    rows = {line.split()[0]: line for line in visible_lines(out, 120)[1:] if line.strip()}
+    assert re.search(r"\bE\b", rows["1500000000011"]) and rows["1500000000011"].endswith("yes")
+    assert "clean" in rows["1500000000012"]
+    assert rows["1469577723"].endswith("album") and rows["909253"].endswith("artist")
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_list_table_keeps_id_status_progress_and_size(env, columns):
+    url = f"{env.server.url}/files/a%20rather%20long%20file%20name%20for%20a%20url.bin?size=5000"
+    assert env.run("download", "1000001", url, "王菲" and "1000040").returncode in (0, 2)
+    out = run_in_pty(env, ["list"], columns)
+    lines = [line for line in visible_lines(out, columns) if line.strip()]
+    assert all(cell_len(line) <= columns for line in lines), lines
+    rows = lines[1:]
+    for row in rows:
+        rid, status, progress, *_ = row.split()
+        assert status == "completed" and progress == "100.0%"
+    assert any(row.split()[0].startswith("u") and len(row.split()[0]) == 11 for row in rows)
+    if columns == 200:  # wide enough: the whole path, its file name last
+        assert any(row.endswith("a rather long file name for a url.bin") for row in rows)
+    if columns == 80:  # a path cut in the middle keeps its file name
+        assert any("…" in row and row.endswith(".bin") for row in rows)
+
+
+def test_no_color_removes_every_colour_code(env):
+    assert env.run("download", "1000001").returncode == 0
+    for args, extra in ((["--no-color", "list"], {}), (["list"], {"NO_COLOR": "1"}),
+                        (["search", "jack", "--no-color"], {})):  # fmt: skip
+        out = run_in_pty(env, args, 100, extra=extra)
+        assert not re.search(r"\x1b\[[0-9;]*m", out), (args, out)
+    colored = run_in_pty(env, ["list"], 100)
+    assert "\x1b[32m" in colored  # completed is green when colours are on
+
+
+@pytest.mark.parametrize("columns", [40, 80])
+def test_download_bars_end_in_their_final_state(env, columns):
+    env.track(1000001, size=600_000)
+    out = run_in_pty(env, ["download", "1000001", "1000002", "1000003"], columns)
+    assert env.last_pty_code == 0, out
+    screen = "\n".join(visible_lines(out, columns))
+    assert screen.count("done,") >= 3
+    assert "3 ids: 3 completed" in screen
+
+
+def test_config_show_fits(env):
+    out = run_in_pty(env, ["config", "show"], 40)
+    lines = [line for line in visible_lines(out, 40) if line.strip()]
+    assert all(cell_len(line) <= 40 for line in lines), lines
+    assert any(line.startswith("download_dir") and line.rstrip().endswith("env") for line in lines)
+
+
+def test_progress_json_events_for_scripts(env):
+    env.track(1000001, size=400_000)
+    env.fault(path="/previews/1000001/", kind="status", status=503, retry_after=1)
+    result = env.run("download", "1000001", "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+    assert {"id", "event", "bytes_received", "bytes_total"} <= set(events[0])
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "retry" and kinds[-1] == "completed" and "progress" in kinds
+    assert events[0]["reason"] == "HTTP 503" and events[0]["retry_in_seconds"] == 1
+    assert events[-1] == {"id": "1000001", "event": "completed", "bytes_received": 400_000,
+                          "bytes_total": 400_000}  # fmt: skip
+
+
+def test_progress_lines_for_logs(env):
+    result = env.run("download", "1000001", "1000002", "--progress", "line")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "Jack Johnson - Better Together: completed (66.3 KiB)" in lines
+    assert lines[-1].startswith("2 ids: 2 completed in ")
+
+
+def test_wait_progress_json(env):
+    assert env.run("download", "-b", "1000001").returncode == 0
+    result = env.run("wait", "--progress", "json", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert events[-1]["event"] == "completed" and events[-1]["id"] == "1000001"
+
+
+def test_a_retry_shows_on_the_bar(env):
+    env.fault(path="/previews/1000001/", kind="status", status=503, retry_after=1)
+    out = run_in_pty(env, ["download", "1000001"], 100)
+    assert "retrying in 1 s (HTTP 503)" in out
+    assert "done," in "\n".join(visible_lines(out, 100))
+
+
+def test_finished_bars_make_way_when_rows_run_out(env):
+    ids = [str(t["trackId"]) for t in env.json("search", "artist", "--limit", "12")]
+    out = run_in_pty(env, ["download", *ids], 100, rows=8)
+    assert env.last_pty_code == 0
+    screen = visible_lines(out, 100, rows=8)
+    assert screen[-1].startswith("12 ids: 12 completed")
+    assert len(ids) == 12
+
+
+def test_the_summary_counts_every_id_given(env):
+    result = env.run("download", "1000001", "999", "abc", "1000002")
+    assert result.returncode == 2
+    assert "4 ids: 2 completed, 2 failed in " in result.stderr
