@@ -261,6 +261,14 @@ def run_in_pty(env: Env, args: list[str], columns: int, rows: int = 200,
     proc = subprocess.Popen([HALFTUNES, *args], stdin=subprocess.DEVNULL, stdout=slave,
                             stderr=slave, env={**env.env, "TERM": "xterm", **(extra or {})})  # fmt: skip
     os.close(slave)
+    output = read_terminal(master, timeout)
+    proc.wait(timeout=10)
+    env.last_pty_code = proc.returncode
+    return output
+
+
+def read_terminal(master: int, timeout: float = 60) -> str:
+    """Everything written to a pty until its last writer closes it; closes `master`."""
     chunks = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -272,8 +280,6 @@ def run_in_pty(env: Env, args: list[str], columns: int, rows: int = 200,
             break
         chunks.append(data)
     os.close(master)
-    proc.wait(timeout=10)
-    env.last_pty_code = proc.returncode
     return b"".join(chunks).decode("utf-8", "replace")
 
 

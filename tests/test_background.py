@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from conftest import HALFTUNES, sha256_file
+from conftest import HALFTUNES, read_terminal, sha256_file
 
 from halftunes_cli.liveness import is_lock_held
 
@@ -172,17 +172,7 @@ def test_finished_transfers_are_announced_once_on_a_terminal(env):
                                 stderr=slave, env=env.env, text=True)  # fmt: skip
         os.close(slave)
         out, _ = proc.communicate(timeout=30)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
-        os.close(master)
-        return out, b"".join(chunks).decode()
+        return out, read_terminal(master)
 
     out, err = run_with_tty_stderr()
     assert "1 background download finished" in err and "Better Together" in err
