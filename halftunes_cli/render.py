@@ -175,10 +175,18 @@ def layout(columns: list[Column], rows: list[list[str]], width: int) -> list[str
     room = width - sum(natural[i] for i in shown if columns[i].keep) - 2 * (len(shown) - 1)
     wanted = sum(natural[i] for i in flexible)
     if flexible and wanted > room:
-        # share the room in proportion to what each column would like, none below its minimum
+        # share the room by what each column would like times its importance, none below its
+        # minimum; what is left over goes to the most important ones
+        weight = {i: min(natural[i], 24) * (1 + columns[i].priority) for i in flexible}
+        total_weight = sum(weight.values())
         for i in flexible:
             floor = min(natural[i], columns[i].min_width)
-            widths[i] = max(floor, natural[i] * room // wanted)
+            widths[i] = min(natural[i], max(floor, room * weight[i] // total_weight))
+        spare = room - sum(widths[i] for i in flexible)
+        for i in sorted(flexible, key=lambda i: -columns[i].priority):  # leftovers, best first
+            give = min(spare, natural[i] - widths[i]) if spare > 0 else 0
+            widths[i] += give
+            spare -= give
         excess = sum(widths[i] for i in flexible) - room
         for i in sorted(flexible, key=lambda i: columns[i].priority):
             if excess <= 0:
@@ -218,8 +226,8 @@ def search_table(tracks: list[Any], color: bool, downloaded: set[str] | None = N
     can be downloaded at all (no preview, album, artist ...)."""
     downloaded = downloaded or set()
     columns = [Column("id", keep=True), Column("E", keep=True),
-               Column("title", priority=9, min_width=12), Column("artist", priority=5),
-               Column("album", priority=1), Column("time", priority=3, right=True),
+               Column("title", priority=4, min_width=12), Column("artist", priority=3),
+               Column("album", priority=1), Column("time", priority=2, right=True),
                Column("got", keep=True)]  # fmt: skip
     rows = []
     for t in tracks:
@@ -252,8 +260,8 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
     columns = [Column("id", keep=True), Column("status", keep=True),
                Column("progress", keep=True, right=True),
                Column("size", priority=7, min_width=9, right=True),  # whole, or gone (narrow)
-               Column("title", priority=5, min_width=10),
-               Column("path", priority=2, min_width=12, trim="middle")]  # fmt: skip
+               Column("title", priority=4, min_width=10),
+               Column("path", priority=5, min_width=12, trim="middle")]  # fmt: skip
     cells = [[r.id, str(r.status), percent(r.bytes_received, r.bytes_total),
               human_bytes(r.bytes_total), _printable(r.label), _printable(r.path)]
              for r in rows]  # fmt: skip
