@@ -175,7 +175,7 @@ def s1_large(servers: Servers, have: dict, size: int = GIB) -> None:
     baseline = WORK / "baseline.py"
     baseline.write_text(REQUESTS_BASELINE)
     tools = {"halftunes": lambda d: [HALFTUNES, "--session", "ephemeral", "-q", "download",
-                                     url, "-o", str(d)],
+                                     url, "-P", str(d)],
              "requests": lambda d: [sys.executable, str(baseline), url, str(d / "big.bin")]}  # fmt: skip
     if have["curl"]:
         tools["curl"] = lambda d: ["curl", "-sS", "-o", str(d / "big.bin"), url]
@@ -253,7 +253,7 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
         db = state / "downloads.db"
         with sqlite3.connect(db) as c:  # keep the cached tracks, forget the downloads
             c.execute("DELETE FROM downloads")
-        return [HALFTUNES, "-q", "download", *ids, "-o", str(d)]
+        return [HALFTUNES, "-q", "download", *ids, "-P", str(d)]
 
     floor = WORK / "s2-floor.py"
     floor.write_text(
@@ -480,7 +480,7 @@ def s7_memory(servers: Servers) -> None:
         for _ in range(3):
             d = fresh(WORK / "s7")
             rss.append(measure([HALFTUNES, "--session", "ephemeral", "-q", "download", url,
-                                "-o", str(d)])["rss_mib"])  # fmt: skip
+                                "-P", str(d)])["rss_mib"])  # fmt: skip
             shutil.rmtree(d)
             time.sleep(1)
         out[f"{size // MIB} MiB"] = {"peak_rss_mib_median": statistics.median(rss), "samples": rss}

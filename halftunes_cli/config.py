@@ -57,7 +57,9 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "limit": ((int,), "an integer between 1 and 200"),
     "headers": ((dict,), "a table of strings"),
     "api_url": ((str,), "an http(s) URL"),
+    "durability": ((str,), "power-cut or crash"),
 }
+DURABILITY = ("power-cut", "crash")
 CONFIG_KEYS = tuple(_KEYS)
 
 
@@ -123,6 +125,10 @@ class SessionConfiguration:
     api_url: str = DEFAULT_API_URL
     country: str = "US"
     limit: int = 25
+    # power-cut: partials are fsynced at every checkpoint and files before their rename, so
+    # neither a crash nor a power cut can cost a byte or show a corrupt file; crash: nothing
+    # is fsynced (a killed process loses nothing, a power cut may cost the partial).
+    durability: str = "power-cut"
     protocol_classes: dict[str, Any] = field(default_factory=dict)
     # Mode of downloaded files; None: the process's umask decides (a background transfer
     # carries the umask of the command that queued it, since the worker's is 077).
@@ -152,6 +158,11 @@ class SessionConfiguration:
     @property
     def is_background(self) -> bool:
         return self.kind == "background"
+
+    @property
+    def is_durable(self) -> bool:
+        """Whether bytes are fsynced (durability = power-cut)."""
+        return self.durability != "crash"
 
     @property
     def persists_state(self) -> bool:
@@ -243,6 +254,8 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
         bad = not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     elif key == "api_url":
         bad = urlsplit(value).scheme not in ("http", "https")
+    elif key == "durability":
+        bad = value not in DURABILITY
     if bad:
         raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
     return value
@@ -328,7 +341,13 @@ def load_configuration(
 # The worker may have been started by another command, with another environment: each queued
 # transfer carries what its own command was given. Header values and credentials are never
 # written down: headers are re-read from the config file named here.
-TRANSFER_KEYS = ("request_timeout", "resource_timeout", "retries", "allow_insecure_http")
+TRANSFER_KEYS = (
+    "request_timeout",
+    "resource_timeout",
+    "retries",
+    "allow_insecure_http",
+    "durability",
+)
 TRANSFER_ENVIRONMENT = (
     "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
     "http_proxy", "https_proxy", "all_proxy", "no_proxy",

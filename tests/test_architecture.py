@@ -28,6 +28,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.tasks",),
     ("halftunes_cli.tasks.download", "halftunes_cli.tasks.data", "halftunes_cli.tasks.upload"),
     ("halftunes_cli.tasks.partial",),
+    ("halftunes_cli.tasks.checkpointer",),
     ("halftunes_cli.tasks.base",),
     ("halftunes_cli.records",),
     ("halftunes_cli.store",),

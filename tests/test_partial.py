@@ -102,3 +102,68 @@ def test_a_stop_request_cuts_the_back_off_short():
     threading.Timer(0.05, stop.set).start()
     assert sleep_unless_stopped(30, stop) is True
     assert sleep_unless_stopped(0, threading.Event()) is False
+
+
+# -- the checkpointer: off the receiving thread, and never ahead of the disk ----------------
+from halftunes_cli.tasks import checkpointer as checkpointing  # noqa: E402
+from halftunes_cli.tasks.checkpointer import Checkpointer  # noqa: E402
+
+
+def test_the_record_never_runs_ahead_of_the_fsynced_length(tmp_path):
+    timeline: list[tuple[str, int]] = []
+
+    def fsync(fd: int) -> None:
+        import os
+
+        timeline.append(("fsync", os.fstat(fd).st_size))  # everything here is durable now
+
+    part = PartialFile(tmp_path / "e.part", fsync=fsync, checkpoint_seconds=0)
+    part.open_at(0)
+    worker = Checkpointer("test")
+    for _ in range(1, 30):
+        part.write(b"x" * 1000)
+        part.checkpoint_async(worker, lambda length: timeline.append(("journal", length)))
+    part.wait_for_checkpoint()
+    part.close()
+    journaled = [(i, n) for i, (what, n) in enumerate(timeline) if what == "journal"]
+    assert journaled
+    for i, length in journaled:
+        durable = max((n for what, n in timeline[:i] if what == "fsync"), default=-1)
+        assert length <= durable, timeline
+
+
+def test_the_receiving_thread_does_not_wait_for_the_disk(tmp_path, monkeypatch):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def slow_fsync(fd: int) -> None:
+        entered.set()
+        assert release.wait(10)
+
+    monkeypatch.setattr("halftunes_cli.tasks.partial.MAX_DIRTY_BYTES", 100)
+    part = PartialFile(tmp_path / "f.part", fsync=slow_fsync)
+    part.open_at(0)
+    part.write(b"a" * 50)
+    part.checkpoint_async(Checkpointer("test"))
+    assert entered.wait(10)  # the disk is stuck in fsync...
+    part.write(b"b" * 40)  # ...and writing goes on
+    assert part.length == 90 and part.synced == 0 and not part.is_far_ahead
+    part.write(b"c" * 20)
+    assert part.is_far_ahead  # 110 > 100 past the disk: now the writer would wait
+    release.set()
+    part.wait_for_checkpoint()
+    assert part.synced == 50
+    part.close()
+
+
+def test_durability_crash_never_fsyncs(tmp_path):
+    calls = []
+    part = PartialFile(tmp_path / "g.part", durable=False, fsync=calls.append)
+    part.open_at(0)
+    part.write(b"z" * 10)
+    part.checkpoint()
+    part.checkpoint_async(checkpointing.shared_checkpointer())
+    part.wait_for_checkpoint()
+    part.close()
+    part.finish(tmp_path / "g", 10)
+    assert calls == [] and (tmp_path / "g").read_bytes() == b"z" * 10

@@ -27,6 +27,7 @@ from ..ranges import Action
 from ..retry import parse_retry_after
 from ..transport import chunk_reader
 from .base import Task, TaskHost, TaskState
+from .checkpointer import shared_checkpointer
 from .partial import PartialFile, PartialShrank
 
 CHUNK_BYTES = 1 << 20
@@ -128,7 +129,9 @@ class DownloadTask(Task):
             self.bytes_total = resume_data.bytes_total
             self.etag = resume_data.etag
             self.last_modified = resume_data.last_modified
-        self.partial = PartialFile(part_path, synced, mode=session.configuration.file_mode)
+        cfg = session.configuration
+        self.partial = PartialFile(part_path, synced, mode=cfg.file_mode, durable=cfg.is_durable)
+        self.checkpointer = shared_checkpointer()
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -366,9 +369,11 @@ class DownloadTask(Task):
                     raise _BodyError(f"{self.url}: more bytes than announced")
                 self.session.call_delegate("on_data_written", self, len(chunk),
                                            partial.length, self.bytes_total)  # fmt: skip
-                if partial.is_checkpoint_due:
-                    partial.checkpoint()
-                    self._journal()
+                if partial.is_checkpoint_due:  # the disk is the checkpointer's to wait for
+                    partial.checkpoint_async(self.checkpointer, lambda _: self._journal())
+                if partial.is_far_ahead:  # ... unless we run too far ahead of it
+                    partial.checkpoint_async(self.checkpointer, lambda _: self._journal())
+                    partial.wait_for_checkpoint()
         finally:
             # At a clean end the task's settlement records the length; only a stop or an
             # error needs the journal written here.

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import DiskError, TransferError, disk_error
+from .checkpointer import MAX_DIRTY_BYTES, Checkpointer
 
 CHECKPOINT_SECONDS = 1.0
 
@@ -21,15 +23,26 @@ class PartialShrank(Exception):
 
 class PartialFile:
     """Bytes go here first. `synced` is the length known to be on disk (fsynced); the record
-    never claims more than that."""
+    never claims more than that.
+
+    Writes go straight to the kernel (no user-space buffer), so a checkpoint can be taken
+    from another thread (`checkpoint_async`): it notes the length, fsyncs a duplicate of the
+    descriptor, and only then moves `synced` up and calls back (the journal)."""
 
     def __init__(self, path: Path, synced: int = 0,
                  clock: Callable[[], float] = time.monotonic,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                 mode: int | None = None):  # fmt: skip
-        """`mode`: the permission bits of a file this creates (None: the umask decides)."""
+                 mode: int | None = None, durable: bool = True,
+                 fsync: Callable[[int], None] = os.fsync):  # fmt: skip
+        """`mode`: the permission bits of a file this creates (None: the umask decides).
+        `durable` False (durability = crash): never fsync."""
         self.path = Path(path)
         self.mode = mode
+        self.durable = durable
+        self._fsync = fsync if durable else (lambda fd: None)
+        self._lock = threading.Lock()
+        self._idle = threading.Event()
+        self._idle.set()
         self.length = synced  # bytes in the file as far as we know
         self.synced = synced
         self._clock = clock
@@ -57,11 +70,12 @@ class PartialFile:
 
     def truncate(self, length: int) -> int:
         """Cut to `length` (durably) and continue from there."""
+        self.wait_for_checkpoint()
         try:
             with open(self.path, "ab") as f:
                 self._set_mode(f)
                 f.truncate(length)
-                os.fsync(f.fileno())
+                self._fsync(f.fileno())
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
         self.length = self.synced = length
@@ -72,8 +86,9 @@ class PartialFile:
         """Open for appending at `offset`. A new partial is created empty, and an existing one
         is cut only when it is longer than `offset` (a needless truncate makes ext4 flush the
         whole file on close)."""
+        self.wait_for_checkpoint()
         try:
-            f = open(self.path, "r+b" if self.path.exists() else "wb")
+            f = open(self.path, "r+b" if self.path.exists() else "wb", buffering=0)
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
         try:
@@ -99,8 +114,11 @@ class PartialFile:
 
     def write(self, chunk: bytes | memoryview) -> None:
         assert self._file is not None
+        view = memoryview(chunk)
         try:
-            self._file.write(chunk)
+            while view:
+                written = self._file.write(view)
+                view = view[written:]
         except OSError as exc:
             self._settle_after_error()
             raise disk_error(exc, self.path) from exc
@@ -118,16 +136,54 @@ class PartialFile:
     def is_checkpoint_due(self) -> bool:
         return self._clock() - self._last_checkpoint >= self._checkpoint_seconds
 
+    @property
+    def is_far_ahead(self) -> bool:
+        """More than MAX_DIRTY_BYTES written since the last durable checkpoint."""
+        return self.length - self.synced > MAX_DIRTY_BYTES
+
     def checkpoint(self) -> int:
-        """fsync, then `synced` moves up to what is now on disk."""
+        """fsync here and now (after any checkpoint under way), then `synced` moves up to
+        what is on disk. For a stop, an error, the end of a transfer."""
+        self.wait_for_checkpoint()
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._fsync(self._file.fileno())
         self.synced = self.length
         self._last_checkpoint = self._clock()
         return self.synced
 
+    def checkpoint_async(self, checkpointer: Checkpointer,
+                         then: Callable[[int], object] | None = None) -> None:  # fmt: skip
+        """Have the checkpointer fsync what is written so far, then move `synced` up to it
+        and call `then(synced)`: the receiving thread goes on writing meanwhile. One
+        checkpoint per partial at a time; a call while one is under way does nothing."""
+        with self._lock:
+            if self._file is None or not self._idle.is_set():
+                return
+            fd = os.dup(self._file.fileno())
+            length = self.length  # all of it is in the kernel: writes are unbuffered
+            self._idle.clear()
+            self._last_checkpoint = self._clock()
+
+        def job() -> None:
+            try:
+                try:
+                    self._fsync(fd)
+                finally:
+                    os.close(fd)
+                with self._lock:
+                    self.synced = max(self.synced, length)
+                if then is not None:
+                    then(length)
+            finally:
+                self._idle.set()
+
+        checkpointer.submit(job)
+
+    def wait_for_checkpoint(self) -> None:
+        self._idle.wait()
+
     def close(self) -> None:
+        self.wait_for_checkpoint()
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()
@@ -136,8 +192,6 @@ class PartialFile:
     def _settle_after_error(self) -> None:
         # A failed write may leave a short tail: what is in the file is still good bytes.
         assert self._file is not None
-        with contextlib.suppress(OSError):
-            self._file.flush()
         with contextlib.suppress(OSError):
             self.length = os.fstat(self._file.fileno()).st_size
 
@@ -188,7 +242,7 @@ class PartialFile:
                     if not inflater.eof:
                         raise zlib.error("the deflate stream is incomplete")
                 out.flush()
-                os.fsync(out.fileno())
+                self._fsync(out.fileno())
             os.replace(decoding, destination)
         except (OSError, EOFError, zlib.error) as exc:
             with contextlib.suppress(OSError):
