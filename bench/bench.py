@@ -174,11 +174,17 @@ def s1_large(servers: Servers, have: dict, size: int = GIB) -> None:
     out = WORK / "s1"
     baseline = WORK / "baseline.py"
     baseline.write_text(REQUESTS_BASELINE)
-    tools = {"halftunes": lambda d: [HALFTUNES, "--session", "ephemeral", "-q", "download",
-                                     url, "-P", str(d)],
+
+    def ht(d: Path) -> list[str]:
+        return [HALFTUNES, "--session", "ephemeral", "-q", "download", url, "-P", str(d)]
+
+    tools = {"halftunes": ht, "halftunes (durability=crash)": ht,
              "requests": lambda d: [sys.executable, str(baseline), url, str(d / "big.bin")]}  # fmt: skip
     if have["curl"]:
         tools["curl"] = lambda d: ["curl", "-sS", "-o", str(d / "big.bin"), url]
+        # the durable peer: curl, then an fsync of its file (coreutils sync FILE)
+        tools["curl + fsync"] = lambda d: ["sh", "-c", f"curl -sS -o '{d}/big.bin' '{url}' && "
+                                           f"sync '{d}/big.bin'"]  # fmt: skip
     if have["wget"]:
         tools["wget"] = lambda d: ["wget", "-q", "-O", str(d / "big.bin"), url]
     # Not a download: how long this disk takes to make 1 GiB durable (halftunes fsyncs its
@@ -190,16 +196,20 @@ def s1_large(servers: Servers, have: dict, size: int = GIB) -> None:
         tools["aria2c -x1"] = lambda d: ["aria2c", "-q", "-x1", "--allow-overwrite=true",
                                          "--file-allocation=none", "-d", str(d), "-o", "big.bin", url]  # fmt: skip
     samples = alternate(tools, out, lambda d: (d / "big.bin").stat().st_size == size,
-                        settle=2.0)  # fmt: skip
+                        settle=2.0, envs={"halftunes (durability=crash)": CRASH})  # fmt: skip
     results["scenarios"]["S1 one 1 GiB file"] = {k: summarize(v, size) for k, v in samples.items()}
 
 
-def alternate(tools: dict, out: Path, check, settle: float = 0.0) -> dict:
+CRASH = {**os.environ, "HALFTUNES_DURABILITY": "crash"}
+
+
+def alternate(tools: dict, out: Path, check, settle: float = 0.0,
+              envs: dict | None = None) -> dict:  # fmt: skip
     samples: dict[str, list] = {k: [] for k in tools}
     for run in range(RUNS + 1):  # run 0 is the warm-up
         for name, build in tools.items():
             d = fresh(out)
-            sample = measure(build(d))
+            sample = measure(build(d), env=(envs or {}).get(name))
             if not check(d):
                 raise RuntimeError(f"{name} produced a wrong result")
             if run > 0:
@@ -263,7 +273,7 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
         "    with open(os.path.join(sys.argv[1], f'p{i}'), 'wb') as f:\n"
         "        f.write(data); f.flush(); os.fsync(f.fileno())\n"
     )
-    tools = {"halftunes": halftunes,
+    tools = {"halftunes": halftunes, "halftunes (durability=crash)": halftunes,
              # not a download: writing the same bytes durably (an fsync per file), no network
              "floor: write+fsync per file": lambda d: [sys.executable, str(floor), str(d)]}  # fmt: skip
     env = ht_env(state, out, servers.api)
@@ -273,6 +283,9 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
     if have["wget"]:
         # every preview is called preview.m4a: wget numbers them (.1, .2, ...)
         tools["wget -i"] = lambda d: ["wget", "-q", "-i", str(listing), "-P", str(d), "-nd"]
+        # the durable peer: wget, then one syncfs of the file system (sync -f)
+        tools["wget -i + sync -f"] = lambda d: ["sh", "-c", f"wget -q -i '{listing}' -P '{d}' "
+                                                f"-nd && sync -f '{d}'"]  # fmt: skip
     if have["aria2c"]:
         tools["aria2c -j 6 -i"] = lambda d: ["aria2c", "-q", "-j", "6", "-i", str(aria_list),
                                              "-d", str(d), "--file-allocation=none"]  # fmt: skip
@@ -286,7 +299,9 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
         for name, build in tools.items():
             d = fresh(out)
             cmd = build(d)
-            sample = measure(cmd, env=env if name == "halftunes" else None)
+            envs = {"halftunes": env, "halftunes (durability=crash)": {**env, **{
+                "HALFTUNES_DURABILITY": "crash"}}}  # fmt: skip
+            sample = measure(cmd, env=envs.get(name))
             if not check(d):
                 raise RuntimeError(f"S2 {name} did not fetch {n} files")
             if run > 0:
@@ -504,6 +519,7 @@ def report() -> str:
             continue
         rows = sc[title]
         ht = rows["halftunes"]
+        lines += ["(halftunes/tool compares halftunes' default, durability=power-cut)", ""]
         lines += [f"## {title}", "", "| tool | wall s | CPU s | peak RSS MiB | MiB/s | "
                   "halftunes/tool (wall) |", "|---|---|---|---|---|---|"]  # fmt: skip
         for name, r in rows.items():

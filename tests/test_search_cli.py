@@ -87,3 +87,32 @@ def test_help_and_version(env):
                 "play"):  # fmt: skip
         result = env.run(cmd, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, cmd
+
+
+COMMANDS = ["search", "download", "pause", "resume", "cancel", "clean", "list", "wait",
+            "upload", "play", "open", "config", "config show", "config path"]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", ["", *COMMANDS])
+def test_help_has_examples_and_no_escapes(env, command):
+    result = env.run(*command.split(), "--help")
+    assert result.returncode == 0
+    assert "Example" in result.stdout, result.stdout
+    assert "\\[" not in result.stdout  # typer's rich escaping must not show
+
+
+def test_help_shows_variadic_arguments_defaults_and_exit_codes(env):
+    assert "ID_OR_URL..." in env.run("download", "--help").stdout
+    assert "ID..." in env.run("pause", "--help").stdout
+    assert "[default: PUT]" in env.run("upload", "--help").stdout
+    assert "[default: 25" in env.run("search", "--help").stdout
+    top = env.run("--help").stdout
+    assert "Exit status: 0 success" in top and "124" in top
+
+
+@pytest.mark.parametrize("args", [["download", "1000001", "-q"], ["list", "--no-color"],
+                                  ["list", "-v", "--json"]])  # fmt: skip
+def test_global_options_after_the_command(env, args):
+    result = env.run(*args)
+    assert result.returncode == 0, result.stderr
+    assert "No such option" not in result.stderr

@@ -76,8 +76,6 @@ app = _Typer(
     name="halftunes",
     cls=_Group,
     epilog=EPILOG,
-    help="Search the iTunes catalog and download song previews, with pause, resume and "
-    "cancel that survive the process (NSURLSession for the terminal).",
     add_completion=True,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -109,7 +107,8 @@ def main_callback(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:  # fmt: skip
-    """halftunes: search iTunes, download previews, pause / resume / cancel them.
+    """Search the iTunes catalog and download song previews, with pause, resume and cancel
+    that survive the process (NSURLSession for the terminal).
 
     Global options may also follow the command (halftunes list -q).
 
