@@ -111,7 +111,9 @@ def test_help_shows_variadic_arguments_defaults_and_exit_codes(env):
 
 
 @pytest.mark.parametrize("args", [["download", "1000001", "-q"], ["list", "--no-color"],
-                                  ["list", "-v", "--json"]])  # fmt: skip
+                                  ["list", "-v", "--json"],
+                                  ["--session", "ephemeral", "-q", "download", "1000002"],
+                                  ["--session", "default", "list", "--session", "ephemeral"]])  # fmt: skip
 def test_global_options_after_the_command(env, args):
     result = env.run(*args)
     assert result.returncode == 0, result.stderr

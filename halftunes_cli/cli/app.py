@@ -20,7 +20,15 @@ GLOBAL_WITH_VALUE = {"--session"}
 def hoist_global_options(args: list[str]) -> list[str]:
     """Global options may stand after the command too (`download 1000001 -q`): move them in
     front of it, as click wants them. `--` ends options, as usual."""
-    command_at = next((i for i, a in enumerate(args) if not a.startswith("-")), None)
+    command_at, i = None, 0
+    while i < len(args):  # the command is the first word that is no option and no option's value
+        if args[i] in GLOBAL_WITH_VALUE:
+            i += 2
+        elif args[i].startswith("-"):
+            i += 1
+        else:
+            command_at = i
+            break
     if command_at is None:
         return args
     front, rest, hoisted = args[:command_at], args[command_at:], []
