@@ -157,6 +157,7 @@ def translate_request_error(exc: BaseException, url: str) -> HalftunesError:
 
     if isinstance(exc, HalftunesError):
         return exc
+    url = shorten_url(url)
     error: HalftunesError
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
         error = TransferError(f"timed out reading from {url}", "the server stalled")
@@ -204,6 +205,11 @@ def state_error(exc: BaseException, path: object) -> StateError:
     error = StateError(f"state file {path or ':memory:'}: {exc}")
     error.__cause__ = exc
     return error
+
+
+def shorten_url(url: str, limit: int = 100) -> str:
+    """A URL as a message shows it: a lookup of 150 ids is not worth 1,500 characters."""
+    return url if len(url) <= limit else url[: limit - 1] + "…"
 
 
 REFUSED = "connection refused (nothing listens there)"

@@ -286,10 +286,11 @@ class DownloadTask(Task):
                 self.last_modified,
                 self.bytes_total,
             ):
-                # Record the validators before the first byte: a crash before the first
-                # checkpoint must still be resumable with If-Range.
-                self._journal()
-                self._check_stop()
+                # Record the validators before the first checkpoint (a crash before it must
+                # still be resumable with If-Range), on the checkpointer's queue, which runs
+                # it ahead of that checkpoint: the receiving thread does not wait for it. Were
+                # it lost to a crash, the resume would find no validator and start from 0.
+                self.checkpointer.submit(self._journal)
             try:
                 self._stream(response, offset, start)
             except _OverlapMismatch:
