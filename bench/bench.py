@@ -615,7 +615,11 @@ def main() -> int:
         finally:
             small.stop()
     results["elapsed_seconds"] = time.monotonic() - began
-    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=1))
+    stored = ROOT / "bench" / "results.json"
+    if only and stored.exists():  # a partial run updates its scenarios, keeps the others
+        previous = json.loads(stored.read_text())
+        results["scenarios"] = {**previous.get("scenarios", {}), **results["scenarios"]}
+    stored.write_text(json.dumps(results, indent=1))
     text = report()
     (ROOT / "bench" / "RESULTS.md").write_text(text + "\n")
     print(text)

@@ -1,14 +1,6 @@
 """halftunes: Apple's URL-loading model (NSURLSession) for the terminal, and the HalfTunes app on it."""
 
-import logging
-
 from ._version import __version__
-from .config import SessionConfiguration
-from .session import Session
-from .tasks import ResumeData
-
-# A library logs; the application decides where to (the CLI's -v, the worker's log file).
-logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 __all__ = [
     "ResumeData",
@@ -16,3 +8,20 @@ __all__ = [
     "SessionConfiguration",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy, for start-up speed only: `halftunes --version` must not pay for the engine.
+    if name == "Session":
+        from .session import Session
+
+        return Session
+    if name == "SessionConfiguration":
+        from .config import SessionConfiguration
+
+        return SessionConfiguration
+    if name == "ResumeData":
+        from .tasks import ResumeData
+
+        return ResumeData
+    raise AttributeError(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import transfer_settings
-from .errors import HalftunesError, TransferError
+from .errors import HalftunesError, TransferError, UnknownIdError
 from .liveness import WORKER_LOCK
 from .records import (
     DownloadRecord,
@@ -205,7 +205,10 @@ class BackgroundDownloadTask(Task):
     def request_stop(self, reason: str) -> None:
         if not self._started:
             return
-        self.records.request_stop(self.record_id, StopRequest(reason))
+        try:
+            self.records.request_stop(self.record_id, StopRequest(reason))
+        except UnknownIdError:
+            return  # already gone (cancelled elsewhere): nothing left to stop
         self.records.wait_until_stopped(self.record_id)
 
     def cancel(self) -> None:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +67,8 @@ def is_loopback_host(host: str | None) -> bool:
     host = host.strip("[]").lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -274,6 +274,8 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is a directory") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    import tomllib  # only when there is a file (start-up speed)
+
     try:
         table = tomllib.loads(data.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -148,6 +147,8 @@ class Target:
 
 def url_record_id(url: str) -> str:
     """A URL download's id: stable, short, and never a number (numbers are track ids)."""
+    import hashlib  # (start-up speed: only URL downloads need it)
+
     return "u" + hashlib.sha256(url.encode()).hexdigest()[:10]
 
 

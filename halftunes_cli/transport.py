@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,8 @@ if TYPE_CHECKING:
 
 USER_AGENT = f"halftunes/{__version__}"
 log = logging.getLogger(__name__)
+# A library logs; the application decides where to (the CLI's -v, the worker's log file).
+logging.getLogger("halftunes_cli").addHandler(logging.NullHandler())
 _current = threading.local()  # the RequestHandle of the request this thread is sending
 
 
@@ -36,10 +37,10 @@ class RequestHandle:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sockets: list[socket.socket] = []
+        self._sockets: list[Any] = []
         self.is_aborted = False
 
-    def attach(self, sock: socket.socket | None) -> None:
+    def attach(self, sock: Any) -> None:
         if sock is None:
             return
         with self._lock:
@@ -57,12 +58,14 @@ class RequestHandle:
             _shut(sock)
 
 
-def _shut(sock: socket.socket) -> None:
+def _shut(sock: Any) -> None:
+    import socket
+
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def _attach_current(sock: socket.socket | None) -> None:
+def _attach_current(sock: Any) -> None:
     handle = getattr(_current, "handle", None)
     if handle is not None:
         handle.attach(sock)
@@ -250,7 +253,7 @@ def abort(response: Any) -> None:
         with contextlib.suppress(Exception):
             sock = getter()
             if sock is not None:
-                sock.shutdown(socket.SHUT_RDWR)
+                _shut(sock)
                 return
 
 

@@ -45,9 +45,12 @@ LAYERS: list[tuple[str, ...]] = [
 ]  # fmt: skip
 # The offline catalog plays the other side of the wire: it shares no code with the client.
 ISOLATED = ("halftunes_cli.testing", "halftunes_cli.testing.*")
-# Internal modules that may be imported inside a function: they pull in requests, which
-# `halftunes --help` must not pay for.
+# Function-local imports keep start-up fast, nothing else: `protocols` pulls in requests,
+# and the entry points (the package's exports, the command line) load the engine on demand,
+# so `halftunes --version` and `--help` pay for neither (benchmark S4). The checks above
+# still count these imports.
 LAZY_INTERNAL = {"halftunes_cli.protocols"}
+LAZY_IMPORTERS = ("halftunes_cli", "halftunes_cli.cli.*")
 
 
 def module_name(path: Path) -> str:
@@ -145,7 +148,8 @@ def test_function_local_imports_only_keep_start_up_fast():
     bad = [f"{name} imports {target} inside a function"
            for name, path in found.items()
            for target, local in imports_of(name, path, set(found))
-           if local and target not in LAZY_INTERNAL]  # fmt: skip
+           if local and target not in LAZY_INTERNAL
+           and not any(fnmatch(name, p) for p in LAZY_IMPORTERS)]  # fmt: skip
     assert not bad, "\n".join(bad)
 
 

@@ -131,3 +131,17 @@ print(task.state)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "completed"
     assert [r["status"] for r in env.json("list")] == ["completed"]
+
+
+def test_a_background_task_cancelled_elsewhere_cancels_quietly(env):
+    session = _session("background", env)
+    env.server.state.throttle_bps = 200_000
+    task = session.download_task(f"{env.server.url}/files/slow.bin?size=2000000&seed=9")
+    task.resume()
+    env.wait_for(lambda: (env.state_record(task.record_id) or {}).get("status") == "running")
+    assert env.run("cancel", task.record_id).returncode == 0
+    task.cancel()  # the record is gone already: nothing to stop, no error
+    assert task.state is TaskState.CANCELLED and task.record is None
+    env.server.state.throttle_bps = None
+    env.cleanup()
+    reap_children()

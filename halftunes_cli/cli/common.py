@@ -3,18 +3,19 @@ error-to-exit boundary, and the service each command calls."""
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
 from ..errors import ExitStatus, HalftunesError, internal_error
 from ..render import PROGRESS_MODES, Console, ConsoleReporter, Progress, make_progress
-from ..service import DownloadService, record_ids
+
+if TYPE_CHECKING:
+    from ..service import DownloadService
 
 # -- options declared once --------------------------------------------------------------------
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -65,30 +66,27 @@ def set_up(ctx: typer.Context, session: str | None, quiet: bool, verbose: bool,
         raise typer.Exit(ExitStatus.USAGE)
     state = AppState(session, quiet, verbose, not no_color and not os.environ.get("NO_COLOR"))
     ctx.obj = state
-    _log_to_stderr(state.console if verbose else None)
+    if verbose or "logging" in sys.modules:  # (logging loads only when it is needed)
+        _log_to_stderr(state.console if verbose else None)
     return state
-
-
-class _ConsoleHandler(logging.Handler):
-    def __init__(self, console: Console):
-        super().__init__(logging.DEBUG)
-        self.console = console
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.console.debug(record.getMessage())
 
 
 def _log_to_stderr(console: Console | None) -> None:
     """-v: the library's log (requests, status lines, retries) on stderr; else nothing."""
+    import logging
+
     logger = logging.getLogger("halftunes_cli")
     for handler in list(logger.handlers):
-        if isinstance(handler, _ConsoleHandler):
+        if getattr(handler, "is_halftunes_console", False):
             logger.removeHandler(handler)
-    if console is not None:
-        logger.addHandler(_ConsoleHandler(console))
-        logger.setLevel(logging.DEBUG)
-    else:
+    if console is None:
         logger.setLevel(logging.WARNING)
+        return
+    handler = logging.Handler(logging.DEBUG)
+    handler.is_halftunes_console = True  # type: ignore[attr-defined]
+    handler.emit = lambda record: console.debug(record.getMessage())  # type: ignore[method-assign]
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
 
 
 # -- the one error-to-exit boundary ---------------------------------------------------------
@@ -128,6 +126,8 @@ def open_service(state: AppState, config: SessionConfiguration,
                  announce: bool = True) -> DownloadService:  # fmt: skip
     """The command's service, after noticing dead owners and announcing, on a terminal only,
     background transfers that ended unwatched."""
+    from ..service import DownloadService  # (start-up speed: the engine loads on demand)
+
     service = DownloadService(config, ConsoleReporter(state.console))
     try:
         service.recover()
@@ -154,6 +154,8 @@ def expand_ids(items: list[str] | None) -> list[str]:
 def complete_ids(incomplete: str) -> list[str]:
     """Shell completion of download ids from the state file (read only, never fails)."""
     try:
+        from ..service import record_ids
+
         return record_ids(load_configuration({}), incomplete)
     except Exception:  # noqa: BLE001 - completion must never print a traceback
         return []

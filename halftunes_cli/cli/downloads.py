@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+if TYPE_CHECKING:
+    from ..service import BatchResult, DownloadService
+
 from .. import render
-from ..service import BatchResult, DownloadService
 from .app import app
 from .common import (
     AllOption,

@@ -9,7 +9,6 @@ import typer
 
 from .. import render
 from ..errors import ExitStatus, HalftunesError, UsageError
-from ..records import RecordStatus
 from .app import app
 from .common import (
     IdsArgument,
@@ -31,6 +30,8 @@ StatusOption = Annotated[list[str] | None, typer.Option(
 
 def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> None:
     state = app_state(ctx)
+    from ..records import RecordStatus  # (start-up speed)
+
     wanted = set(statuses or [])
     bad = wanted - {str(s) for s in RecordStatus}
     if bad:

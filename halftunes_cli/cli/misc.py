@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from ..records import DownloadRecord
 
 from .. import render
 from ..config import config_file_path
 from ..errors import ExitStatus, HalftunesError, UsageError
-from ..records import DownloadRecord
 from .app import app, config_app
 from .common import (
     JsonOption,
@@ -104,6 +104,9 @@ def play(ctx: typer.Context, id_: IdArgument) -> None:
 
       halftunes play 1000001
     """
+    import shutil
+    import subprocess
+
     state = app_state(ctx)
     record = _record(ctx, id_)
     path = Path(record.path)
@@ -137,6 +140,9 @@ def open_(
 
       halftunes open 1000001 --reveal
     """
+    import shutil
+    import subprocess
+
     state = app_state(ctx)
     folder = str(Path(_record(ctx, id_).path).parent)
     print(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from .. import render
-from ..records import StopRequest
 from .app import app
 from .common import (
     AllOption,
@@ -19,12 +18,14 @@ from .common import (
 )
 
 
-def _steer(ctx: typer.Context, ids: list[str], all_: bool, action: StopRequest,
+def _steer(ctx: typer.Context, ids: list[str], all_: bool, action: str,
            json_out: bool) -> None:  # fmt: skip
+    from ..records import StopRequest  # (start-up speed)
+
     state = app_state(ctx)
     service = open_service(state, configuration(state))
     try:
-        result = service.steer(ids, all_=all_, action=action)
+        result = service.steer(ids, all_=all_, action=StopRequest(action))
     finally:
         service.close()
     if json_out:
@@ -49,7 +50,7 @@ def pause(ctx: typer.Context, ids: IdsArgument = None, all_: AllOption = False,
 
       halftunes pause --all
     """
-    _steer(ctx, expand_ids(ids), all_, StopRequest.PAUSE, json_out)
+    _steer(ctx, expand_ids(ids), all_, "pause", json_out)
 
 
 @app.command()
@@ -65,4 +66,4 @@ def cancel(ctx: typer.Context, ids: IdsArgument = None, all_: AllOption = False,
 
       halftunes cancel --all
     """
-    _steer(ctx, expand_ids(ids), all_, StopRequest.CANCEL, json_out)
+    _steer(ctx, expand_ids(ids), all_, "cancel", json_out)
