@@ -487,6 +487,22 @@ def s6_resume_cost(api: str) -> None:
     results["scenarios"]["S6 resume cost (50 MiB)"] = res
 
 
+def s8_shaped() -> None:
+    """A shaped link in a private network namespace (see bench/s8_shaped.py)."""
+    cmd = ["unshare", "-n", sys.executable, str(ROOT / "bench" / "s8_shaped.py"), str(RUNS),
+           str(WORK / "s8")]  # fmt: skip
+    if not shutil.which("unshare") or not shutil.which("tc"):
+        results["skipped"].append("S8: unshare or tc not available")
+        return
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        results["skipped"].append(f"S8: no private network namespace here ({reason})")
+        log(f"  S8 skipped: {reason}")
+        return
+    results["scenarios"]["S8 shaped link"] = json.loads(proc.stdout)
+
+
 def s7_memory(servers: Servers) -> None:
     out = {}
     for size in (100 * MIB, GIB):
@@ -568,6 +584,18 @@ def report() -> str:
         for k, v in sc["S7 memory"].items():
             lines.append(f"| {k} | {v['peak_rss_mib_median']:.1f} |")
         lines.append("")
+    if "S8 shaped link" in sc:
+        s8 = sc["S8 shaped link"]
+        lines += ["## S8 shaped link", "", f"Loopback in a private network namespace: {s8['link']}.",
+                  ""]  # fmt: skip
+        for label in ("300 previews of 1 MiB", "one 200 MiB file"):
+            rows = s8.get(label, {})
+            lines += [f"### {label}", "", "| tool | wall s | CPU s | connections | MiB/s |",
+                      "|---|---|---|---|---|"]  # fmt: skip
+            for name, r in rows.items():
+                lines.append(f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
+                             f"{r['connections']} | {r['mib_per_s']:.1f} |")  # fmt: skip
+            lines.append("")
     if results["skipped"]:
         lines += ["Skipped: " + "; ".join(results["skipped"]), ""]
     return "\n".join(lines)
@@ -607,6 +635,9 @@ def main() -> int:
             s7_memory(servers)
     finally:
         servers.stop()
+    if not only or "S8" in only:
+        log("S8 shaped link")
+        s8_shaped()
     if not only or "S3" in only:
         log("S3 scaling")
         small = Servers(False, 16 * 1024, 1100)

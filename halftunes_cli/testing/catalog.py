@@ -204,6 +204,10 @@ class CatalogState:
         self.styles: dict[int, str] = {}
         self.mtimes: dict[int, float] = {}
         self.gzip_tracks: set[int] = set()
+        # A wide-area link on loopback: seconds before each response's first byte, and the
+        # TCP connections clients opened (connection reuse is part of being fast).
+        self.first_byte_delay = 0.0
+        self.connections = 0
         self.lock = threading.Lock()
 
     def size_of(self, track_id: int) -> int:
@@ -264,6 +268,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.state.lock:
+            self.state.connections += 1
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        if self.state.first_byte_delay:
+            time.sleep(self.state.first_byte_delay)
+        super().send_response(code, message)
 
     # -- plumbing --------------------------------------------------------------------------
     def _entry(self) -> dict:
@@ -720,6 +734,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preview-size", type=int, default=None, help="bytes per preview")
     parser.add_argument("--throttle", type=int, default=None, help="bytes per second per request")
     parser.add_argument("--count", type=int, default=300, help="tracks in the catalog")
+    parser.add_argument("--first-byte-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="wait before each response (a long-distance link)")  # fmt: skip
     parser.add_argument(
         "--preview-base",
         default=None,
@@ -738,6 +754,7 @@ def main(argv: list[str] | None = None) -> None:
         server.httpd.server_close()
         return
     server.state.throttle_bps = args.throttle
+    server.state.first_byte_delay = args.first_byte_delay
     print(server.url, flush=True)
     try:
         server.httpd.serve_forever()
