@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
@@ -16,6 +17,8 @@ from ..render import PROGRESS_MODES, Console, ConsoleReporter, Progress, make_pr
 
 if TYPE_CHECKING:
     from ..service import DownloadService
+
+T = TypeVar("T")
 
 # -- options declared once --------------------------------------------------------------------
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
@@ -137,6 +140,19 @@ def open_service(state: AppState, config: SessionConfiguration,
         service.close()
         fail(state, exc)
     return service
+
+
+def call_service(state: AppState, call: Callable[[DownloadService], T],
+                 config: SessionConfiguration | None = None, announce: bool = True) -> T:  # fmt: skip
+    """Open the command's service, make its one call, close it; an error ends the command
+    with its message and exit status (never a traceback)."""
+    service = open_service(state, config or configuration(state), announce)
+    try:
+        return call(service)
+    except HalftunesError as exc:
+        fail(state, exc)
+    finally:
+        service.close()
 
 
 def expand_ids(items: list[str] | None) -> list[str]:

@@ -20,10 +20,10 @@ from .common import (
     JsonOption,
     ProgressOption,
     app_state,
+    call_service,
     configuration,
     exit_with,
     expand_ids,
-    open_service,
     progress_for,
 )
 
@@ -52,19 +52,22 @@ def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, backgr
     if background:
         flags["session"] = "background"
     config = configuration(state, **flags)
-    service = open_service(state, config)
-    try:
-        if action == "download":
-            result = service.download(ids, background=background, delegate=progress, **kw)
-        else:
-            result = service.resume(ids, background=background, delegate=progress, **kw)
-        progress.close()
-        given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)
-        _report(state, service, result, json_out, given, time.monotonic() - began)
-    finally:
-        progress.close()
-        service.close()
-    exit_with(result.exit_code)
+
+    def run(service: DownloadService) -> BatchResult:
+        try:
+            if action == "download":
+                result = service.download(ids, background=background, delegate=progress, **kw)
+            else:
+                result = service.resume(ids, background=background, delegate=progress, **kw)
+            progress.close()
+            given = len(ids) if action == "download" or not kw.get("all_") else \
+                len(result.outcomes)  # fmt: skip
+            _report(state, service, result, json_out, given, time.monotonic() - began)
+            return result
+        finally:
+            progress.close()
+
+    exit_with(call_service(state, run, config).exit_code)
 
 
 @app.command()

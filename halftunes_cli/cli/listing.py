@@ -15,6 +15,7 @@ from .common import (
     JsonOption,
     ProgressOption,
     app_state,
+    call_service,
     configuration,
     exit_with,
     expand_ids,
@@ -37,13 +38,8 @@ def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> Non
     if bad:
         fail(state, UsageError(f"--status {sorted(bad)[0]!r} is not a status",
                                "statuses: queued, running, paused, completed, failed"))  # fmt: skip
-    service = open_service(state, configuration(state))
-    try:
-        records = [r for r in service.list() if not wanted or str(r.status) in wanted]
-    except HalftunesError as exc:
-        fail(state, exc)
-    finally:
-        service.close()
+    records = [r for r in call_service(state, lambda s: s.list())
+               if not wanted or str(r.status) in wanted]  # fmt: skip
     if json_out:
         render.print_json([r.public() for r in records])
     elif not records:
@@ -141,13 +137,8 @@ def clean(
       halftunes clean 1000001 --json
     """
     state = app_state(ctx)
-    service = open_service(state, configuration(state))
-    try:
-        result = service.clean(expand_ids(ids), completed=completed, failed=failed)
-    except HalftunesError as exc:
-        fail(state, exc)
-    finally:
-        service.close()
+    ids = expand_ids(ids)
+    result = call_service(state, lambda s: s.clean(ids, completed=completed, failed=failed))
     if json_out:
         render.print_json(result.records)
     else:

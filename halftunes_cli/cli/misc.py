@@ -19,6 +19,7 @@ from .common import (
     JsonOption,
     ProgressOption,
     app_state,
+    call_service,
     complete_ids,
     configuration,
     exit_with,
@@ -86,14 +87,7 @@ def upload(
 
 
 def _record(ctx: typer.Context, record_id: str) -> DownloadRecord:
-    state = app_state(ctx)
-    service = open_service(state, configuration(state))
-    try:
-        return service.record(record_id)
-    except HalftunesError as exc:
-        fail(state, exc)
-    finally:
-        service.close()
+    return call_service(app_state(ctx), lambda s: s.record(record_id))
 
 
 @app.command()

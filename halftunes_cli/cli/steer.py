@@ -11,10 +11,9 @@ from .common import (
     IdsArgument,
     JsonOption,
     app_state,
-    configuration,
+    call_service,
     exit_with,
     expand_ids,
-    open_service,
 )
 
 
@@ -23,11 +22,7 @@ def _steer(ctx: typer.Context, ids: list[str], all_: bool, action: str,
     from ..records import StopRequest  # (start-up speed)
 
     state = app_state(ctx)
-    service = open_service(state, configuration(state))
-    try:
-        result = service.steer(ids, all_=all_, action=StopRequest(action))
-    finally:
-        service.close()
+    result = call_service(state, lambda s: s.steer(ids, all_=all_, action=StopRequest(action)))
     if json_out:
         render.print_json(result.records)
     else:
