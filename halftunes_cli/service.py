@@ -4,6 +4,7 @@ wait, announce. It prints nothing: it tells a `Reporter` and returns outcomes.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -25,15 +26,9 @@ from .errors import (
     unknown_download,
 )
 from .itunes import ITunesClient, Track
+from .jobs.job import Job, run_local
 from .liveness import is_worker_alive
-from .naming import (
-    TEMPLATE_FIELDS,
-    extension_from_url,
-    fill_template,
-    template_fields,
-    track_filename,
-    url_filename,
-)
+from .naming import TEMPLATE_FIELDS, template_fields
 from .records import (
     DownloadRecord,
     Records,
@@ -41,11 +36,11 @@ from .records import (
     StopRequest,
     Target,
     check_download_dir,
-    target_for_url,
 )
 from .runner import Outcome, Runner
 from .session import Session
 from .store import Store, state_file_exists
+from .targets import OutputSpec, target_for_track, url_target
 
 
 class Reporter(Protocol):
@@ -71,57 +66,6 @@ class SilentReporter:
 
 def is_url(text: str) -> bool:
     return "://" in text or text.lower().startswith(("javascript:", "mailto:", "data:"))
-
-
-@dataclass
-class OutputSpec:
-    """Where files go: an absolute folder, and a -o name or template relative to it (or
-    absolute)."""
-
-    folder: Path
-    template: str | None = None
-
-    def apply(self, target: Target, fields: dict[str, str]) -> Target:
-        if self.template is not None:
-            template = self.template
-            target.namer = lambda suffix: fill_template(template, fields, suffix)
-        return target
-
-
-def target_for_track(track: Track, output: OutputSpec | None = None) -> Target:
-    """A downloadable result object (song, music video, podcast episode, audiobook) as a
-    target; anything else is bad input that says what it is."""
-    ident = str(track.trackId)
-    title = track.trackName or "?"
-    if not track.is_downloadable:
-        if track.wrapperType in ("collection", "artist", "podcast", "software"):
-            raise UsageError(f"{ident} is {track.noun} ({title}), not a track",
-                             f"`halftunes search {title!r}` lists its songs")  # fmt: skip
-        raise UsageError(f"track {ident} ({track.artist_or_show or '?'} - {title}) has no "
-                         "preview to download")  # fmt: skip
-    preview = track.previewUrl
-    assert preview is not None
-    maker = track.artist_or_show
-    label = f"{maker} - {title}" if maker else title
-    target = Target(ident, preview, label,
-                    lambda suffix: track_filename(maker, title, preview, suffix))  # fmt: skip
-    if output is None:
-        return target
-    album = track.collectionName or ""
-    ext = (extension_from_url(preview) or ".m4a").lstrip(".")
-    fields = {"artist": maker, "title": title, "album": album, "collection": album,
-              "id": ident, "ext": ext}  # fmt: skip
-    return output.apply(target, fields)
-
-
-def url_target(url: str, output: OutputSpec | None = None) -> Target:
-    target = target_for_url(url)
-    if output is None:
-        return target
-    stem, ext = os.path.splitext(url_filename(url))
-    fields = {"artist": "", "title": stem, "album": "", "collection": "", "id": target.id,
-              "ext": ext.lstrip(".")}  # fmt: skip
-    return output.apply(target, fields)
 
 
 def worse(code: int, other: int) -> int:
@@ -638,3 +582,31 @@ def record_ids(configuration: SessionConfiguration, prefix: str = "") -> list[st
 
 class _Tracks(dict):
     lookup_failed = False
+
+
+# -- catalog-scale jobs -------------------------------------------------------------------------
+@dataclass
+class JobResult:
+    status: dict[str, Any]
+    exit_code: int
+
+
+def run_job(job_dir: Path, input_path: Path, *, configuration: SessionConfiguration,
+            output: str | None, engine: str, shard_size: int,
+            on_shard: Callable[[int, dict[str, int]], None] | None = None) -> JobResult:  # fmt: skip
+    """Plan (once), run every shard without a manifest, report the job's counts.
+
+    Exit status: 0 when every item completed or was skipped, 1 when some failed."""
+    if engine != "local":
+        raise UsageError(f"--engine {engine} is not built yet", "use --engine local")
+    job = Job(job_dir)
+    lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
+    job.make_plan(input_path, output or str(configuration.download_dir), shard_size, lookups)
+    run_local(job, {"max_connections_per_host": configuration.max_connections_per_host},
+              on_shard)  # fmt: skip
+    status = job.status()
+    return JobResult(status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK)
+
+
+def job_status(job_dir: Path) -> dict[str, Any]:
+    return Job(job_dir).status()

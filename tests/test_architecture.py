@@ -20,8 +20,8 @@ LAYERS: list[tuple[str, ...]] = [
      "halftunes_cli.testing", "halftunes_cli.testing.*"),  # entry points
     ("halftunes_cli.render",),
     ("halftunes_cli.service",),
-    ("halftunes_cli.runner",),
     ("halftunes_cli.jobs", "halftunes_cli.jobs.*"),
+    ("halftunes_cli.runner",),
     ("halftunes_cli",),  # the package's public exports
     ("halftunes_cli.session",),
     ("halftunes_cli.background",),
@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.tasks.partial",),
     ("halftunes_cli.tasks.checkpointer",),
     ("halftunes_cli.tasks.base",),
+    ("halftunes_cli.targets",),
     ("halftunes_cli.records",),
     ("halftunes_cli.store",),
     ("halftunes_cli.transport",),

@@ -1,7 +1,7 @@
 """The `halftunes` command line: each command parses, makes one service call, and renders."""
-# isort: skip_file  (import order is the order commands are listed in --help)
 
-from . import downloads, listing, misc, search, steer  # noqa: F401  (registers the commands)
+# The import order is the order --help lists the commands in (each module registers its own).
+from . import search, downloads, steer, listing, misc, job  # noqa: F401, I001
 from .app import app, main
 
 __all__ = ["app", "main"]

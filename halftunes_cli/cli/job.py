@@ -1,0 +1,97 @@
+"""`halftunes job run` and `halftunes job status`: catalog-scale downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .. import render
+from ..errors import HalftunesError
+from .app import _Group, _Typer, app
+from .common import JsonOption, app_state, configuration, exit_with, fail
+
+job_app = _Typer(help="Download lists too large for one command line, resumably, in shards.\n\n"
+                 "Examples:\n\n  halftunes job run ./job --input ids.txt -P ./previews\n\n"
+                 "  halftunes job status ./job --json", no_args_is_help=True, cls=_Group,
+                 rich_markup_mode=None)  # fmt: skip
+app.add_typer(job_app, name="job")
+
+
+@job_app.command("run")
+def job_run(
+    ctx: typer.Context,
+    job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR", help="Where the plan and the "
+                       "manifests live (created; run again to continue).")],
+    input_file: Annotated[Path, typer.Option("--input", metavar="FILE", help="One trackId or "
+                          "URL a line; CSV/TSV with a trackId, id or url column; JSON Lines.")],
+    output_dir: Annotated[str | None, typer.Option("-P", "--output-dir", metavar="DIR",
+                          help="Where the files go (default: the download dir).")] = None,
+    engine: Annotated[str, typer.Option("--engine", metavar="local|dask",
+                      help="local: this machine.")] = "local",
+    scheduler: Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS",
+                         help="A Dask scheduler (not built yet).")] = None,
+    shard_size: Annotated[int, typer.Option("--shard-size", metavar="N",
+                          help="Items per shard.")] = 1000,
+    json_out: JsonOption = False,
+) -> None:  # fmt: skip
+    """Download every item of a list in shards; a manifest per finished shard.
+
+    Running the same command again continues the job; on a finished job it sends nothing.
+
+    Examples:
+
+      halftunes job run ./job --input ids.txt -P ./previews
+
+      halftunes job run ./job --input tracks.csv --shard-size 500 --json
+    """
+    from ..service import run_job  # (start-up speed)
+
+    state = app_state(ctx)
+    config = configuration(state)
+
+    def progress(k: int, counts: dict[str, int]) -> None:
+        if not state.quiet and "skipped_shard" not in counts:
+            done = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
+            state.console.info(f"shard {k}: {done or 'nothing to do'}")
+
+    try:
+        result = run_job(job_dir, input_file, configuration=config, output=output_dir,
+                         engine=engine if scheduler is None else "dask", shard_size=shard_size,
+                         on_shard=progress)  # fmt: skip
+    except HalftunesError as exc:
+        fail(state, exc)
+    except KeyboardInterrupt:
+        state.console.info("interrupted: the same command continues the job")
+        exit_with(130)
+    _show(state, result.status, json_out)
+    exit_with(result.exit_code)
+
+
+@job_app.command("status")
+def job_status(ctx: typer.Context, job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR")],
+               json_out: JsonOption = False) -> None:  # fmt: skip
+    """Counts of a job: shards (done), items, completed, failed, skipped, bytes.
+
+    Example:
+
+      halftunes job status ./job --json
+    """
+    from ..service import job_status as status_of  # (start-up speed)
+
+    state = app_state(ctx)
+    try:
+        status = status_of(job_dir)
+    except HalftunesError as exc:
+        fail(state, exc)
+    _show(state, status, json_out)
+
+
+def _show(state, status: dict, json_out: bool) -> None:  # type: ignore[no-untyped-def]
+    if json_out:
+        render.print_json(status)
+        return
+    print(f"{status['shards_done']} of {status['shards']} shards done; {status['items']} items: "
+          f"{status['completed']} completed, {status['failed']} failed, {status['skipped']} "
+          f"skipped; {render.human_bytes(status['bytes'])}")  # fmt: skip

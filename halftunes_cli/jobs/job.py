@@ -1,0 +1,269 @@
+"""A job dir: its plan, its shards and their manifests.
+
+    JOB_DIR/plan.json              what the job is (input, output folder, shard size, counts)
+    JOB_DIR/shards/<k>.json        the items of shard k, resolved (id, url, file name, metadata)
+    JOB_DIR/state/<k>/             shard k's download records (resume of its partials)
+    JOB_DIR/manifests/<k>.jsonl    written last and atomically: shard k is done
+    JOB_DIR/downloads.db           lookups cached for reruns, and the API pacing bucket
+
+A shard is a pure, idempotent unit of work: plain data in (the job dir and its number), files
+and one manifest out. Running it again after its manifest exists does nothing; running it
+after an interruption finishes what is missing, resuming partials like `download`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import SessionConfiguration, load_configuration
+from ..errors import HalftunesError, UsageError
+from ..itunes import ITunesClient, Track
+from ..records import RecordStatus, Target
+from ..runner import Runner
+from ..session import Session
+from ..targets import OutputSpec, target_for_track, url_target
+from .inputs import Item, read_items
+
+PLAN_VERSION = 1
+DEFAULT_SHARD_SIZE = 1000
+
+
+@dataclass
+class Entry:
+    """One resolved item of a shard: what to fetch and where, or why it cannot be."""
+
+    line: int
+    id: str
+    url: str | None
+    name: str | None  # file name relative to the output folder (may hold subfolders)
+    title: str = ""
+    artist: str = ""
+    album: str = ""
+    kind: str = ""
+    error: str | None = None  # set when the item cannot be downloaded (unknown id, album...)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """A temp file in the same folder, fsync, rename: a reader sees all of it or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class Job:
+    def __init__(self, job_dir: Path):
+        self.dir = Path(job_dir).absolute()
+
+    @property
+    def plan_path(self) -> Path:
+        return self.dir / "plan.json"
+
+    def shard_path(self, k: int) -> Path:
+        return self.dir / "shards" / f"{k:06d}.json"
+
+    def manifest_path(self, k: int) -> Path:
+        return self.dir / "manifests" / f"{k:06d}.jsonl"
+
+    def plan(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.plan_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise HalftunesError(f"job plan {self.plan_path} is unreadable: {exc}") from exc
+
+    def is_done(self, k: int) -> bool:
+        return self.manifest_path(k).exists()
+
+    # -- planning ------------------------------------------------------------------------
+    def make_plan(self, input_path: Path, output: str, shard_size: int,
+                  config: SessionConfiguration) -> dict[str, Any]:  # fmt: skip
+        """Read the input, resolve ids (batched, paced, cached lookups) and write the shards;
+        a job planned before keeps its plan (a rerun continues it)."""
+        existing = self.plan()
+        if existing is not None:
+            return existing
+        if shard_size < 1:
+            raise UsageError(f"--shard-size must be at least 1, not {shard_size}")
+        if "://" in output:
+            raise UsageError(f"output {output!r}: object stores are not built yet",
+                             "use a local folder with -P DIR")  # fmt: skip
+        items = read_items(input_path)
+        folder = Path(os.path.abspath(Path(output).expanduser()))
+        entries = self._resolve(items, folder, config)
+        shards = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
+        for k, shard in enumerate(shards):
+            write_atomically(self.shard_path(k), json.dumps([asdict(e) for e in shard]))
+        plan = {"version": PLAN_VERSION, "input": str(input_path.absolute()),
+                "output": str(folder), "shard_size": shard_size, "items": len(entries),
+                "shards": len(shards), "created": time.time()}  # fmt: skip
+        write_atomically(self.plan_path, json.dumps(plan, indent=1))
+        return plan
+
+    def _resolve(self, items: list[Item], folder: Path,
+                 config: SessionConfiguration) -> list[Entry]:  # fmt: skip
+        spec = OutputSpec(folder)
+        ids = list(dict.fromkeys(i.value for i in items if not i.is_url))
+        tracks: dict[str, dict[str, Any]] = {}
+        if ids:
+            session = Session(config)  # its state file is the job's lookup cache and pacing
+            try:
+                cache = session.cache
+                assert cache is not None
+                tracks = cache.get_tracks(ids)
+                missing = [i for i in ids if i not in tracks]
+                if missing:
+                    for track in ITunesClient(session).lookup(missing):  # 150 ids a call
+                        tracks[str(track.trackId)] = track.raw
+            finally:
+                session.close()
+        entries = []
+        for item in items:
+            if item.is_url:
+                target = url_target(item.value, spec)
+                entries.append(Entry(item.line, target.id, item.value, target.filename,
+                                     title=target.filename))  # fmt: skip
+                continue
+            raw = tracks.get(item.value)
+            if raw is None:
+                entries.append(Entry(item.line, item.value, None, None,
+                                     error=f"no track with id {item.value}"))  # fmt: skip
+                continue
+            track = Track.from_api(raw)
+            try:
+                target = target_for_track(track, spec)
+            except UsageError as exc:
+                entries.append(Entry(item.line, item.value, None, None, error=str(exc)))
+                continue
+            entries.append(Entry(item.line, item.value, target.url, target.filename,
+                                 title=track.trackName, artist=track.artist_or_show,
+                                 album=track.collectionName or "", kind=track.kind))  # fmt: skip
+        return entries
+
+    # -- one shard -------------------------------------------------------------------------
+    def run_shard(self, k: int, overrides: dict[str, Any] | None = None,
+                  delegate: Any = None) -> dict[str, int]:  # fmt: skip
+        """Download shard k's items and write its manifest last; nothing when it exists."""
+        if self.is_done(k):
+            return {"skipped_shard": 1}
+        plan = self.plan()
+        assert plan is not None
+        entries = [Entry(**e) for e in json.loads(self.shard_path(k).read_text())]
+        folder = Path(plan["output"])
+        flags = {"state_dir": str(self.dir / "state" / f"{k:06d}"), "download_dir": str(folder),
+                 "session": "default", **(overrides or {})}  # fmt: skip
+        session = Session(load_configuration(flags), delegate)
+        records = session.records
+        started = time.monotonic()
+        try:
+            records.reconcile_dead_owners()  # a shard killed mid-way: its partials are paused
+            wanted = [e for e in entries if e.url is not None and e.name is not None]
+            targets = [Target(e.id, e.url, e.title or e.id, _fixed_name(e.name))
+                       for e in wanted]  # fmt: skip
+            owner = records.owner_token()
+            claims = records.claim(targets, owner=owner, force=False, queue=False,
+                                   download_dir=folder, session_kind="default")  # fmt: skip
+            runner = Runner(session, owner)
+            runner.start_control()
+            try:
+                futures = [runner.submit(c.record) for c in claims
+                           if c.outcome == "claimed" and c.record is not None]  # fmt: skip
+                for future in futures:
+                    future.result()
+            except KeyboardInterrupt:
+                runner.stop_all("pause")
+                raise
+            finally:
+                runner.shutdown()
+            lines = [self._manifest_line(e, records.get(e.id), started) for e in entries]
+        finally:
+            session.close()
+        write_atomically(self.manifest_path(k), "".join(json.dumps(x) + "\n" for x in lines))
+        counts = {"completed": 0, "failed": 0, "skipped": 0}
+        for line in lines:
+            counts[line["status"]] += 1
+        return counts
+
+    @staticmethod
+    def _manifest_line(entry: Entry, record: Any, started: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": entry.id, "url": entry.url, "path": None,
+                               "status": "failed", "bytes": 0, "sha256": None,
+                               "http_status": None, "error": entry.error,
+                               "elapsed": round(time.monotonic() - started, 3), "line": entry.line,
+                               "title": entry.title, "artist": entry.artist,
+                               "album": entry.album, "kind": entry.kind}  # fmt: skip
+        if record is None:
+            return out
+        out["path"] = record.path
+        if record.status is RecordStatus.COMPLETED and Path(record.path).exists():
+            out.update(status="completed", bytes=os.path.getsize(record.path),
+                       sha256=_sha256(Path(record.path)), error=None)  # fmt: skip
+        else:
+            out["error"] = record.error or f"ended {record.status}"
+            if record.error and "HTTP " in record.error:
+                with contextlib.suppress(ValueError, IndexError):
+                    out["http_status"] = int(record.error.split("HTTP ", 1)[1].split()[0])
+        return out
+
+    # -- the whole job -------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        plan = self.plan()
+        if plan is None:
+            raise UsageError(f"{self.dir} is not a job dir (no plan.json)",
+                             "start one with `halftunes job run JOB_DIR --input FILE`")  # fmt: skip
+        counts = {"completed": 0, "failed": 0, "skipped": 0}
+        done, nbytes = 0, 0
+        for k in range(plan["shards"]):
+            path = self.manifest_path(k)
+            if not path.exists():
+                continue
+            done += 1
+            for line in path.read_text().splitlines():
+                item = json.loads(line)
+                counts[item["status"]] = counts.get(item["status"], 0) + 1
+                nbytes += item.get("bytes") or 0
+        return {"shards": plan["shards"], "shards_done": done, "items": plan["items"],
+                **counts, "bytes": nbytes, "output": plan["output"]}  # fmt: skip
+
+
+def run_local(job: Job, overrides: dict[str, Any] | None = None,
+              on_shard: Callable[[int, dict[str, int]], None] | None = None) -> None:  # fmt: skip
+    """The local engine: the shards one after the other, each with up to
+    max_connections_per_host transfers at once (the same engine as `download`)."""
+    plan = job.plan()
+    assert plan is not None
+    for k in range(plan["shards"]):
+        counts = job.run_shard(k, overrides)
+        if on_shard is not None:
+            on_shard(k, counts)
+
+
+def _fixed_name(name: str) -> Callable[[str], str]:
+    stem, ext = os.path.splitext(name)
+    return lambda suffix: f"{stem}{suffix}{ext}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

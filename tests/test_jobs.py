@@ -1,0 +1,128 @@
+"""Catalog-scale jobs (local engine): plan, shards, manifests, reruns, interruptions, bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+from conftest import sha256_file
+
+from halftunes_cli.errors import UsageError
+from halftunes_cli.jobs.inputs import read_items
+
+ALBUM = 1469577723
+
+
+def manifests(job: Path) -> list[dict]:
+    return [json.loads(line) for p in sorted((job / "manifests").glob("*.jsonl"))
+            for line in p.read_text().splitlines()]  # fmt: skip
+
+
+def test_a_mixed_job_and_a_rerun_that_sends_nothing(env, tmp_path):
+    env.fault(path="/previews/1000005/", kind="status", status=404, times=-1)
+    url = f"{env.server.url}/files/job.bin?size=50000&seed=4"
+    lines = ["1000001", "1000002", url, "999", str(ALBUM), "1000005", "1000003"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    args = ["job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P", str(out),
+            "--shard-size", "3", "--json"]  # fmt: skip
+    first = env.run(*args)
+    assert first.returncode == 1, first.stderr  # some items failed
+    status = json.loads(first.stdout)
+    assert {k: status[k] for k in ("shards", "shards_done", "items", "completed", "failed")} == {
+        "shards": 3, "shards_done": 3, "items": 7, "completed": 4, "failed": 3}  # fmt: skip
+    items = {m["id"]: m for m in manifests(job)}
+    assert [m["line"] for m in manifests(job)] == list(range(1, 8))  # every line, in order
+    for tid in (1000001, 1000002, 1000003):
+        m = items[str(tid)]
+        assert m["status"] == "completed" and m["sha256"] == env.expected_sha(tid)
+        assert (
+            sha256_file(m["path"]) == m["sha256"] and m["bytes"] == Path(m["path"]).stat().st_size
+        )
+        assert m["artist"] == "Jack Johnson" and m["kind"] == "song"
+    assert items["999"]["error"] == "no track with id 999"
+    assert "is an album" in items[str(ALBUM)]["error"]
+    assert items["1000005"]["status"] == "failed" and items["1000005"]["http_status"] == 404
+    requests_before = len(env.server.state.log)
+    second = env.run(*args)
+    assert second.returncode == 1 and json.loads(second.stdout)["completed"] == 4
+    assert len(env.server.state.log) == requests_before  # a finished job sends nothing
+    status = env.json("job", "status", str(job))
+    assert status["shards_done"] == 3 and status["bytes"] == sum(m["bytes"] for m in manifests(job))
+
+
+def test_an_interrupted_job_continues_where_it_stopped(env, tmp_path):
+    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "6")]
+    for tid in ids:
+        env.track(int(tid), size=1_000_000)
+    (tmp_path / "in.csv").write_text("trackId,note\n" + "".join(f"{i},x\n" for i in ids))
+    job, out = tmp_path / "job", tmp_path / "out"
+    args = ["job", "run", str(job), "--input", str(tmp_path / "in.csv"), "-P", str(out),
+            "--shard-size", "2"]  # fmt: skip
+    env.server.state.throttle_bps = 1_000_000
+    proc = env.spawn(*args)
+    env.wait_for(lambda: (job / "manifests" / "000000.jsonl").exists()
+                 and any(p.stat().st_size > 100_000 for p in out.glob("*.part")),
+                 what="one shard done and the next under way")  # fmt: skip
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    env.server.state.throttle_bps = None
+    result = env.run(*args)
+    assert result.returncode == 0, result.stderr
+    done = manifests(job)
+    assert [m["id"] for m in done] == ids and all(m["status"] == "completed" for m in done)
+    for m in done:
+        assert sha256_file(m["path"]) == env.expected_sha(int(m["id"]))
+    served = sum(
+        e["bytes_sent"] for e in env.server.state.log if e["path"].startswith("/previews/")
+    )
+    running = 2  # at most the transfers of the interrupted shard
+    assert served <= 6 * 1_000_000 + running * (65536 + 1_000_000)  # overlap + one checkpoint
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("in.csv", "title,artist\nx,y\n", "in.csv:1: no trackId, id or url column"),
+    ("in.jsonl", '{"trackId": 1000001}\n{"trackId": \n', "in.jsonl:2: not a JSON object"),
+    ("in.txt", "1000001\nnot-an-id\n", "in.txt:2: 'not-an-id' is neither"),
+    ("in.tsv", "id\tx\n1000001\t1\n\t2\n", "in.tsv:3: no id or URL"),
+])  # fmt: skip
+def test_bad_input_names_the_line_and_downloads_nothing(env, tmp_path, name, text, fragment):
+    (tmp_path / name).write_text(text)
+    job = tmp_path / "job"
+    result = env.run("job", "run", str(job), "--input", str(tmp_path / name), "-P",
+                     str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 2 and fragment in result.stderr, result.stderr
+    assert not (job / "plan.json").exists() and not (tmp_path / "out").exists()
+    assert not env.server.state.requests_for("/previews/")
+
+
+def test_a_missing_input_and_a_dir_that_is_no_job(env, tmp_path):
+    result = env.run("job", "run", str(tmp_path / "job"), "--input", str(tmp_path / "nope.txt"))
+    assert result.returncode == 2 and "does not exist" in result.stderr
+    result = env.run("job", "status", str(tmp_path))
+    assert result.returncode == 2 and "not a job dir" in result.stderr
+
+
+def test_input_formats():
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp())
+    cases = {
+        "a.txt": "# comment\n1000001\n\nhttps://x/y.m4a\n",
+        "a.csv": "url,trackId\nhttps://x/y.m4a,1\n",
+        "a.tsv": "trackId\n1000001\n",
+        "a.jsonl": '{"id": "1000001"}\n{"url": "https://x/y.m4a"}\n',
+    }
+    got = {}
+    for name, text in cases.items():
+        (folder / name).write_text(text)
+        got[name] = [(i.line, i.value) for i in read_items(folder / name)]
+    assert got == {"a.txt": [(2, "1000001"), (4, "https://x/y.m4a")],
+                   "a.csv": [(2, "1")], "a.tsv": [(2, "1000001")],
+                   "a.jsonl": [(1, "1000001"), (2, "https://x/y.m4a")]}  # fmt: skip
+    with pytest.raises(UsageError, match="parquet extra"):
+        (folder / "a.parquet").write_bytes(b"PAR1")
+        read_items(folder / "a.parquet")
