@@ -26,7 +26,7 @@ from .errors import (
     unknown_download,
 )
 from .itunes import ITunesClient, Track
-from .jobs.job import Job, run_local
+from .jobs.job import Job, run_dask, run_local
 from .liveness import is_worker_alive
 from .naming import TEMPLATE_FIELDS, template_fields
 from .records import (
@@ -592,18 +592,22 @@ class JobResult:
 
 
 def run_job(job_dir: Path, input_path: Path, *, configuration: SessionConfiguration,
-            output: str | None, engine: str, shard_size: int,
-            on_shard: Callable[[int, dict[str, int]], None] | None = None) -> JobResult:  # fmt: skip
+            output: str | None, engine: str, shard_size: int, scheduler: str | None = None,
+            on_shard: Callable[[int, dict[str, int]], None] | None = None,
+            on_dashboard: Callable[[str], None] | None = None) -> JobResult:  # fmt: skip
     """Plan (once), run every shard without a manifest, report the job's counts.
 
     Exit status: 0 when every item completed or was skipped, 1 when some failed."""
-    if engine != "local":
-        raise UsageError(f"--engine {engine} is not built yet", "use --engine local")
+    if engine not in ("local", "dask"):
+        raise UsageError(f"--engine must be local or dask, not {engine!r}")
     job = Job(job_dir)
     lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
     job.make_plan(input_path, output or str(configuration.download_dir), shard_size, lookups)
-    run_local(job, {"max_connections_per_host": configuration.max_connections_per_host},
-              on_shard)  # fmt: skip
+    overrides = {"max_connections_per_host": configuration.max_connections_per_host}
+    if engine == "dask":
+        run_dask(job, overrides, scheduler, on_shard, on_dashboard)
+    else:
+        run_local(job, overrides, on_shard)
     status = job.status()
     return JobResult(status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK)
 

@@ -126,3 +126,85 @@ def test_input_formats():
     with pytest.raises(UsageError, match="parquet extra"):
         (folder / "a.parquet").write_bytes(b"PAR1")
         read_items(folder / "a.parquet")
+
+
+# -- the Dask engine (a LocalCluster of 2 worker processes) -------------------------------------
+def _big_input(env, tmp_path, n: int = 2000) -> Path:
+    """Mixed ids and URLs; every 50th URL answers 404."""
+    ids = [str(t["trackId"]) for t in env.server.state.tracks.values() if "previewUrl" in t]
+    lines = []
+    for i in range(n):
+        if i % 10 == 0:
+            lines.append(ids[(i // 10) % len(ids)] if i < 10 * len(ids) else ids[0])
+        elif i % 50 == 1:
+            lines.append(f"{env.server.url}/files/missing-{i}.bin?size=1000")
+        else:
+            lines.append(f"{env.server.url}/files/f{i}.bin?size={2000 + i}&seed={i}")
+    path = tmp_path / "big.txt"
+    path.write_text("\n".join(dict.fromkeys(lines)) + "\n")
+    return path
+
+
+def test_a_2000_item_job_on_dask(env, tmp_path):
+    pytest.importorskip("distributed")
+    from halftunes_cli.testing.catalog import body_sha256
+
+    env.fault(path="/files/missing-", kind="status", status=404, times=-1)
+    source = _big_input(env, tmp_path)
+    job, out = tmp_path / "job", tmp_path / "out"
+    args = ["job", "run", str(job), "--input", str(source), "-P", str(out), "--engine", "dask",
+            "--shard-size", "250", "--json"]  # fmt: skip
+    first = env.run_process(*args, timeout=240)
+    assert first.returncode == 1, first.stderr[-2000:]
+    status = json.loads(first.stdout)
+    items = len(source.read_text().splitlines())
+    assert status["items"] == items and status["shards_done"] == status["shards"]
+    done = manifests(job)
+    assert len(done) == items and len({m["id"] for m in done}) == items  # no duplicate
+    failed = [m for m in done if m["status"] == "failed"]
+    assert failed and all(m["http_status"] == 404 and "missing-" in m["url"] for m in failed)
+    for m in done:
+        if m["status"] != "completed":
+            continue
+        assert sha256_file(m["path"]) == m["sha256"]
+        if "/files/f" in m["url"]:
+            i = int(m["url"].split("/files/f")[1].split(".")[0])
+            assert m["sha256"] == body_sha256(i, 2000 + i)
+        else:
+            assert m["sha256"] == env.expected_sha(int(m["id"]))
+    before = len(env.server.state.log)
+    second = env.run_process(*args, timeout=120)
+    assert second.returncode == 1 and json.loads(second.stdout) == status
+    assert len(env.server.state.log) == before  # nothing asked again, no cluster started
+
+
+def test_a_dask_worker_killed_mid_job(env, tmp_path):
+    pytest.importorskip("distributed")
+    import os
+
+    urls = [f"{env.server.url}/files/k{i}.bin?size=400000&seed={i}" for i in range(24)]
+    (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    env.server.state.throttle_bps = 400_000
+    proc = env.spawn("job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P", str(out),
+                     "--engine", "dask", "--shard-size", "4")  # fmt: skip
+
+    def a_shard_owner() -> int | None:
+        for lock in (job / "state").glob("*/owners/*.lock"):
+            if any(p.stat().st_size > 50_000 for p in out.glob("*.part")):
+                return int(lock.name.split("-")[0])
+        return None
+
+    victim = env.wait_for(a_shard_owner, timeout=60, what="a worker downloading")
+    os.kill(victim, signal.SIGKILL)  # the worker process running a shard dies
+    env.server.state.throttle_bps = None
+    out_text, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err[-2000:]
+    done = manifests(job)
+    assert sorted(m["url"] for m in done) == sorted(urls)  # none missing, none twice
+    from halftunes_cli.testing.catalog import body_sha256
+
+    for m in done:
+        i = int(m["url"].split("/files/k")[1].split(".")[0])
+        assert m["status"] == "completed" and sha256_file(m["path"]) == body_sha256(i, 400_000)
+    assert not list(out.glob("*.part"))

@@ -29,9 +29,9 @@ def job_run(
     output_dir: Annotated[str | None, typer.Option("-P", "--output-dir", metavar="DIR",
                           help="Where the files go (default: the download dir).")] = None,
     engine: Annotated[str, typer.Option("--engine", metavar="local|dask",
-                      help="local: this machine.")] = "local",
+                      help="local: this machine; dask: a Dask cluster (the dask extra).")] = "local",
     scheduler: Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS",
-                         help="A Dask scheduler (not built yet).")] = None,
+                         help="The Dask scheduler (default: a LocalCluster of 2 processes).")] = None,
     shard_size: Annotated[int, typer.Option("--shard-size", metavar="N",
                           help="Items per shard.")] = 1000,
     json_out: JsonOption = False,
@@ -45,6 +45,8 @@ def job_run(
       halftunes job run ./job --input ids.txt -P ./previews
 
       halftunes job run ./job --input tracks.csv --shard-size 500 --json
+
+      halftunes job run ./job --input ids.txt --engine dask --scheduler tcp://10.0.0.5:8786
     """
     from ..service import run_job  # (start-up speed)
 
@@ -58,8 +60,9 @@ def job_run(
 
     try:
         result = run_job(job_dir, input_file, configuration=config, output=output_dir,
-                         engine=engine if scheduler is None else "dask", shard_size=shard_size,
-                         on_shard=progress)  # fmt: skip
+                         engine=engine, shard_size=shard_size, scheduler=scheduler,
+                         on_shard=progress,
+                         on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"))  # fmt: skip
     except HalftunesError as exc:
         fail(state, exc)
     except KeyboardInterrupt:

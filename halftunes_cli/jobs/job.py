@@ -267,3 +267,45 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _shard_task(job_dir: str, k: int, overrides: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    """One shard as a Dask task: plain data in and out (runs in a worker process)."""
+    return k, Job(Path(job_dir)).run_shard(k, overrides)
+
+
+def run_dask(job: Job, overrides: dict[str, Any] | None = None, scheduler: str | None = None,
+             on_shard: Callable[[int, dict[str, int]], None] | None = None,
+             on_dashboard: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    """The Dask engine: each unfinished shard is one task on the cluster at `scheduler`, or on
+    a LocalCluster of two worker processes. Dask reschedules the shard of a worker that dies;
+    its replacement finds the dead owner's records paused and resumes their partials."""
+    plan = job.plan()
+    assert plan is not None
+    todo = [k for k in range(plan["shards"]) if not job.is_done(k)]
+    if not todo:
+        return  # a finished job starts no cluster and sends no request
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise UsageError("--engine dask needs Dask distributed",
+                         "pip install 'halftunes[dask]'") from None  # fmt: skip
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                               dashboard_address=":0")  # fmt: skip
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        if on_dashboard is not None and client.dashboard_link:
+            on_dashboard(client.dashboard_link)
+        futures = client.map(_shard_task, [str(job.dir)] * len(todo), todo,
+                             [overrides or {}] * len(todo), pure=False, retries=3)  # fmt: skip
+        for _, (k, counts) in as_completed(futures, with_results=True):
+            if on_shard is not None:
+                on_shard(k, counts)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
