@@ -208,3 +208,39 @@ def test_a_dask_worker_killed_mid_job(env, tmp_path):
         i = int(m["url"].split("/files/k")[1].split(".")[0])
         assert m["status"] == "completed" and sha256_file(m["path"]) == body_sha256(i, 400_000)
     assert not list(out.glob("*.part"))
+
+
+def test_output_to_s3_on_a_local_s3_server(env, tmp_path):
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    import hashlib
+
+    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    s3.start()
+    try:
+        host, port = s3.get_host_and_port()
+        creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                 "AWS_DEFAULT_REGION": "us-east-1",
+                 "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}"}  # fmt: skip
+        import s3fs
+
+        fs = s3fs.S3FileSystem(key="test", secret="test",
+                               endpoint_url=creds["FSSPEC_S3_ENDPOINT_URL"])  # fmt: skip
+        fs.mkdir("previews")
+        lines = ["1000001", "1000002", f"{env.server.url}/files/s3.bin?size=300000&seed=6"]
+        (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+        job = tmp_path / "job"
+        result = env.run_process("job", "run", str(job), "--input", str(tmp_path / "in.txt"),
+                                 "-P", "s3://previews/set1", "--json", env=creds)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        done = manifests(job)
+        assert [m["status"] for m in done] == ["completed"] * 3
+        keys = sorted(fs.ls("previews/set1"))
+        assert keys == sorted(m["path"].removeprefix("s3://") for m in done)
+        for m in done:
+            data = fs.cat(m["path"])
+            assert len(data) == m["bytes"] and hashlib.sha256(data).hexdigest() == m["sha256"]
+        assert done[0]["sha256"] == env.expected_sha(1000001)
+        assert not [p for p in (job / "staging").rglob("*") if p.is_file()]  # nothing left
+    finally:
+        s3.stop()

@@ -90,6 +90,11 @@ class Job:
         except (OSError, ValueError) as exc:
             raise HalftunesError(f"job plan {self.plan_path} is unreadable: {exc}") from exc
 
+    @property
+    def staging(self) -> Path:
+        """Where shards download before uploading, for an object-store output."""
+        return self.dir / "staging"
+
     def is_done(self, k: int) -> bool:
         return self.manifest_path(k).exists()
 
@@ -103,17 +108,18 @@ class Job:
             return existing
         if shard_size < 1:
             raise UsageError(f"--shard-size must be at least 1, not {shard_size}")
-        if "://" in output:
-            raise UsageError(f"output {output!r}: object stores are not built yet",
-                             "use a local folder with -P DIR")  # fmt: skip
+        remote = "://" in output
+        if remote:
+            _filesystem(output)  # fails early (exit 2) without the extra
         items = read_items(input_path)
-        folder = Path(os.path.abspath(Path(output).expanduser()))
+        folder = self.staging if remote else Path(os.path.abspath(Path(output).expanduser()))
         entries = self._resolve(items, folder, config)
         shards = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         for k, shard in enumerate(shards):
             write_atomically(self.shard_path(k), json.dumps([asdict(e) for e in shard]))
         plan = {"version": PLAN_VERSION, "input": str(input_path.absolute()),
-                "output": str(folder), "shard_size": shard_size, "items": len(entries),
+                "output": output.rstrip("/") if remote else str(folder),
+                "shard_size": shard_size, "items": len(entries),
                 "shards": len(shards), "created": time.time()}  # fmt: skip
         write_atomically(self.plan_path, json.dumps(plan, indent=1))
         return plan
@@ -167,7 +173,9 @@ class Job:
         plan = self.plan()
         assert plan is not None
         entries = [Entry(**e) for e in json.loads(self.shard_path(k).read_text())]
-        folder = Path(plan["output"])
+        remote = plan["output"] if "://" in plan["output"] else None
+        folder = self.staging if remote else Path(plan["output"])
+        uploads = _Uploads(self.dir / "state" / f"{k:06d}" / "uploaded.jsonl")
         flags = {"state_dir": str(self.dir / "state" / f"{k:06d}"), "download_dir": str(folder),
                  "session": "default", **(overrides or {})}  # fmt: skip
         session = Session(load_configuration(flags), delegate)
@@ -175,7 +183,8 @@ class Job:
         started = time.monotonic()
         try:
             records.reconcile_dead_owners()  # a shard killed mid-way: its partials are paused
-            wanted = [e for e in entries if e.url is not None and e.name is not None]
+            wanted = [e for e in entries if e.url is not None and e.name is not None
+                      and e.id not in uploads.done]  # fmt: skip
             targets = [Target(e.id, e.url, e.title or e.id, _fixed_name(e.name))
                        for e in wanted]  # fmt: skip
             owner = records.owner_token()
@@ -193,7 +202,13 @@ class Job:
                 raise
             finally:
                 runner.shutdown()
-            lines = [self._manifest_line(e, records.get(e.id), started) for e in entries]
+            lines = []
+            for e in entries:
+                line = self._manifest_line(e, records.get(e.id), started)
+                if remote is not None:
+                    line = uploads.upload(e.id, line, remote) if e.id not in uploads.done \
+                        else {**line, **uploads.done[e.id], "status": "completed", "error": None}  # fmt: skip
+                lines.append(line)
         finally:
             session.close()
         write_atomically(self.manifest_path(k), "".join(json.dumps(x) + "\n" for x in lines))
@@ -309,3 +324,50 @@ def run_dask(job: Job, overrides: dict[str, Any] | None = None, scheduler: str |
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+def _filesystem(url: str) -> Any:
+    """The fsspec file system of an output URL (s3:// needs the s3 extra)."""
+    try:
+        import fsspec
+
+        return fsspec.filesystem(url.split("://", 1)[0])
+    except ImportError as exc:
+        raise UsageError(f"output {url!r} needs fsspec and its driver ({exc.name})",
+                         "pip install 'halftunes[s3]'") from None  # fmt: skip
+    except ValueError as exc:
+        raise UsageError(f"output {url!r}: {exc}") from exc
+
+
+class _Uploads:
+    """A shard's uploads to an object store, noted durably one by one: an interrupted shard
+    neither uploads nor downloads a finished item twice."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(FileNotFoundError):
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    item = json.loads(line)
+                    self.done[item.pop("id")] = item
+
+    def upload(self, ident: str, line: dict[str, Any], remote: str) -> dict[str, Any]:
+        if line["status"] != "completed":
+            return line
+        local = Path(line["path"])
+        target = f"{remote}/{local.relative_to(self.path.parents[2] / 'staging').as_posix()}"
+        fs = _filesystem(remote)
+        # One PUT: the object appears whole or not at all (never half-written).
+        fs.put_file(str(local), target)
+        if fs.info(target)["size"] != line["bytes"]:
+            raise HalftunesError(f"upload of {local.name} to {target} came out the wrong size")
+        note = {"path": target, "bytes": line["bytes"], "sha256": line["sha256"]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"id": ident, **note}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done[ident] = note
+        local.unlink()
+        return {**line, **note}
