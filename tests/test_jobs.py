@@ -123,7 +123,7 @@ def test_input_formats():
     assert got == {"a.txt": [(2, "1000001"), (4, "https://x/y.m4a")],
                    "a.csv": [(2, "1")], "a.tsv": [(2, "1000001")],
                    "a.jsonl": [(1, "1000001"), (2, "https://x/y.m4a")]}  # fmt: skip
-    with pytest.raises(UsageError, match="parquet extra"):
+    with pytest.raises(UsageError, match="not a readable Parquet file"):
         (folder / "a.parquet").write_bytes(b"PAR1")
         read_items(folder / "a.parquet")
 
@@ -244,3 +244,39 @@ def test_output_to_s3_on_a_local_s3_server(env, tmp_path):
         assert not [p for p in (job / "staging").rglob("*") if p.is_file()]  # nothing left
     finally:
         s3.stop()
+
+
+def test_a_rate_limited_lookup_slows_the_job_down(env, monkeypatch):
+    from halftunes_cli import Session, SessionConfiguration
+    from halftunes_cli.itunes import ITunesClient
+    from halftunes_cli.jobs import job as jobs
+
+    env.fault(path="/lookup", kind="status", status=403, times=2)  # no Retry-After: not retried
+    waits: list[float] = []
+    session = Session(SessionConfiguration.ephemeral(api_url=env.server.url))
+    tracks = jobs._lookup_patiently(ITunesClient(session), ["1000001"], sleep=waits.append)
+    assert [t.trackId for t in tracks] == [1000001]
+    assert waits == [15.0, 30.0]  # two refusals, two pauses, then the answer
+    assert [e["status"] for e in env.server.state.requests_for("/lookup")] == [403, 403, 200]
+
+
+def test_parquet_input_and_manifests(env, tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    url = f"{env.server.url}/files/pq.bin?size=1000&seed=3"
+    pq.write_table(pa.table({"trackId": ["1000001", "1000002"], "note": ["a", "b"]}),
+                   tmp_path / "in.parquet")  # fmt: skip
+    pq.write_table(pa.table({"url": [url]}), tmp_path / "urls.parquet")
+    for name in ("in.parquet", "urls.parquet"):
+        job = tmp_path / f"job-{name}"
+        result = env.run("job", "run", str(job), "--input", str(tmp_path / name), "-P",
+                         str(tmp_path / "out"), "--json")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        table = pq.read_table(job / "manifests" / "000000.parquet").to_pylist()
+        assert table == manifests(job)  # the same records as the JSON Lines manifest
+    assert [m["id"] for m in pq.read_table(tmp_path / "job-in.parquet" / "manifests" /
+                                           "000000.parquet").to_pylist()] == ["1000001", "1000002"]  # fmt: skip
+    pq.write_table(pa.table({"title": ["x"]}), tmp_path / "bad.parquet")
+    bad = env.run("job", "run", str(tmp_path / "job-bad"), "--input", str(tmp_path / "bad.parquet"))
+    assert bad.returncode == 2 and "no trackId, id or url column" in bad.stderr

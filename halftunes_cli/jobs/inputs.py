@@ -36,8 +36,7 @@ def read_items(path: Path) -> list[Item]:
     """Every item of the input, in order; raises UsageError (exit 2) naming the bad line."""
     where = str(path)
     if path.suffix.lower() == ".parquet":
-        raise UsageError("Parquet input needs the parquet extra, which is not built yet",
-                         "use CSV, TSV or JSON Lines")  # fmt: skip
+        return _parquet(path, where)
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -88,3 +87,25 @@ def _table(lines: list[str], where: str, delimiter: str) -> list[Item]:
                              f"{column + 1}")  # fmt: skip
         out.append(_item(n, row[column], where))
     return out
+
+
+def _parquet(path: Path, where: str) -> list[Item]:
+    """A Parquet file with a trackId, id or url column; "line" is the row number (from 1)."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UsageError("Parquet input needs pyarrow",
+                         "pip install 'halftunes[parquet]'") from None  # fmt: skip
+    if not path.exists():
+        raise UsageError(f"input file {path} does not exist")
+    try:
+        names = pq.read_schema(path).names
+        column = next((k for k in KEYS if k in names), None)
+        if column is None:
+            raise UsageError(f"{where}: no trackId, id or url column (columns: {', '.join(names)})")
+        values = pq.read_table(path, columns=[column]).column(0).to_pylist()
+    except UsageError:
+        raise
+    except Exception as exc:  # pyarrow's errors: a file that is not Parquet
+        raise UsageError(f"{where}: not a readable Parquet file ({exc})") from exc
+    return [_item(n, value, where) for n, value in enumerate(values, 1)]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SessionConfiguration, load_configuration
-from ..errors import HalftunesError, UsageError
+from ..errors import HalftunesError, RateLimitedError, UsageError
 from ..itunes import ITunesClient, Track
 from ..records import RecordStatus, Target
 from ..runner import Runner
@@ -33,6 +34,7 @@ from ..session import Session
 from ..targets import OutputSpec, target_for_track, url_target
 from .inputs import Item, read_items
 
+log = logging.getLogger(__name__)
 PLAN_VERSION = 1
 DEFAULT_SHARD_SIZE = 1000
 
@@ -136,8 +138,9 @@ class Job:
                 assert cache is not None
                 tracks = cache.get_tracks(ids)
                 missing = [i for i in ids if i not in tracks]
-                if missing:
-                    for track in ITunesClient(session).lookup(missing):  # 150 ids a call
+                client = ITunesClient(session)
+                for start in range(0, len(missing), LOOKUP_BATCH):
+                    for track in _lookup_patiently(client, missing[start : start + LOOKUP_BATCH]):
                         tracks[str(track.trackId)] = track.raw
             finally:
                 session.close()
@@ -211,6 +214,7 @@ class Job:
                 lines.append(line)
         finally:
             session.close()
+        _parquet_manifest(self.manifest_path(k).with_suffix(".parquet"), lines)
         write_atomically(self.manifest_path(k), "".join(json.dumps(x) + "\n" for x in lines))
         counts = {"completed": 0, "failed": 0, "skipped": 0}
         for line in lines:
@@ -257,6 +261,24 @@ class Job:
                 nbytes += item.get("bytes") or 0
         return {"shards": plan["shards"], "shards_done": done, "items": plan["items"],
                 **counts, "bytes": nbytes, "output": plan["output"]}  # fmt: skip
+
+
+LOOKUP_BATCH = 150  # ids per lookup call
+RATE_LIMIT_WAITS = (15.0, 30.0, 60.0, 120.0, 240.0)  # seconds, then give up
+
+
+def _lookup_patiently(client: ITunesClient, ids: list[str],
+                      sleep: Callable[[float], None] = time.sleep) -> list[Track]:  # fmt: skip
+    """One lookup call; Apple's rate limit (403/429) slows the job down instead of failing it."""
+    for wait in (*RATE_LIMIT_WAITS, None):
+        try:
+            return client.lookup(ids)
+        except RateLimitedError:
+            if wait is None:
+                raise
+            log.info("the iTunes API asks to slow down: waiting %.0f s", wait)
+            sleep(wait)
+    raise AssertionError("unreachable")
 
 
 def run_local(job: Job, overrides: dict[str, Any] | None = None,
@@ -371,3 +393,23 @@ class _Uploads:
         self.done[ident] = note
         local.unlink()
         return {**line, **note}
+
+
+def _parquet_manifest(path: Path, lines: list[dict[str, Any]]) -> None:
+    """The manifest as Parquet too, when pyarrow is installed (written before the JSON Lines
+    one, which marks the shard done)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pylist(lines), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
