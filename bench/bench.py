@@ -503,6 +503,50 @@ def s8_shaped() -> None:
     results["scenarios"]["S8 shaped link"] = json.loads(proc.stdout)
 
 
+def s10_jobs(have: dict, n: int = 20_000, size: int = 100_000) -> None:
+    """A job of n items of `size` bytes on loopback: items/s of the local and Dask engines
+    against aria2c -j 16 -i and wget -i, and the local engine's peak RSS at n/10 and n."""
+    server = subprocess.Popen([sys.executable, "-m", "halftunes_cli.catalog", "--port", "0"],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    api = server.stdout.readline().strip()
+    try:
+        rows: dict = {}
+        for count in (n // 10, n):
+            urls = [f"{api}/files/j{i}.bin?size={size}&seed={i % 97}" for i in range(count)]
+            listing = WORK / f"s10-{count}.txt"
+            listing.write_text("\n".join(urls) + "\n")
+            aria = WORK / f"s10-{count}-aria.txt"
+            aria.write_text("".join(f"{u}\n  out=j{i}.bin\n" for i, u in enumerate(urls)))
+
+            def job(engine: str, count: int = count, listing: Path = listing):
+                return lambda d: [HALFTUNES, "-q", "job", "run", str(fresh(WORK / "s10-job")),
+                                  "--input", str(listing), "-P", str(d), "--engine", engine]  # fmt: skip
+
+            tools = {f"halftunes job --engine local ({count})": job("local")}
+            if count == n:
+                tools["halftunes job --engine dask (LocalCluster, 2 processes)"] = job("dask")
+                if have["aria2c"]:
+                    tools["aria2c -j 16 -i"] = lambda d, aria=aria: [
+                        "aria2c", "-q", "-j", "16", "-i", str(aria), "-d", str(d),
+                        "--file-allocation=none"]  # fmt: skip
+                if have["wget"]:
+                    tools["wget -i"] = lambda d, listing=listing: [
+                        "wget", "-q", "-i", str(listing), "-P", str(d), "-nd"]  # fmt: skip
+
+            def check(d: Path, count: int = count) -> bool:
+                return sum(1 for p in d.iterdir() if p.is_file()) == count
+
+            samples = alternate(tools, WORK / "s10-out", check, envs=None)
+            for name, got in samples.items():
+                summary = summarize(got, count * size)
+                summary["items_per_s"] = count / summary["wall"]["median"]
+                rows[name] = summary
+        results["scenarios"]["S10 jobs (100 KB items)"] = rows
+    finally:
+        server.terminate()
+        server.wait()
+
+
 def s7_memory(servers: Servers) -> None:
     out = {}
     for size in (100 * MIB, GIB):
@@ -596,6 +640,13 @@ def report() -> str:
                 lines.append(f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
                              f"{r['connections']} | {r['mib_per_s']:.1f} |")  # fmt: skip
             lines.append("")
+    if "S10 jobs (100 KB items)" in sc:
+        lines += ["## S10 jobs (items of 100 KB)", "", "| tool | wall s | items/s | CPU s | "
+                  "peak RSS MiB |", "|---|---|---|---|---|"]  # fmt: skip
+        for name, r in sc["S10 jobs (100 KB items)"].items():
+            lines.append(f"| {name} | {fmt_range(r, 'wall')} | {r['items_per_s']:.0f} | "
+                         f"{fmt_range(r, 'cpu')} | {fmt_range(r, 'rss_mib', digits=1)} |")  # fmt: skip
+        lines.append("")
     if results["skipped"]:
         lines += ["Skipped: " + "; ".join(results["skipped"]), ""]
     return "\n".join(lines)
@@ -638,6 +689,9 @@ def main() -> int:
     if not only or "S8" in only:
         log("S8 shaped link")
         s8_shaped()
+    if not only or "S10" in only:
+        log("S10 jobs")
+        s10_jobs(have)
     if not only or "S3" in only:
         log("S3 scaling")
         small = Servers(False, 16 * 1024, 1100)
