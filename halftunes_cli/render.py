@@ -80,6 +80,45 @@ class Console:
         self.info(f"{len(records)} background {noun} finished: {names}{more}")
 
 
+class JobProgress:
+    """One overall bar for a job: shards, items, files/s, MB/s, failures (on a terminal);
+    a line per shard otherwise (for logs)."""
+
+    def __init__(self, console: Console, is_tty: bool):
+        import time
+
+        self.console = console
+        self.is_tty = is_tty and not console.quiet
+        self._clock = time.monotonic
+        self._began = self._clock()
+        self._bar: Any = None
+        self.items = self.failed = self.nbytes = 0
+
+    def shard(self, k: int, counts: dict[str, int], shards: int) -> None:
+        if "skipped_shard" in counts:
+            return
+        self.items += counts.get("completed", 0) + counts.get("failed", 0)
+        self.failed += counts.get("failed", 0)
+        self.nbytes += counts.get("bytes", 0)
+        elapsed = max(self._clock() - self._began, 1e-6)
+        figures = (f"{self.items} items · {self.items / elapsed:.0f} files/s · "
+                   f"{human_bytes(self.nbytes / elapsed)}/s · {self.failed} failed")  # fmt: skip
+        if not self.is_tty:
+            if not self.console.quiet:
+                self.console.info(f"shard {k} done: {figures}")
+            return
+        if self._bar is None:
+            self._bar = _bar_type()(total=shards, file=sys.stderr, leave=True, unit="shard",
+                                    bar_format="{n}/{total} shards {bar:20} {desc}")  # fmt: skip
+        self._bar.set_description_str(figures, refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
 def summary(given: int, statuses: list[str], elapsed_seconds: float) -> str:
     """`35 ids: 33 completed, 1 skipped, 1 failed in 0:42`: every id given is counted once
     (an id that never reached a transfer, bad input, counts as failed)."""

@@ -280,3 +280,17 @@ def test_parquet_input_and_manifests(env, tmp_path):
     pq.write_table(pa.table({"title": ["x"]}), tmp_path / "bad.parquet")
     bad = env.run("job", "run", str(tmp_path / "job-bad"), "--input", str(tmp_path / "bad.parquet"))
     assert bad.returncode == 2 and "no trackId, id or url column" in bad.stderr
+
+
+def test_one_overall_bar_on_a_terminal(env, tmp_path):
+    from conftest import run_in_pty, visible_lines
+
+    urls = [f"{env.server.url}/files/b{i}.bin?size=20000&seed={i}" for i in range(6)]
+    (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
+    out = run_in_pty(env, ["job", "run", str(tmp_path / "job"), "--input",
+                           str(tmp_path / "in.txt"), "-P", str(tmp_path / "out"),
+                           "--shard-size", "2"], 100)  # fmt: skip
+    assert env.last_pty_code == 0, out
+    screen = "\n".join(visible_lines(out, 100))
+    assert "3/3 shards" in screen and "6 items" in screen and "files/s" in screen
+    assert "0 failed" in screen

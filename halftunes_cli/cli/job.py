@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -52,11 +53,14 @@ def job_run(
 
     state = app_state(ctx)
     config = configuration(state)
+    bar = render.JobProgress(state.console, sys.stderr.isatty())
+    shards = (job_dir / "shards").glob("*.json") if (job_dir / "shards").is_dir() else []
+    known = {"shards": len(list(shards))}
 
     def progress(k: int, counts: dict[str, int]) -> None:
-        if not state.quiet and "skipped_shard" not in counts:
-            done = ", ".join(f"{n} {name}" for name, n in counts.items() if n)
-            state.console.info(f"shard {k}: {done or 'nothing to do'}")
+        if not known["shards"] and (job_dir / "shards").is_dir():
+            known["shards"] = len(list((job_dir / "shards").glob("*.json")))
+        bar.shard(k, counts, known["shards"])
 
     try:
         result = run_job(job_dir, input_file, configuration=config, output=output_dir,
@@ -66,8 +70,11 @@ def job_run(
     except HalftunesError as exc:
         fail(state, exc)
     except KeyboardInterrupt:
+        bar.close()
         state.console.info("interrupted: the same command continues the job")
         exit_with(130)
+    finally:
+        bar.close()
     _show(state, result.status, json_out)
     exit_with(result.exit_code)
 

@@ -216,9 +216,10 @@ class Job:
             session.close()
         _parquet_manifest(self.manifest_path(k).with_suffix(".parquet"), lines)
         write_atomically(self.manifest_path(k), "".join(json.dumps(x) + "\n" for x in lines))
-        counts = {"completed": 0, "failed": 0, "skipped": 0}
+        counts = {"completed": 0, "failed": 0, "skipped": 0, "bytes": 0}
         for line in lines:
             counts[line["status"]] += 1
+            counts["bytes"] += line["bytes"] or 0
         return counts
 
     @staticmethod
