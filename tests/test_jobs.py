@@ -294,3 +294,21 @@ def test_one_overall_bar_on_a_terminal(env, tmp_path):
     screen = "\n".join(visible_lines(out, 100))
     assert "3/3 shards" in screen and "6 items" in screen and "files/s" in screen
     assert "0 failed" in screen
+
+
+def test_one_name_twice_in_a_job_never_shares_a_file(env, tmp_path):
+    # The explicit and the clean edition have the same name, and land in different shards.
+    explicit, clean = "1500000000011", "1500000000012"
+    (tmp_path / "in.txt").write_text(f"{explicit}\n{clean}\n")
+    job = tmp_path / "job"
+    result = env.run("job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P",
+                     str(tmp_path / "out"), "--shard-size", "1")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # decided in the plan, before shards run side by side on a cluster
+    planned = json.loads((job / "shards" / "000001.json").read_text())[0]["name"]
+    assert planned == f"The Shapes - Loud Shapes ({clean}).m4a"
+    paths = {m["id"]: Path(m["path"]).name for m in manifests(job)}
+    assert paths == {explicit: "The Shapes - Loud Shapes.m4a",
+                     clean: f"The Shapes - Loud Shapes ({clean}).m4a"}  # fmt: skip
+    for m in manifests(job):
+        assert sha256_file(m["path"]) == env.expected_sha(int(m["id"]))

@@ -145,10 +145,21 @@ class Job:
             finally:
                 session.close()
         entries = []
+        names: set[str] = set()
+
+        def unique(target: Target) -> str:
+            # Shards run in parallel, each checking names only against its own records: the
+            # plan, which sees every item, gives a repeated name the item's id (as download does).
+            name = target.filename
+            if name.casefold() in names:
+                name = target.namer(f" ({target.id})")
+            names.add(name.casefold())
+            return name
+
         for item in items:
             if item.is_url:
                 target = url_target(item.value, spec)
-                entries.append(Entry(item.line, target.id, item.value, target.filename,
+                entries.append(Entry(item.line, target.id, item.value, unique(target),
                                      title=target.filename))  # fmt: skip
                 continue
             raw = tracks.get(item.value)
@@ -162,7 +173,7 @@ class Job:
             except UsageError as exc:
                 entries.append(Entry(item.line, item.value, None, None, error=str(exc)))
                 continue
-            entries.append(Entry(item.line, item.value, target.url, target.filename,
+            entries.append(Entry(item.line, item.value, target.url, unique(target),
                                  title=track.trackName, artist=track.artist_or_show,
                                  album=track.collectionName or "", kind=track.kind))  # fmt: skip
         return entries
