@@ -89,13 +89,11 @@ class BackgroundDownloadTask(Task):
     another process can reattach to it by the session's identifier."""
 
     def __init__(self, session: Any, url: str, destination: str | Path | None = None,
-                 completion: Callable | None = None, record_id: str | None = None,
-                 resume_data: ResumeData | None = None):  # fmt: skip
+                 completion: Callable | None = None, record_id: str | None = None):  # fmt: skip
         super().__init__(session, url, completion)
         session.configuration.check_url(url)
         self.destination = Path(destination) if destination else None
         self.record_id = record_id or target_for_url(url).id
-        self._resume_data = resume_data
         self._started = record_id is not None  # a reattached task is already under way
         self._reported = False
 

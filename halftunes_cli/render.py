@@ -576,8 +576,8 @@ class ProgressDelegate(Progress):
         self._free: list[int] = []  # rows of collapsed bars, reused
         self._position = 0
         self._overall: Any = None
-        self._count = 0
         self._ended = 0
+        self._collapsed_bytes = 0  # bytes of the bars that made way (no longer in _bars)
         self._collapse = False
         self._style = _Style(_terminal_width())
 
@@ -587,7 +587,6 @@ class ProgressDelegate(Progress):
         import shutil
 
         with self._lock:
-            self._count = count
             self._collapse = count > shutil.get_terminal_size((80, 24)).lines - 3
             self._overall = _bar_type()(total=count, position=0, leave=True, file=sys.stderr,
                                         bar_format="{n} of {total} · {desc}",
@@ -598,7 +597,7 @@ class ProgressDelegate(Progress):
         if self._overall is None:
             return
         self._ended += ended
-        done = sum(b.n for b in self._bars.values())
+        done = self._collapsed_bytes + sum(b.n for b in self._bars.values())
         rate = sum((b.format_dict.get("rate") or 0) for b in self._bars.values())
         self._overall.n = self._ended
         self._overall.set_description_str(f"{human_bytes(done)} · {human_bytes(rate)}/s",
@@ -624,15 +623,11 @@ class ProgressDelegate(Progress):
             bar.bar_format = self._style.running(total)
         return bar
 
-    @staticmethod
-    def _title(task: Any) -> str:
-        return _label(task)
-
     def on_retry(self, task, wait_seconds, reason) -> None:
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task.task_identifier, self._title(task),
+            bar = self._bar(task.task_identifier, _label(task),
                             getattr(task, "bytes_received", 0) or 0,
                             getattr(task, "bytes_total", None))  # fmt: skip
             bar.bar_format = self._style.ended(f"retrying in {wait_seconds:.0f} s ({reason})")
@@ -642,7 +637,7 @@ class ProgressDelegate(Progress):
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task.task_identifier, self._title(task),
+            bar = self._bar(task.task_identifier, _label(task),
                             total_written - bytes_written, total_expected)  # fmt: skip
             if "retrying" in (bar.bar_format or ""):
                 bar.bar_format = self._style.running(bar.total)
@@ -657,7 +652,7 @@ class ProgressDelegate(Progress):
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task.task_identifier, self._title(task), total_sent - bytes_sent,
+            bar = self._bar(task.task_identifier, _label(task), total_sent - bytes_sent,
                             total_expected)  # fmt: skip
             bar.update(bytes_sent)
 
@@ -679,6 +674,7 @@ class ProgressDelegate(Progress):
         bar.refresh()
         self._tick_overall(1)
         if self._collapse:  # make way for the running ones
+            self._collapsed_bytes += bar.n
             self._free.append(bar.pos if bar.pos >= 0 else -bar.pos)
             bar.close()
             del self._bars[key]

@@ -26,7 +26,7 @@ from .errors import (
     unknown_download,
 )
 from .itunes import ITunesClient, Track
-from .jobs.job import Job, run_dask, run_local
+from .jobs.job import Job, ShardDone, run_dask, run_local
 from .liveness import is_worker_alive
 from .naming import TEMPLATE_FIELDS, template_fields
 from .records import (
@@ -231,13 +231,13 @@ class DownloadService:
             record = known.get(item)
             if record is not None and item not in cached:
                 resolved.append(("record", record))
-            elif item.isdigit() or record is not None:
+            elif item.isdigit():
                 wanted.append(item)
                 resolved.append(("track", item))
             else:
                 self._error(result, UsageError(f"{item!r} is neither a track id nor a URL",
                             "track ids are numbers: see `halftunes search TERM`"))  # fmt: skip
-        tracks = self._tracks(wanted, result)
+        tracks = self._tracks(wanted, result, cached)
         out: list[Target | DownloadRecord] = []
         for kind, value in resolved:
             if kind != "track":
@@ -255,14 +255,10 @@ class DownloadService:
                 self._error(result, exc)
         return out
 
-    def _tracks(self, ids: list[str], result: BatchResult) -> _Tracks:
-        """Track metadata from the cache, then one lookup for the rest."""
-        tracks = _Tracks()
-        if not ids:
-            return tracks
-        cache = self.session.cache
-        if cache is not None:
-            tracks.update(cache.get_tracks(ids))
+    def _tracks(self, ids: list[str], result: BatchResult,
+                cached: dict[str, dict[str, Any]]) -> _Tracks:  # fmt: skip
+        """Track metadata: what the cache had (`cached`), then one lookup for the rest."""
+        tracks = _Tracks({i: cached[i] for i in ids if i in cached})
         missing = [i for i in ids if i not in tracks]
         if missing:
             try:
@@ -593,7 +589,7 @@ class JobResult:
 
 def run_job(job_dir: Path, input_path: Path, *, configuration: SessionConfiguration,
             output: str | None, engine: str, shard_size: int, scheduler: str | None = None,
-            on_shard: Callable[[int, dict[str, int]], None] | None = None,
+            on_shard: ShardDone | None = None,
             on_dashboard: Callable[[str], None] | None = None) -> JobResult:  # fmt: skip
     """Plan (once), run every shard without a manifest, report the job's counts.
 

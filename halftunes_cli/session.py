@@ -103,8 +103,9 @@ class Session:
                                        completion: Callable | None = None,
                                        **kw: Any) -> DownloadTask | BackgroundDownloadTask:  # fmt: skip
         if self.configuration.is_background:
+            # The record of that URL holds the checkpoint: resuming it re-queues it there.
             task: Any = BackgroundDownloadTask(self, resume_data.url, resume_data.destination,
-                                               completion, resume_data=resume_data)  # fmt: skip
+                                               completion)  # fmt: skip
         else:
             task = DownloadTask(self, resume_data.url, resume_data.destination,
                                 completion=completion, resume_data=resume_data, **kw)  # fmt: skip

@@ -45,10 +45,17 @@ def test_clean_forgets_records_never_files(env):
 
 
 def test_clean_refuses_what_is_not_finished_and_unknown_ids(env):
-    env.fault(path=f"/previews/{T1}/", kind="status", status=503, times=-1)
-    env.run("download", str(T1), env={"HALFTUNES_RETRIES": "0"})
+    env.track(T1, size=3_000_000)
+    env.server.state.throttle_bps = 1_000_000
+    proc = env.spawn("download", str(T1))
+    env.wait_for(lambda: env.part_size(T1) > 50_000, what="bytes flowing")
+    assert env.run("pause", str(T1)).returncode == 0
+    proc.communicate(timeout=30)
+    result = env.run("clean", str(T1))
+    assert result.returncode == 1 and f"{T1} is paused, not finished" in result.stderr
+    assert "halftunes cancel" in result.stderr
+    assert env.record(T1)["status"] == "paused" and env.part_size(T1) > 0  # untouched
     assert env.run("clean", "424242").returncode == 2
-    env.server.state.faults.clear()
 
 
 def test_cancel_all_touches_unfinished_downloads_only(env):

@@ -54,18 +54,10 @@ def job_run(
     state = app_state(ctx)
     config = configuration(state)
     bar = render.JobProgress(state.console, sys.stderr.isatty())
-    shards = (job_dir / "shards").glob("*.json") if (job_dir / "shards").is_dir() else []
-    known = {"shards": len(list(shards))}
-
-    def progress(k: int, counts: dict[str, int]) -> None:
-        if not known["shards"] and (job_dir / "shards").is_dir():
-            known["shards"] = len(list((job_dir / "shards").glob("*.json")))
-        bar.shard(k, counts, known["shards"])
-
     try:
         result = run_job(job_dir, input_file, configuration=config, output=output_dir,
                          engine=engine, shard_size=shard_size, scheduler=scheduler,
-                         on_shard=progress,
+                         on_shard=bar.shard,
                          on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"))  # fmt: skip
     except HalftunesError as exc:
         fail(state, exc)

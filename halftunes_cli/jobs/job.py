@@ -293,8 +293,11 @@ def _lookup_patiently(client: ITunesClient, ids: list[str],
     raise AssertionError("unreachable")
 
 
+ShardDone = Callable[[int, dict[str, int], int], None]  # (shard, its counts, shards in the job)
+
+
 def run_local(job: Job, overrides: dict[str, Any] | None = None,
-              on_shard: Callable[[int, dict[str, int]], None] | None = None) -> None:  # fmt: skip
+              on_shard: ShardDone | None = None) -> None:  # fmt: skip
     """The local engine: the shards one after the other, each with up to
     max_connections_per_host transfers at once (the same engine as `download`)."""
     plan = job.plan()
@@ -302,7 +305,7 @@ def run_local(job: Job, overrides: dict[str, Any] | None = None,
     for k in range(plan["shards"]):
         counts = job.run_shard(k, overrides)
         if on_shard is not None:
-            on_shard(k, counts)
+            on_shard(k, counts, plan["shards"])
 
 
 def _fixed_name(name: str) -> Callable[[str], str]:
@@ -324,7 +327,7 @@ def _shard_task(job_dir: str, k: int, overrides: dict[str, Any]) -> tuple[int, d
 
 
 def run_dask(job: Job, overrides: dict[str, Any] | None = None, scheduler: str | None = None,
-             on_shard: Callable[[int, dict[str, int]], None] | None = None,
+             on_shard: ShardDone | None = None,
              on_dashboard: Callable[[str], None] | None = None) -> None:  # fmt: skip
     """The Dask engine: each unfinished shard is one task on the cluster at `scheduler`, or on
     a LocalCluster of two worker processes. Dask reschedules the shard of a worker that dies;
@@ -353,7 +356,7 @@ def run_dask(job: Job, overrides: dict[str, Any] | None = None, scheduler: str |
                              [overrides or {}] * len(todo), pure=False, retries=3)  # fmt: skip
         for _, (k, counts) in as_completed(futures, with_results=True):
             if on_shard is not None:
-                on_shard(k, counts)
+                on_shard(k, counts, plan["shards"])
     finally:
         client.close()
         if cluster is not None:

@@ -8,7 +8,6 @@ transfer runs more than `MAX_DIRTY_BYTES` ahead of the disk.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -51,8 +50,3 @@ _shared = Checkpointer()
 def shared_checkpointer() -> Checkpointer:
     """The process's checkpointer (every transfer of every session shares one disk queue)."""
     return _shared
-
-
-def run_quietly(job: Job) -> None:
-    with contextlib.suppress(OSError):
-        job()
