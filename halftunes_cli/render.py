@@ -346,7 +346,7 @@ class _Style:
 
     def __init__(self, columns: int):
         self.narrow = columns < 72
-        self.desc_width = max(8, min(32, columns - (22 if self.narrow else 62)))
+        self.desc_width = max(8, min(32, columns - (23 if self.narrow else 63)))  # 1 spare
         self.graphic = "" if self.narrow else "{bar:20} "
 
     def running(self, total: int | None) -> str:
