@@ -257,10 +257,74 @@ def abort(response: Any) -> None:
                 return
 
 
-def chunk_reader(raw: Any) -> Callable[[int], bytes]:
-    """Read what has arrived, up to n bytes, undecoded (byte ranges count encoded bytes)."""
+def body_reader(raw: Any) -> Callable[[memoryview], int]:
+    """`readinto(view) -> n`: what has arrived of the body, up to len(view) bytes, undecoded
+    (byte ranges count encoded bytes), into the caller's buffer; 0 at the end.
+
+    For a plain (not chunked) HTTP/1.1 body the bytes go from the socket straight into the
+    caller's reused buffer, one receive call per read: no new bytes object (and no fresh
+    pages to fault in) per chunk. Anything else (chunked bodies, custom protocol handlers)
+    is read the ordinary way and copied in."""
+    import http.client
+
     import urllib3
 
     if isinstance(raw, urllib3.HTTPResponse):
-        return lambda n: raw.read1(n, decode_content=False)
-    return raw.read  # a custom protocol handler's file-like body
+        inner = getattr(raw, "_fp", None)
+        if (
+            isinstance(inner, http.client.HTTPResponse)
+            and not inner.chunked
+            and hasattr(inner.fp, "readinto1")
+            and raw.tell() == 0
+        ):
+            return _DirectBody(raw, inner).readinto
+        return _copying(lambda n: raw.read1(n, decode_content=False))
+    return _copying(raw.read)  # a custom protocol handler's file-like body
+
+
+def _copying(read: Callable[[int], bytes]) -> Callable[[memoryview], int]:
+    def readinto(view: memoryview) -> int:
+        data = read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    return readinto
+
+
+class _DirectBody:
+    """Reads a length-delimited (or close-delimited) body from http.client's buffered socket
+    file with `readinto1`, keeping http.client's count, and hands the connection back to
+    urllib3's pool once the body is complete, as urllib3 itself would."""
+
+    def __init__(self, raw: Any, inner: Any) -> None:
+        self._raw = raw
+        self._inner = inner
+
+    def readinto(self, view: memoryview) -> int:
+        inner = self._inner
+        fp = inner.fp
+        if fp is None:
+            return 0
+        remaining = inner.length
+        if remaining is not None:
+            if remaining <= 0:
+                self._end(complete=True)
+                return 0
+            if len(view) > remaining:
+                view = view[:remaining]
+        n = fp.readinto1(view)
+        if not n:
+            self._end(complete=remaining is None)  # short: the connection is not reused
+            return 0
+        if remaining is not None:
+            inner.length = remaining - n
+            if inner.length == 0:
+                self._end(complete=True)
+        return n
+
+    def _end(self, complete: bool) -> None:
+        inner = self._inner
+        if inner.fp is not None:
+            inner._close_conn()
+        if complete and not inner.will_close:
+            self._raw.release_conn()

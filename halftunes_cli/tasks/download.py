@@ -25,10 +25,10 @@ from ..errors import (
 from ..naming import url_filename
 from ..ranges import Action
 from ..retry import parse_retry_after
-from ..transport import chunk_reader
+from ..transport import body_reader
 from .base import Task, TaskHost, TaskState
 from .checkpointer import shared_checkpointer
-from .partial import PartialFile, PartialShrank
+from .partial import PartialFile, PartialShrank, start_writeback
 
 CHUNK_BYTES = 1 << 20
 RESUME_DATA_VERSION = 1
@@ -130,8 +130,9 @@ class DownloadTask(Task):
             self.etag = resume_data.etag
             self.last_modified = resume_data.last_modified
         cfg = session.configuration
-        self.partial = PartialFile(part_path, synced, mode=cfg.file_mode, durable=cfg.is_durable)
         self.checkpointer = shared_checkpointer()
+        self.partial = PartialFile(part_path, synced, mode=cfg.file_mode, durable=cfg.is_durable,
+                                   checkpointer=self.checkpointer, writeback=start_writeback)  # fmt: skip
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -352,23 +353,24 @@ class DownloadTask(Task):
     def _stream(self, response: Any, offset: int, start: int) -> None:
         """Write the body at `offset`; its first `offset - start` bytes are the overlap, which
         must equal the partial's before a single byte is appended."""
-        read = chunk_reader(response.raw)
+        readinto = body_reader(response.raw)
+        view = memoryview(bytearray(CHUNK_BYTES))  # one buffer for the whole body
         partial = self.partial
         partial.open_at(offset)
         at_eof = False
         try:
             if start < offset:
-                self._verify_overlap(read, partial.read_back(start, offset))
+                self._verify_overlap(readinto, view, partial.read_back(start, offset))
             while not self._stop.is_set():
-                chunk = read(CHUNK_BYTES)
-                if not chunk:
+                n = readinto(view)
+                if not n:
                     at_eof = True
                     break
-                partial.write(chunk)
-                self.bytes_fetched += len(chunk)
+                partial.write(view[:n])
+                self.bytes_fetched += n
                 if self.bytes_total is not None and partial.length > self.bytes_total:
                     raise _BodyError(f"{self.url}: more bytes than announced")
-                self.session.call_delegate("on_data_written", self, len(chunk),
+                self.session.call_delegate("on_data_written", self, n,
                                            partial.length, self.bytes_total)  # fmt: skip
                 if partial.is_checkpoint_due:  # the disk is the checkpointer's to wait for
                     partial.checkpoint_async(self.checkpointer, lambda _: self._journal())
@@ -384,17 +386,18 @@ class DownloadTask(Task):
                     self._journal()
             partial.close()
 
-    def _verify_overlap(self, read: Callable[[int], bytes], expected: bytes) -> None:
+    def _verify_overlap(self, readinto: Callable[[memoryview], int], view: memoryview,
+                        expected: bytes) -> None:  # fmt: skip
         seen = 0
         while seen < len(expected):
             self._check_stop()
-            chunk = read(min(CHUNK_BYTES, len(expected) - seen))
-            if not chunk:
+            n = readinto(view[: min(len(view), len(expected) - seen)])
+            if not n:
                 raise _BodyError(f"{self.url}: connection closed before the resume point")
-            self.bytes_fetched += len(chunk)
-            if chunk != expected[seen : seen + len(chunk)]:
+            self.bytes_fetched += n
+            if view[:n] != expected[seen : seen + n]:
                 raise _OverlapMismatch
-            seen += len(chunk)
+            seen += n
 
     def _finish(self, total: int | None) -> None:
         size = None

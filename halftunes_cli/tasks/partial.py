@@ -15,6 +15,10 @@ from ..errors import DiskError, TransferError, disk_error
 from .checkpointer import MAX_DIRTY_BYTES, Checkpointer
 
 CHECKPOINT_SECONDS = 1.0
+# In durability = power-cut, writeback of each finished WRITEBACK_BYTES of a partial is
+# started at once (Linux sync_file_range), so the disk works while bytes still arrive and a
+# checkpoint's fsync finds little left to write.
+WRITEBACK_BYTES = 8 << 20
 
 
 class PartialShrank(Exception):
@@ -33,9 +37,13 @@ class PartialFile:
                  clock: Callable[[], float] = time.monotonic,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS,
                  mode: int | None = None, durable: bool = True,
-                 fsync: Callable[[int], None] = os.fsync):  # fmt: skip
+                 fsync: Callable[[int], None] = os.fsync,
+                 checkpointer: Checkpointer | None = None,
+                 writeback: Callable[[int, int, int], None] | None = None):  # fmt: skip
         """`mode`: the permission bits of a file this creates (None: the umask decides).
-        `durable` False (durability = crash): never fsync."""
+        `durable` False (durability = crash): never fsync.
+        `checkpointer` and `writeback(fd, offset, length)` (power-cut only): each finished
+        WRITEBACK_BYTES is handed to the checkpointer to start its writeback."""
         self.path = Path(path)
         self.mode = mode
         self.durable = durable
@@ -49,6 +57,9 @@ class PartialFile:
         self._checkpoint_seconds = checkpoint_seconds
         self._last_checkpoint = clock()
         self._file: BinaryIO | None = None
+        self._written_back = synced  # writeback started for bytes before this offset
+        self._checkpointer = checkpointer
+        self._writeback = writeback
 
     def starting_offset(self, bytes_total: int | None) -> int:
         """Bytes we may append to: the partial's length, unless it is longer than the whole
@@ -105,7 +116,7 @@ class PartialFile:
             f.close()
             raise
         self._file = f
-        self.length = offset
+        self.length = self._written_back = offset
         self._last_checkpoint = self._clock()
 
     def _set_mode(self, f: BinaryIO) -> None:
@@ -123,6 +134,30 @@ class PartialFile:
             self._settle_after_error()
             raise disk_error(exc, self.path) from exc
         self.length += len(chunk)
+        if self.length - self._written_back >= WRITEBACK_BYTES:
+            self._start_writeback()
+
+    def _start_writeback(self) -> None:
+        """Early writeback of the bytes written since the last call, on the checkpointer's
+        thread (submitting I/O costs CPU the receiving thread should not spend)."""
+        start = self._written_back
+        end = self._written_back = self.length
+        if not self.durable or self._checkpointer is None or self._writeback is None:
+            return
+        assert self._file is not None
+        try:
+            fd = os.dup(self._file.fileno())
+        except OSError:
+            return  # a hint only (out of descriptors: the checkpoint's fsync does it all)
+        writeback = self._writeback
+
+        def job() -> None:
+            try:
+                writeback(fd, start, end - start)
+            finally:
+                os.close(fd)
+
+        self._checkpointer.submit(job)
 
     def read_back(self, start: int, end: int) -> bytes:
         """The partial's bytes [start, end), read from disk (the overlap to compare)."""
@@ -258,3 +293,35 @@ class PartialFile:
         """Delete the partial (a cancelled download that no record owns)."""
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+_sync_file_range: Callable[[int, int, int, int], int] | None | bool = False
+SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback, do not wait for it
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing [offset, offset+length) of `fd` to the disk without
+    waiting for it (Linux sync_file_range with SYNC_FILE_RANGE_WRITE; elsewhere nothing).
+    A hint only: durability still comes from the checkpoint's fsync."""
+    global _sync_file_range
+    if _sync_file_range is False:
+        _sync_file_range = _load_sync_file_range()
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # errors: ignored, a hint
+
+
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        function = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function

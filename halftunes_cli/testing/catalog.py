@@ -538,7 +538,9 @@ class _Handler(BaseHTTPRequestHandler):
             announced = length + int(fault.get("extra", 1000))
         if kind == "lie_length":
             announced = 10 * 1024**3
-        if kind != "no_length":
+        if kind == "chunked":  # no length: the body comes in HTTP/1.1 chunks
+            self.send_header("Transfer-Encoding", "chunked")
+        elif kind != "no_length":
             self.send_header("Content-Length", str(announced))
         else:
             self.close_connection = True
@@ -570,7 +572,10 @@ class _Handler(BaseHTTPRequestHandler):
                     n = drop_after - sent
                 if n > 0:
                     piece = encoded[pos : pos + n] if encoded is not None else None
-                    self.wfile.write(piece if piece is not None else body_slice(seed, pos, pos + n))
+                    data = piece if piece is not None else body_slice(seed, pos, pos + n)
+                    if kind == "chunked":
+                        data = b"%x\r\n%s\r\n" % (len(data), data)
+                    self.wfile.write(data)
                     pos += n
                     sent += n
                     entry["bytes_sent"] = sent
@@ -587,6 +592,8 @@ class _Handler(BaseHTTPRequestHandler):
                     ahead = sent / throttle - (time.monotonic() - began)
                     if ahead > 0:
                         time.sleep(ahead)
+            if kind == "chunked":
+                self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True
         finally:

@@ -1,0 +1,97 @@
+"""The body's way from the socket to the disk: the reused receive buffer, chunked bodies,
+connections kept for the next download, and early writeback in durability = power-cut."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from conftest import sha256_file
+
+from halftunes_cli.tasks.checkpointer import Checkpointer
+from halftunes_cli.tasks.partial import WRITEBACK_BYTES, PartialFile
+
+T1 = 1000001
+MB = 1_000_000
+
+
+def with_previews(env, count: int) -> list[int]:
+    tracks = env.server.state.tracks
+    return [tid for tid in sorted(tracks) if tracks[tid].get("previewUrl")][:count]
+
+
+def test_a_chunked_body_downloads(env):
+    env.track(T1, size=3 * MB)
+    env.fault(path=f"/previews/{T1}/", kind="chunked", times=-1)
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    (req,) = env.preview_requests(T1)
+    assert req["status"] == 200 and req["bytes_sent"] == 3 * MB
+
+
+def test_each_slot_keeps_its_connection_for_the_next_download(env):
+    ids = with_previews(env, 12)
+    for tid in ids:
+        env.track(tid, size=300_000)
+    env.run("search", "jack")  # the API's connection is not a download's
+    before = env.server.state.connections
+    result = env.run("download", *map(str, ids), env={"HALFTUNES_MAX_CONNECTIONS_PER_HOST": "2"})
+    assert result.returncode == 0, result.stderr
+    records = env.records()
+    for tid in ids:
+        rec = records[str(tid)]
+        assert rec["status"] == "completed" and sha256_file(rec["path"]) == env.expected_sha(tid)
+    # 12 bodies read to the end by 2 transfers at a time: 2 connections (+1 for the lookup)
+    assert env.server.state.connections - before <= 3
+
+
+def test_a_body_cut_short_is_not_reused_and_the_next_request_opens_a_connection(env):
+    env.track(T1, size=MB)
+    env.fault(path=f"/previews/{T1}/", kind="drop", after=400_000)
+    result = env.run("download", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == env.expected_sha(T1)
+    first, second = env.preview_requests(T1)
+    assert (first["bytes_sent"], second["status"]) == (400_000, 206)
+
+
+def test_early_writeback_covers_each_finished_region_once_in_order(tmp_path):
+    calls: list[tuple[int, int]] = []
+    fsyncs: list[int] = []
+    worker = Checkpointer("test")
+
+    def writeback(fd: int, offset: int, length: int) -> None:
+        assert os.fstat(fd).st_size >= offset + length  # the bytes are in the file already
+        calls.append((offset, length))
+
+    part = PartialFile(tmp_path / "w.part", checkpointer=worker, writeback=writeback,
+                       fsync=lambda fd: fsyncs.append(fd))  # fmt: skip
+    part.open_at(0)
+    block = b"b" * (WRITEBACK_BYTES // 4 + 1)
+    for _ in range(9):
+        part.write(block)
+    part.checkpoint()  # the checkpointer's queue is in order: it has run every writeback too
+    part.wait_for_checkpoint()
+    done = threading.Event()
+    worker.submit(done.set)
+    assert done.wait(10)
+    part.close()
+    ends = [offset + length for offset, length in calls]
+    assert calls and calls[0][0] == 0
+    assert [offset for offset, _ in calls[1:]] == ends[:-1]  # contiguous, no byte twice
+    assert all(length >= WRITEBACK_BYTES for _, length in calls)
+    assert ends[-1] <= part.length == 9 * len(block)
+    assert part.synced == part.length and fsyncs  # durability still comes from the fsync
+
+
+def test_no_writeback_in_crash_mode(tmp_path):
+    calls = []
+    part = PartialFile(tmp_path / "c.part", durable=False, checkpointer=Checkpointer("test"),
+                       writeback=lambda *a: calls.append(a))  # fmt: skip
+    part.open_at(0)
+    part.write(b"c" * (2 * WRITEBACK_BYTES))
+    part.checkpoint()
+    part.close()
+    assert calls == [] and Path(part.path).stat().st_size == 2 * WRITEBACK_BYTES
