@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,8 +33,10 @@ class RequestHandle:
     """The socket of one request, so that another thread can stop it in any phase: while the
     TLS handshake runs, while the server thinks before its headers, or mid-body.
 
-    (The TCP connect itself is not covered: a connect to a silent host ends at the connect
-    timeout, at most 30 s.)"""
+    A pooled socket passes from request to request: `abort` shuts only the sockets this
+    handle still owns, so a late stop of a finished request never cuts the next request
+    that took its connection over. (The TCP connect itself is not covered: a connect to a
+    silent host ends at the connect timeout, at most 30 s.)"""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -43,6 +46,8 @@ class RequestHandle:
     def attach(self, sock: Any) -> None:
         if sock is None:
             return
+        with _owners_lock:
+            _owners[sock] = self
         with self._lock:
             if sock not in self._sockets:
                 self._sockets.append(sock)
@@ -54,8 +59,14 @@ class RequestHandle:
         with self._lock:
             self.is_aborted = True
             sockets = list(self._sockets)
-        for sock in sockets:
+        with _owners_lock:
+            ours = [sock for sock in sockets if _owners.get(sock) is self]
+        for sock in ours:
             _shut(sock)
+
+
+_owners: weakref.WeakKeyDictionary[Any, RequestHandle] = weakref.WeakKeyDictionary()
+_owners_lock = threading.Lock()  # which handle a socket serves now
 
 
 def _shut(sock: Any) -> None:

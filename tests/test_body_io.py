@@ -4,6 +4,7 @@ connections kept for the next download, and early writeback in durability = powe
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from conftest import sha256_file
 
 from halftunes_cli.tasks.checkpointer import Checkpointer
 from halftunes_cli.tasks.partial import WRITEBACK_BYTES, PartialFile
+from halftunes_cli.transport import RequestHandle
 
 T1 = 1000001
 MB = 1_000_000
@@ -43,6 +45,7 @@ def test_each_slot_keeps_its_connection_for_the_next_download(env):
     for tid in ids:
         rec = records[str(tid)]
         assert rec["status"] == "completed" and sha256_file(rec["path"]) == env.expected_sha(tid)
+        assert len(env.preview_requests(tid)) == 1  # no connection cut under a transfer
     # 12 bodies read to the end by 2 transfers at a time: 2 connections (+1 for the lookup)
     assert env.server.state.connections - before <= 3
 
@@ -95,3 +98,35 @@ def test_no_writeback_in_crash_mode(tmp_path):
     part.checkpoint()
     part.close()
     assert calls == [] and Path(part.path).stat().st_size == 2 * WRITEBACK_BYTES
+
+
+def test_a_late_stop_never_cuts_the_connection_another_request_took_over():
+    # A finished request's handle still knows the pooled socket the next request now uses.
+    ours, server = socket.socketpair()
+    with ours, server:
+        finished, current = RequestHandle(), RequestHandle()
+        finished.attach(ours)
+        current.attach(ours)  # the pool handed the connection on
+        finished.abort()
+        server.sendall(b"x")
+        assert ours.recv(1) == b"x"  # still open
+        current.abort()
+        assert ours.recv(1) == b""  # the owner's stop shuts it
+
+
+def test_a_stop_after_the_end_changes_nothing(env):
+    from halftunes_cli import Session, SessionConfiguration
+
+    env.track(T1, size=200_000)
+    url = env.track(T1)["previewUrl"]
+    session = Session(SessionConfiguration.ephemeral())
+    before = env.server.state.connections
+    first = session.download_task(url, env.download_dir / "a.m4a")
+    first.run()
+    first.request_stop("cancel")  # late: the task has ended, its connection is in the pool
+    assert first.state == "completed" and first.error is None
+    second = session.download_task(url, env.download_dir / "b.m4a")
+    second.run()
+    for name in ("a.m4a", "b.m4a"):
+        assert sha256_file(env.download_dir / name) == env.expected_sha(T1)
+    assert env.server.state.connections - before == 1  # the pooled connection was not cut

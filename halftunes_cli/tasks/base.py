@@ -123,7 +123,10 @@ class Task:
 
     def request_stop(self, reason: str) -> None:
         """Ask a running task to stop ('pause' or 'cancel'); it stops within one chunk, and a
-        read blocked on a stalled socket is woken by shutting the socket."""
+        read blocked on a stalled socket is woken by shutting the socket. A task that has
+        ended ignores it (a late request must not touch a connection now in other hands)."""
+        if self._done.is_set():
+            return
         if self._stop_reason is None or reason == "cancel":
             self._stop_reason = reason
         self._stop.set()
