@@ -184,6 +184,21 @@ class StopResult:
     record: DownloadRecord | None
 
 
+@dataclass
+class Settlement:
+    """How a task ended, to be written into its record (`Records.settle_many`)."""
+
+    record_id: str
+    owner: str
+    task_state: str  # completed | paused | failed | cancelled
+    bytes_received: int
+    bytes_total: int | None
+    etag: str | None
+    last_modified: str | None
+    error: str | None
+    permanent: bool = False
+
+
 class Records:
     """The repository of download records in one state dir (or in memory, for ephemeral)."""
 
@@ -395,22 +410,32 @@ class Records:
         `task_state` is the task's end: completed, paused, failed or cancelled. Returns the
         record (None when it is gone: cancelled here or by another process) and whether it
         was still ours to settle."""
+        ending = Settlement(record_id, owner, task_state, bytes_received, bytes_total, etag,
+                            last_modified, error, permanent)  # fmt: skip
+        return self.settle_many([ending])[0]
+
+    def settle_many(self, endings: list[Settlement]) -> list[tuple[DownloadRecord | None, bool]]:
+        """`settle` for several tasks in one transaction (one state-file write for a batch
+        of small files that ended together)."""
         with self.store.transaction() as conn:
-            row = self.store.row(conn, record_id)
-            if row is None:
-                return None, False
-            if row["owner"] != owner:
-                return DownloadRecord.from_row(row), False
-            if task_state == "cancelled":
-                self._forget(conn, row)
-                return None, True
-            status = {"completed": S.COMPLETED, "paused": S.PAUSED}.get(task_state, S.FAILED)
-            self._write(conn, row, record_id, status=status,
-                        error=error if status is S.FAILED else None,
-                        permanent=int(permanent and status is S.FAILED),
-                        bytes_received=bytes_received, bytes_total=bytes_total, owner=None,
-                        request=None, etag=etag, last_modified=last_modified)  # fmt: skip
-            return DownloadRecord.from_row(self.store.row(conn, record_id) or row), True
+            return [self._settle(conn, ending) for ending in endings]
+
+    def _settle(self, conn: Any, e: Settlement) -> tuple[DownloadRecord | None, bool]:
+        row = self.store.row(conn, e.record_id)
+        if row is None:
+            return None, False
+        if row["owner"] != e.owner:
+            return DownloadRecord.from_row(row), False
+        if e.task_state == "cancelled":
+            self._forget(conn, row)
+            return None, True
+        status = {"completed": S.COMPLETED, "paused": S.PAUSED}.get(e.task_state, S.FAILED)
+        self._write(conn, row, e.record_id, status=status,
+                    error=e.error if status is S.FAILED else None,
+                    permanent=int(e.permanent and status is S.FAILED),
+                    bytes_received=e.bytes_received, bytes_total=e.bytes_total, owner=None,
+                    request=None, etag=e.etag, last_modified=e.last_modified)  # fmt: skip
+        return DownloadRecord.from_row(self.store.row(conn, e.record_id) or row), True
 
     def request_stop(self, record_id: str, request: StopRequest) -> StopResult:
         """Pause or cancel: ask a live owner to stop, or settle an idle record right here."""

@@ -1,22 +1,27 @@
 """Runs claimed records as download tasks, up to N at once, steerable from other processes.
 
 A control thread polls the state file every 50 ms for pause/cancel requests that other
-processes left on this process's records, and stops exactly those tasks.
+processes left on this process's records, and stops exactly those tasks. A settling thread
+writes how tasks ended into their records, all that ended meanwhile in one transaction, so
+a transfer slot goes on to its next file without waiting for the state file.
 """
 
 from __future__ import annotations
 
+import logging
+import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import HalftunesError
-from .records import DownloadRecord, Records
+from .records import DownloadRecord, Records, Settlement
 from .session import Session
 from .tasks import DownloadTask, ResumeData
 
 CONTROL_POLL_SECONDS = 0.05
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +49,9 @@ class _RecordJournal:
         return str(request) if request is not None else None
 
 
+_Ended = tuple[DownloadTask, "Future[Outcome]", "Callable[[Outcome], None] | None"]
+
+
 class Runner:
     """`session_for` picks the session a record runs in (the worker: one per distinct set of
     settings the queuing commands carried); by default every record runs in `session`."""
@@ -58,6 +66,8 @@ class Runner:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._control: threading.Thread | None = None
+        self._ended: queue.SimpleQueue[_Ended | None] = queue.SimpleQueue()
+        self._settler: threading.Thread | None = None
         self.pool = ThreadPoolExecutor(max_workers=session.configuration.max_connections_per_host,
                                        thread_name_prefix="transfer")  # fmt: skip
 
@@ -92,35 +102,86 @@ class Runner:
         with self._lock:
             self.tasks[record.id] = task
 
-        def run() -> Outcome:
-            if self._stopping.is_set() and task._stop_reason is None:
-                task.request_stop("pause")
-            task.run()
-            outcome = self.settle(task)
-            with self._lock:
-                self.tasks.pop(record.id, None)
-            if on_done is not None:
-                on_done(outcome)
-            return outcome
+        future: Future[Outcome] = Future()
 
-        return self.pool.submit(run)
+        def run() -> None:
+            try:
+                if self._stopping.is_set() and task._stop_reason is None:
+                    task.request_stop("pause")
+                task.run()
+            except BaseException as exc:  # task.run ends every error itself: a bug
+                future.set_exception(exc)
+                raise
+            self._ended.put((task, future, on_done))
+
+        self._start_settler()
+        self.pool.submit(run)
+        return future
+
+    # -- settling ------------------------------------------------------------------------
+    def _start_settler(self) -> None:
+        with self._lock:
+            if self._settler is None:
+                self._settler = threading.Thread(target=self._settle_loop, daemon=True,
+                                                 name="settler")  # fmt: skip
+                self._settler.start()
+
+    def _settle_loop(self) -> None:
+        while True:
+            batch = [self._ended.get()]
+            while True:
+                try:
+                    batch.append(self._ended.get_nowait())
+                except queue.Empty:
+                    break
+            ended = [item for item in batch if item is not None]
+            try:
+                outcomes = self.settle_many([task for task, _, _ in ended])
+            except BaseException as exc:  # the state file failed: every waiter hears it
+                outcomes = [exc] * len(ended)
+            for (task, future, on_done), outcome in zip(ended, outcomes, strict=True):
+                with self._lock:
+                    self.tasks.pop(str(task.record_id), None)
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                    continue
+                if on_done is not None:
+                    try:
+                        on_done(outcome)
+                    except Exception:  # the caller's hook must not stop the settling
+                        log.exception("%s: reporting the outcome failed", outcome.id)
+                future.set_result(outcome)
+            if None in batch:
+                return
 
     def settle(self, task: DownloadTask) -> Outcome:
         """Write the task's end into its record (only while we still own it)."""
-        rid = task.record_id
-        assert rid is not None
-        state = str(task.state)
-        record, ours = self.records.settle(
-            rid, self.owner, state, bytes_received=task.bytes_synced,
-            bytes_total=task.bytes_total, etag=task.etag, last_modified=task.last_modified,
-            error=str(task.error) if task.error else "failed",
-            permanent=bool(getattr(task.error, "is_permanent", False)),
-        )  # fmt: skip
+        return self.settle_many([task])[0]
+
+    def settle_many(self, tasks: list[DownloadTask]) -> list[Outcome]:
+        if not tasks:
+            return []
+        endings = []
+        for task in tasks:
+            assert task.record_id is not None
+            endings.append(Settlement(
+                task.record_id, self.owner, str(task.state), task.bytes_synced,
+                task.bytes_total, task.etag, task.last_modified,
+                str(task.error) if task.error else "failed",
+                bool(getattr(task.error, "is_permanent", False)),
+            ))  # fmt: skip
+        settled = self.records.settle_many(endings)
+        return [self._outcome(task, record, ours)
+                for task, (record, ours) in zip(tasks, settled, strict=True)]  # fmt: skip
+
+    @staticmethod
+    def _outcome(task: DownloadTask, record: DownloadRecord | None, ours: bool) -> Outcome:
+        rid = str(task.record_id)
         if not ours:  # cancelled or taken over by another process
             return Outcome(rid, "cancelled" if record is None else "paused", None, task.error)
         if record is None:
             return Outcome(rid, "cancelled", None, None, task.notes)
-        error = task.error if state == "failed" else None
+        error = task.error if str(task.state) == "failed" else None
         return Outcome(rid, str(record.status), record, error, task.notes)
 
     def stop_all(self, reason: str) -> None:
@@ -133,5 +194,10 @@ class Runner:
     def shutdown(self) -> None:
         self._stopping.set()
         self.pool.shutdown(wait=True)
+        with self._lock:
+            settler = self._settler
+        if settler is not None:
+            self._ended.put(None)  # after every transfer's end: all are settled first
+            settler.join()
         if self._control is not None:
             self._control.join(timeout=1)

@@ -425,3 +425,33 @@ def test_owner_locks_do_not_pile_up(env):
     assert env.run_process("download", str(T1)).returncode == 0
     assert env.run_process("download", str(T2)).returncode == 0
     assert list((env.state_dir / "owners").iterdir()) == []
+
+
+def test_a_transfer_slot_goes_on_while_the_state_file_is_busy(env):
+    # Endings are written by the settling thread: with the state file's write lock held by
+    # someone else, one slot still fetches every file, and all is recorded once it is free.
+    import sqlite3
+
+    tracks = env.server.state.tracks
+    ids = [t for t in sorted(tracks) if tracks[t].get("previewUrl")][:3]
+    for tid in ids:
+        env.track(tid, size=100_000)
+    env.server.state.throttle_bps = 400_000  # each file takes ~0.25 s
+    proc = env.spawn("download", *map(str, ids), env={"HALFTUNES_MAX_CONNECTIONS_PER_HOST": "1"})
+    env.wait_for(lambda: env.state_record(str(ids[0])), what="the claim")
+    holder = sqlite3.connect(env.state_dir / "downloads.db", isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        env.wait_for(lambda: all(r["bytes_sent"] == 100_000 for t in ids
+                                 for r in env.preview_requests(t)) and all(
+                                     env.preview_requests(t) for t in ids), timeout=15,
+                     what="every file sent while the state file is locked")  # fmt: skip
+        assert proc.poll() is None  # the command waits to record them
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    for tid in ids:
+        rec = env.state_record(str(tid))
+        assert rec["status"] == "completed" and sha256_file(rec["path"]) == env.expected_sha(tid)

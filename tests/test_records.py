@@ -13,6 +13,7 @@ from halftunes_cli.records import (
     TRANSITIONS,
     Records,
     RecordStatus,
+    Settlement,
     StopRequest,
     Target,
     check_transition,
@@ -107,6 +108,30 @@ def test_a_settle_by_a_process_that_lost_the_record_changes_nothing(records, tmp
     record, ours = records.settle("1", "someone-else", "failed", bytes_received=0,
                                   bytes_total=None, etag=None, last_modified=None, error="x")  # fmt: skip
     assert not ours and record.status is S.RUNNING
+
+
+def test_settle_many_writes_each_ending_by_its_own_rules_in_one_transaction(records, tmp_path):
+    owner = records.owner_token()
+    for rid in "123":
+        claim(records, tmp_path, target(tmp_path, rid))
+    transactions = []
+    real = records.store.transaction
+
+    def counted():
+        transactions.append(1)
+        return real()
+
+    records.store.transaction = counted
+    settled = records.settle_many([
+        Settlement("1", owner, "completed", 1000, 1000, '"e1"', None, None),
+        Settlement("2", "someone-else", "failed", 0, None, None, None, "x"),
+        Settlement("3", owner, "failed", 10, 1000, None, None, "HTTP 404", permanent=True),
+    ])  # fmt: skip
+    assert transactions == [1]
+    (one, ours1), (two, ours2), (three, ours3) = settled
+    assert ours1 and one.status is S.COMPLETED and one.etag == '"e1"' and one.owner is None
+    assert not ours2 and two.status is S.RUNNING  # lost to another process: untouched
+    assert ours3 and three.status is S.FAILED and three.permanent and three.error == "HTTP 404"
 
 
 def test_a_dead_owner_is_reconciled_to_paused_at_the_partials_length(tmp_path):
