@@ -19,6 +19,7 @@ from .errors import HalftunesError
 from .records import DownloadRecord, Records, Settlement
 from .session import Session
 from .tasks import DownloadTask, ResumeData
+from .tasks.partial import sync_group
 
 CONTROL_POLL_SECONDS = 0.05
 log = logging.getLogger(__name__)
@@ -99,6 +100,8 @@ class Runner:
             record_id=record.id, journal=_RecordJournal(self.records, self.owner, record.id),
         )  # fmt: skip
         task.title = record.display_name
+        # durable files are fsynced in groups by the settling thread (crash: no fsync at all)
+        task.group_commit = task.session.configuration.is_durable
         with self._lock:
             self.tasks[record.id] = task
 
@@ -135,6 +138,7 @@ class Runner:
                 except queue.Empty:
                     break
             ended = [item for item in batch if item is not None]
+            self._group_commit([task for task, _, _ in ended if task.is_handed_off])
             try:
                 outcomes = self.settle_many([task for task, _, _ in ended])
             except BaseException as exc:  # the state file failed: every waiter hears it
@@ -153,6 +157,15 @@ class Runner:
                 future.set_result(outcome)
             if None in batch:
                 return
+
+    @staticmethod
+    def _group_commit(tasks: list[DownloadTask]) -> None:
+        """Finished bodies, made durable together, then renamed to their final names: a
+        file appears under its name only after its bytes are on disk."""
+        sync_group([task.partial for task in tasks])
+        for task in tasks:
+            # a partial the group could not fsync is tried again alone, and fails its task
+            task.finish_handed_off(sync=task.partial.synced != task.partial.length)
 
     def settle(self, task: DownloadTask) -> Outcome:
         """Write the task's end into its record (only while we still own it)."""

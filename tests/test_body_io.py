@@ -130,3 +130,35 @@ def test_a_stop_after_the_end_changes_nothing(env):
     for name in ("a.m4a", "b.m4a"):
         assert sha256_file(env.download_dir / name) == env.expected_sha(T1)
     assert env.server.state.connections - before == 1  # the pooled connection was not cut
+
+
+def test_group_commit_makes_each_file_durable_before_its_final_name(env, monkeypatch):
+    # power-cut: the settling thread fsyncs finished partials in groups, then renames them
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        events.append(("rename", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    ids = with_previews(env, 8)
+    for tid in ids:
+        env.track(tid, size=150_000)
+    result = env.run("download", *map(str, ids))
+    assert result.returncode == 0, result.stderr
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename" and
+               _.endswith(".part")]  # fmt: skip
+    assert len(renames) == len(ids)
+    for i in renames:
+        part = events[i][1]
+        assert ("fsync", part) in events[:i], f"{part} renamed before it was fsynced"
+    records = env.records()
+    for tid in ids:
+        rec = records[str(tid)]
+        assert rec["status"] == "completed" and sha256_file(rec["path"]) == env.expected_sha(tid)

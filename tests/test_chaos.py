@@ -25,6 +25,7 @@ from halftunes_cli.ranges import OVERLAP_BYTES
 FAULTS = ["kill9", "sigterm", "sigint", "drop", "503", "stall", "etag", "ignore_range", "short"]
 THROTTLE = 3_000_000  # bytes/s per request: a round's transfer lasts about half a second
 CHECKPOINT_BYTES = THROTTLE  # one checkpoint interval (1 s) of data
+DURABILITY = ["power-cut", "crash"]
 
 
 def _wait_worker_gone(env: Env) -> None:
@@ -160,6 +161,9 @@ def test_chaos_rounds(request, tmp_path, server):
         root.mkdir()
         env = Env(root, server)
         kind = FAULTS[i % len(FAULTS)]
+        # every fault in both durability modes: power-cut (fsync, group commit) and crash
+        durability = DURABILITY[(i // len(FAULTS)) % len(DURABILITY)]
+        env.env["HALFTUNES_DURABILITY"] = durability
         try:
             result = Round(env, seed=1000 + i, kind=kind, tid=tracks[i % len(tracks)]).run()
         except Exception as exc:  # noqa: BLE001 - a round that blows up is a failure to report
@@ -167,6 +171,7 @@ def test_chaos_rounds(request, tmp_path, server):
         finally:
             env.cleanup()
         result["round"] = i
+        result["durability"] = durability
         results.append(result)
         with server.state.lock:
             server.state.faults.clear()
@@ -185,15 +190,16 @@ def summarize(results: list[dict], elapsed: float) -> str:
         by_kind[r["kind"]].append(r)
     lines = [f"chaos: {len(results)} rounds in {elapsed:.0f} s, "
              f"{sum(1 for r in results if r['failures'])} failed",  # fmt: skip
-             "| fault | rounds | fg/bg | failures | max bytes over minimum | mean over |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "| fault | rounds | fg/bg | power-cut/crash | failures | max bytes over minimum "
+             "| mean over |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for kind in FAULTS:
         rs = by_kind.get(kind, [])
         if not rs:
             continue
         fg = sum(1 for r in rs if r["mode"] == "fg")
         overs = [r["over"] for r in rs]
-        lines.append(f"| {kind} | {len(rs)} | {fg}/{len(rs) - fg} | "
+        pc = sum(1 for r in rs if r.get("durability") == "power-cut")
+        lines.append(f"| {kind} | {len(rs)} | {fg}/{len(rs) - fg} | {pc}/{len(rs) - pc} | "
                      f"{sum(1 for r in rs if r['failures'])} | {max(overs)} | "
                      f"{sum(overs) // len(overs)} |")  # fmt: skip
     return "\n".join(lines)

@@ -81,6 +81,7 @@ class Task:
         self._state_lock = threading.Lock()
         self._live_response: Any = None
         self._request = RequestHandle()  # the socket in use, for a stop from another thread
+        self._handed_off = False  # its end is another thread's to bring about
 
     def _move(self, new: TaskState) -> None:
         with self._state_lock:
@@ -208,8 +209,13 @@ class Task:
             return response
 
     def _main(self) -> None:
+        self._guarded(self._execute)
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run a step of the task; every way it can end ends the task (unless the step
+        handed the task's end to another thread: `_handed_off`)."""
         try:
-            self._execute()
+            step()
         except Cancelled:
             self._on_stopped()
         except HalftunesError as exc:
@@ -224,7 +230,8 @@ class Task:
             self._fail(translate_request_error(exc, self.url))
         finally:
             self._live_response = None
-            self._done.set()
+            if not self._handed_off:
+                self._done.set()
 
     def _execute(self) -> None:
         raise NotImplementedError

@@ -122,6 +122,10 @@ class DownloadTask(Task):
         self._last_error: HalftunesError | None = None
         self._retry_after: float | None = None
         self._body_ended = False  # the whole body was read
+        # Set by a runner that makes finished files durable in groups: the task then ends
+        # with its body written but not fsynced nor renamed (see `finish_handed_off`).
+        self.group_commit = False
+        self._handed_total: int | None = None
         part_path = Path(str(self.destination) + ".part")
         synced = 0
         if resume_data is not None:
@@ -389,7 +393,8 @@ class DownloadTask(Task):
             # At a clean end the task's settlement records the length; only a stop or an
             # error needs the journal written here.
             with contextlib.suppress(OSError):
-                partial.checkpoint()
+                if not (complete and self.group_commit):  # else the group commit fsyncs it
+                    partial.checkpoint()
                 if not complete:
                     self._journal()
             partial.close()
@@ -408,6 +413,33 @@ class DownloadTask(Task):
             seen += n
 
     def _finish(self, total: int | None) -> None:
+        if self.group_commit:
+            # The body is whole and written; the fsync, the rename and the task's end are
+            # the runner's, done for several files at once (`finish_handed_off`).
+            self._handed_off = True
+            self._handed_total = total
+            return
+        self._finish_now(total)
+
+    @property
+    def is_handed_off(self) -> bool:
+        """The body is complete and awaits `finish_handed_off` (group commit)."""
+        return self._handed_off and not self._done.is_set()
+
+    def finish_handed_off(self, sync: bool = True) -> None:
+        """End a handed-off task: fsync its partial (unless the caller has, for a group),
+        rename it, complete. Every error ends the task as it would have on its own thread."""
+        assert self._handed_off
+
+        def step() -> None:
+            if sync:
+                self.partial.sync_closed()
+            self._finish_now(self._handed_total)
+
+        self._handed_off = False
+        self._guarded(step)
+
+    def _finish_now(self, total: int | None) -> None:
         size = None
         if not self._stop.is_set():
             size = self.partial.finish(self.destination, total, self.content_encoding)

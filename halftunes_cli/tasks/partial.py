@@ -37,7 +37,7 @@ class PartialFile:
                  clock: Callable[[], float] = time.monotonic,
                  checkpoint_seconds: float = CHECKPOINT_SECONDS,
                  mode: int | None = None, durable: bool = True,
-                 fsync: Callable[[int], None] = os.fsync,
+                 fsync: Callable[[int], None] | None = None,
                  checkpointer: Checkpointer | None = None,
                  writeback: Callable[[int, int, int], None] | None = None):  # fmt: skip
         """`mode`: the permission bits of a file this creates (None: the umask decides).
@@ -47,7 +47,7 @@ class PartialFile:
         self.path = Path(path)
         self.mode = mode
         self.durable = durable
-        self._fsync = fsync if durable else (lambda fd: None)
+        self._fsync = (fsync or os.fsync) if durable else (lambda fd: None)
         self._lock = threading.Lock()
         self._idle = threading.Event()
         self._idle.set()
@@ -214,6 +214,17 @@ class PartialFile:
 
         checkpointer.submit(job)
 
+    def sync_closed(self) -> None:
+        """fsync the closed partial (a finished body handed to a group commit), after which
+        all of it counts as on disk."""
+        self.wait_for_checkpoint()
+        try:
+            with open(self.path, "rb") as f:
+                self._fsync(f.fileno())
+                self.length = self.synced = os.fstat(f.fileno()).st_size
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+
     def wait_for_checkpoint(self) -> None:
         self._idle.wait()
 
@@ -293,6 +304,33 @@ class PartialFile:
         """Delete the partial (a cancelled download that no record owns)."""
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+def sync_group(partials: list[PartialFile]) -> None:
+    """Make several closed partials durable together: start writeback of all of them, then
+    fsync each (the file system's journal commit of the first covers most of the others).
+    A partial whose fsync succeeds has `synced` = its length; a failure leaves it behind."""
+    opened: list[tuple[PartialFile, int]] = []
+    try:
+        for part in partials:
+            part.wait_for_checkpoint()
+            try:
+                fd = os.open(part.path, os.O_RDONLY)
+            except OSError:
+                continue
+            opened.append((part, fd))
+            if part.durable:
+                with contextlib.suppress(OSError):
+                    start_writeback(fd, 0, 0)  # length 0: to the end of the file
+        for part, fd in opened:
+            try:
+                part._fsync(fd)
+                part.length = part.synced = os.fstat(fd).st_size
+            except OSError:
+                continue
+    finally:
+        for _, fd in opened:
+            os.close(fd)
 
 
 _sync_file_range: Callable[[int, int, int, int], int] | None | bool = False
