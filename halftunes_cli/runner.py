@@ -138,10 +138,11 @@ class Runner:
                 except queue.Empty:
                     break
             ended = [item for item in batch if item is not None]
-            self._group_commit([task for task, _, _ in ended if task.is_handed_off])
+            outcomes: list[Outcome | BaseException]
             try:
-                outcomes = self.settle_many([task for task, _, _ in ended])
-            except BaseException as exc:  # the state file failed: every waiter hears it
+                self._group_commit([task for task, _, _ in ended if task.is_handed_off])
+                outcomes = list(self.settle_many([task for task, _, _ in ended]))
+            except BaseException as exc:  # e.g. the state file failed: every waiter hears it
                 outcomes = [exc] * len(ended)
             for (task, future, on_done), outcome in zip(ended, outcomes, strict=True):
                 with self._lock:
@@ -167,11 +168,8 @@ class Runner:
             # a partial the group could not fsync is tried again alone, and fails its task
             task.finish_handed_off(sync=task.partial.synced != task.partial.length)
 
-    def settle(self, task: DownloadTask) -> Outcome:
-        """Write the task's end into its record (only while we still own it)."""
-        return self.settle_many([task])[0]
-
     def settle_many(self, tasks: list[DownloadTask]) -> list[Outcome]:
+        """Write the tasks' ends into their records (only those we still own)."""
         if not tasks:
             return []
         endings = []

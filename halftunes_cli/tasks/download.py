@@ -421,6 +421,11 @@ class DownloadTask(Task):
             return
         self._finish_now(total)
 
+    def request_stop(self, reason: str) -> None:
+        if reason == "pause" and self.is_handed_off:
+            return  # the body is whole and only awaits its group commit: let it finish
+        super().request_stop(reason)
+
     @property
     def is_handed_off(self) -> bool:
         """The body is complete and awaits `finish_handed_off` (group commit)."""
