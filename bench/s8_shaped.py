@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +62,18 @@ def tools(n: int, work: Path, urls: list[str]) -> dict:
     return out
 
 
+def link_rate(server: CatalogServer, since: float) -> float | None:
+    """MiB/s the server sent bodies at, from the first body byte to the last, as the server
+    saw it (its own clock; the fixed first-byte delay excluded): how much of the link a tool
+    used, apart from its start-up."""
+    sent = [e for e in server.state.log if e["time"] >= since and e["bytes_sent"]
+            and e["ended"] is not None]  # fmt: skip
+    if not sent:
+        return None
+    seconds = max(e["ended"] for e in sent) - min(e["time"] for e in sent) - DELAY
+    return sum(e["bytes_sent"] for e in sent) / MIB / seconds if seconds > 0 else None
+
+
 def main() -> None:
     runs = int(sys.argv[1]) if len(sys.argv) > 1 else 3
     shape()
@@ -85,15 +98,19 @@ def main() -> None:
                     d.mkdir()
                     cmd, extra = build(d)
                     before = server.state.connections
+                    began = time.time()
                     sample = bench.measure(cmd, env={**bench.os.environ, **extra})
                     got = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
                     if got != total:
                         raise RuntimeError(f"S8 {name}: {got} of {total} bytes")
                     sample["connections"] = server.state.connections - before
+                    sample["link_mib_s"] = link_rate(server, began)
                     if run > 0:
                         samples.append(sample)
                 summary = bench.summarize(samples, total)
                 summary["connections"] = max(s["connections"] for s in samples)
+                rates = sorted(s["link_mib_s"] for s in samples if s["link_mib_s"])
+                summary["link_mib_s"] = rates[len(rates) // 2] if rates else None
                 rows[name] = summary
                 print(
                     f"  S8 {label}: {name} {summary['wall']['median']:.2f}s, "
