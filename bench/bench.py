@@ -658,6 +658,15 @@ def report() -> str:
     return "\n".join(lines)
 
 
+def save(partial: bool) -> None:
+    """Write results.json; a partial run updates its scenarios and keeps the others."""
+    stored = ROOT / "bench" / "results.json"
+    if partial and stored.exists():
+        previous = json.loads(stored.read_text())
+        results["scenarios"] = {**previous.get("scenarios", {}), **results["scenarios"]}
+    stored.write_text(json.dumps(results, indent=1))
+
+
 def main() -> int:
     os.environ.setdefault("NO_COLOR", "1")
     results["date"] = time.strftime("%Y-%m-%d")
@@ -706,11 +715,7 @@ def main() -> int:
         finally:
             small.stop()
     results["elapsed_seconds"] = time.monotonic() - began
-    stored = ROOT / "bench" / "results.json"
-    if only and stored.exists():  # a partial run updates its scenarios, keeps the others
-        previous = json.loads(stored.read_text())
-        results["scenarios"] = {**previous.get("scenarios", {}), **results["scenarios"]}
-    stored.write_text(json.dumps(results, indent=1))
+    save(bool(only))
     text = report()
     (ROOT / "bench" / "RESULTS.md").write_text(text + "\n")
     print(text)
