@@ -435,14 +435,14 @@ def test_a_transfer_slot_goes_on_while_the_state_file_is_busy(env):
     tracks = env.server.state.tracks
     ids = [t for t in sorted(tracks) if tracks[t].get("previewUrl")][:3]
     for tid in ids:
-        env.track(tid, size=100_000)
-    env.server.state.throttle_bps = 400_000  # each file takes ~0.25 s
+        env.track(tid, size=200_000)
+    env.server.state.throttle_bps = 400_000  # each file takes ~0.5 s
     proc = env.spawn("download", *map(str, ids), env={"HALFTUNES_MAX_CONNECTIONS_PER_HOST": "1"})
     env.wait_for(lambda: env.state_record(str(ids[0])), what="the claim")
     holder = sqlite3.connect(env.state_dir / "downloads.db", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        env.wait_for(lambda: all(r["bytes_sent"] == 100_000 for t in ids
+        env.wait_for(lambda: all(r["bytes_sent"] == 200_000 for t in ids
                                  for r in env.preview_requests(t)) and all(
                                      env.preview_requests(t) for t in ids), timeout=15,
                      what="every file sent while the state file is locked")  # fmt: skip
