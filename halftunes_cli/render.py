@@ -568,7 +568,11 @@ class ProgressDelegate(Progress):
     `update(n)`. Downloads, `wait` and uploads all draw this one style. When there are more
     transfers than the terminal has rows, finished bars make way for running ones."""
 
-    def __init__(self, enabled: bool, console: Console):
+    OVERALL_SECONDS = 0.25
+
+    def __init__(self, enabled: bool, console: Console, clock: Any = None):
+        import time
+
         self.enabled = enabled
         self.console = console
         self._bars: dict[Any, Any] = {}
@@ -580,6 +584,8 @@ class ProgressDelegate(Progress):
         self._collapsed_bytes = 0  # bytes of the bars that made way (no longer in _bars)
         self._collapse = False
         self._style = _Style(_terminal_width())
+        self._clock = clock or time.monotonic
+        self._overall_at = float("-inf")  # when the overall line was last drawn
 
     def on_transfers(self, count: int) -> None:
         if not self.enabled or count < 2:
@@ -594,8 +600,14 @@ class ProgressDelegate(Progress):
             self._position = 1
 
     def _tick_overall(self, ended: int = 0) -> None:
+        """Redraw the overall line: at every transfer's end, else at most every
+        OVERALL_SECONDS (progress events come with every read of every transfer)."""
         if self._overall is None:
             return
+        now = self._clock()
+        if not ended and now - self._overall_at < self.OVERALL_SECONDS:
+            return
+        self._overall_at = now
         self._ended += ended
         done = self._collapsed_bytes + sum(b.n for b in self._bars.values())
         rate = sum((b.format_dict.get("rate") or 0) for b in self._bars.values())
