@@ -138,12 +138,13 @@ class Runner:
                 except queue.Empty:
                     break
             ended = [item for item in batch if item is not None]
+            tasks = [task for task, _, _ in ended]
             outcomes: list[Outcome | BaseException]
             try:
-                self._group_commit([task for task, _, _ in ended if task.is_handed_off])
-                outcomes = list(self.settle_many([task for task, _, _ in ended]))
-            except BaseException as exc:  # e.g. the state file failed: every waiter hears it
-                outcomes = [exc] * len(ended)
+                self._group_commit([task for task in tasks if task.is_handed_off])
+                outcomes = list(self.settle_many(tasks))
+            except BaseException:  # one bad ending must not take its batch with it
+                outcomes = [self._settle_alone(task) for task in tasks]
             for (task, future, on_done), outcome in zip(ended, outcomes, strict=True):
                 with self._lock:
                     self.tasks.pop(str(task.record_id), None)
@@ -158,6 +159,14 @@ class Runner:
                 future.set_result(outcome)
             if None in batch:
                 return
+
+    def _settle_alone(self, task: DownloadTask) -> Outcome | BaseException:
+        try:
+            if task.is_handed_off:
+                task.finish_handed_off()
+            return self.settle_many([task])[0]
+        except BaseException as exc:  # e.g. the state file failed: its waiter hears it
+            return exc
 
     @staticmethod
     def _group_commit(tasks: list[DownloadTask]) -> None:

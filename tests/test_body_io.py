@@ -8,6 +8,7 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
 from conftest import sha256_file
 
 from halftunes_cli.tasks.checkpointer import Checkpointer
@@ -162,3 +163,47 @@ def test_group_commit_makes_each_file_durable_before_its_final_name(env, monkeyp
     for tid in ids:
         rec = records[str(tid)]
         assert rec["status"] == "completed" and sha256_file(rec["path"]) == env.expected_sha(tid)
+
+
+def test_one_bad_ending_does_not_fail_the_others_in_its_batch(env, monkeypatch):
+    # The settling thread writes a batch in one transaction; when that fails, each ending is
+    # settled alone, so only the one that cannot be written reports an error.
+    import time as _time
+
+    from halftunes_cli import Session
+    from halftunes_cli.config import load_configuration
+    from halftunes_cli.records import Records, Target
+    from halftunes_cli.runner import Runner
+
+    ids = with_previews(env, 2)
+    session = Session(load_configuration({"state_dir": str(env.state_dir),
+                                          "download_dir": str(env.download_dir)}))  # fmt: skip
+    owner = session.records.owner_token()
+    targets = [Target(str(t), env.track(t)["previewUrl"], str(t), lambda s, t=t: f"{t}{s}.m4a")
+               for t in ids]  # fmt: skip
+    claims = session.records.claim(targets, owner=owner, force=False, queue=False,
+                                   download_dir=env.download_dir, session_kind="default")  # fmt: skip
+    runner = Runner(session, owner)
+    runner._settler = object()  # hold the settling thread back: both endings form one batch
+    futures = [runner.submit(c.record) for c in claims]
+    deadline = _time.monotonic() + 20
+    while runner._ended.qsize() < 2 and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    bad = str(ids[1])
+    real = Records.settle_many
+
+    def settle_many(self, endings):
+        if any(e.record_id == bad for e in endings):
+            raise RuntimeError("this record cannot be written")
+        return real(self, endings)
+
+    monkeypatch.setattr(Records, "settle_many", settle_many)
+    runner._ended.put(None)
+    runner._settle_loop()  # here, on this thread: one batch of both
+    good = futures[0].result(timeout=1)
+    assert good.status == "completed" and sha256_file(good.record.path) == env.expected_sha(ids[0])
+    with pytest.raises(RuntimeError):
+        futures[1].result(timeout=1)
+    runner._settler = None
+    runner.shutdown()
+    session.close()
