@@ -401,22 +401,12 @@ class Records:
                         boot_id=self._boot)  # fmt: skip
             return StopRequest(row["request"]) if row["request"] else None
 
-    def settle(self, record_id: str, owner: str, task_state: str, *, bytes_received: int,
-               bytes_total: int | None, etag: str | None, last_modified: str | None,
-               error: str | None,
-               permanent: bool = False) -> tuple[DownloadRecord | None, bool]:  # fmt: skip
-        """Write a finished task's end into its record, while we still own it.
-
-        `task_state` is the task's end: completed, paused, failed or cancelled. Returns the
+    def settle_many(self, endings: list[Settlement]) -> list[tuple[DownloadRecord | None, bool]]:
+        """Write finished tasks' ends into their records, each only while we still own it,
+        in one transaction (one state-file write for a batch of small files that ended
+        together). An ending is completed, paused, failed or cancelled; each result is the
         record (None when it is gone: cancelled here or by another process) and whether it
         was still ours to settle."""
-        ending = Settlement(record_id, owner, task_state, bytes_received, bytes_total, etag,
-                            last_modified, error, permanent)  # fmt: skip
-        return self.settle_many([ending])[0]
-
-    def settle_many(self, endings: list[Settlement]) -> list[tuple[DownloadRecord | None, bool]]:
-        """`settle` for several tasks in one transaction (one state-file write for a batch
-        of small files that ended together)."""
         with self.store.transaction() as conn:
             return [self._settle(conn, ending) for ending in endings]
 

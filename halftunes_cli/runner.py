@@ -162,8 +162,7 @@ class Runner:
 
     def _settle_alone(self, task: DownloadTask) -> Outcome | BaseException:
         try:
-            if task.is_handed_off:
-                task.finish_handed_off()
+            self._group_commit([task] if task.is_handed_off else [])
             return self.settle_many([task])[0]
         except BaseException as exc:  # e.g. the state file failed: its waiter hears it
             return exc
@@ -172,10 +171,9 @@ class Runner:
     def _group_commit(tasks: list[DownloadTask]) -> None:
         """Finished bodies, made durable together, then renamed to their final names: a
         file appears under its name only after its bytes are on disk."""
-        sync_group([task.partial for task in tasks])
+        errors = sync_group([task.partial for task in tasks])
         for task in tasks:
-            # a partial the group could not fsync is tried again alone, and fails its task
-            task.finish_handed_off(sync=task.partial.synced != task.partial.length)
+            task.finish_handed_off(errors.get(task.partial.path))
 
     def settle_many(self, tasks: list[DownloadTask]) -> list[Outcome]:
         """Write the tasks' ends into their records (only those we still own)."""

@@ -78,8 +78,8 @@ def test_claim_checkpoint_settle(records, tmp_path):
     owner = records.owner_token()
     assert records.checkpoint("1", owner, 100, 1000, '"e"', None) is None
     assert records.get("1").bytes_received == 100
-    record, ours = records.settle("1", owner, "completed", bytes_received=1000,
-                                  bytes_total=1000, etag='"e"', last_modified=None, error="x")  # fmt: skip
+    ((record, ours),) = records.settle_many([Settlement("1", owner, "completed", 1000, 1000,
+                                                        '"e"', None, "x")])  # fmt: skip
     assert ours and record.status is S.COMPLETED and record.error is None and record.owner is None
 
 
@@ -97,16 +97,16 @@ def test_a_stop_request_reaches_the_checkpoint_and_cancel_forgets_the_partial(re
     assert (
         records.checkpoint("1", records.owner_token(), 10, None, None, None) is StopRequest.CANCEL
     )
-    record, ours = records.settle("1", records.owner_token(), "cancelled", bytes_received=10,
-                                  bytes_total=None, etag=None, last_modified=None, error=None)  # fmt: skip
+    ((record, ours),) = records.settle_many([Settlement("1", records.owner_token(), "cancelled",
+                                                        10, None, None, None, None)])  # fmt: skip
     assert (record, ours) == (None, True)
     assert records.get("1") is None and not Path(c.record.part_path).exists()
 
 
 def test_a_settle_by_a_process_that_lost_the_record_changes_nothing(records, tmp_path):
     claim(records, tmp_path, target(tmp_path))
-    record, ours = records.settle("1", "someone-else", "failed", bytes_received=0,
-                                  bytes_total=None, etag=None, last_modified=None, error="x")  # fmt: skip
+    ((record, ours),) = records.settle_many([Settlement("1", "someone-else", "failed", 0, None,
+                                                        None, None, "x")])  # fmt: skip
     assert not ours and record.status is S.RUNNING
 
 
@@ -153,8 +153,8 @@ def test_a_dead_owner_is_reconciled_to_paused_at_the_partials_length(tmp_path):
 
 def test_completed_record_with_its_file_is_skipped_unless_forced(records, tmp_path):
     claim(records, tmp_path, target(tmp_path))
-    records.settle("1", records.owner_token(), "completed", bytes_received=3, bytes_total=3,
-                   etag=None, last_modified=None, error=None)  # fmt: skip
+    records.settle_many([Settlement("1", records.owner_token(), "completed", 3, 3, None, None,
+                                    None)])  # fmt: skip
     (tmp_path / "song.m4a").write_bytes(b"abc")
     assert claim(records, tmp_path, records.get("1")).outcome == "skipped"
     forced = claim(records, tmp_path, records.get("1"), force=True)

@@ -429,16 +429,17 @@ class DownloadTask(Task):
     @property
     def is_handed_off(self) -> bool:
         """The body is complete and awaits `finish_handed_off` (group commit)."""
-        return self._handed_off and not self._done.is_set()
+        return self._handed_off
 
-    def finish_handed_off(self, sync: bool = True) -> None:
-        """End a handed-off task: fsync its partial (unless the caller has, for a group),
-        rename it, complete. Every error ends the task as it would have on its own thread."""
+    def finish_handed_off(self, sync_error: OSError | None = None) -> None:
+        """End a handed-off task once the group commit has fsynced its partial (or failed to:
+        `sync_error`): rename it, complete. Every error ends the task as it would have on its
+        own thread."""
         assert self._handed_off
 
         def step() -> None:
-            if sync:
-                self.partial.sync_closed()
+            if sync_error is not None:
+                raise disk_error(sync_error, self.part_path) from sync_error
             self._finish_now(self._handed_total)
 
         self._handed_off = False

@@ -214,17 +214,6 @@ class PartialFile:
 
         checkpointer.submit(job)
 
-    def sync_closed(self) -> None:
-        """fsync the closed partial (a finished body handed to a group commit), after which
-        all of it counts as on disk."""
-        self.wait_for_checkpoint()
-        try:
-            with open(self.path, "rb") as f:
-                self._fsync(f.fileno())
-                self.length = self.synced = os.fstat(f.fileno()).st_size
-        except OSError as exc:
-            raise disk_error(exc, self.path) from exc
-
     def wait_for_checkpoint(self) -> None:
         self._idle.wait()
 
@@ -306,31 +295,34 @@ class PartialFile:
             self.path.unlink()
 
 
-def sync_group(partials: list[PartialFile]) -> None:
+def sync_group(partials: list[PartialFile]) -> dict[Path, OSError]:
     """Make several closed partials durable together: start writeback of all of them, then
     fsync each (the file system's journal commit of the first covers most of the others).
-    A partial whose fsync succeeds has `synced` = its length; a failure leaves it behind."""
+    A partial whose fsync succeeds has `synced` = its length; the others are returned with
+    their error, by path."""
+    errors: dict[Path, OSError] = {}
     opened: list[tuple[PartialFile, int]] = []
     try:
         for part in partials:
             part.wait_for_checkpoint()
             try:
-                fd = os.open(part.path, os.O_RDONLY)
-            except OSError:
+                opened.append((part, os.open(part.path, os.O_RDONLY)))
+            except OSError as exc:
+                errors[part.path] = exc
                 continue
-            opened.append((part, fd))
             if part.durable:
                 with contextlib.suppress(OSError):
-                    start_writeback(fd, 0, 0)  # length 0: to the end of the file
+                    start_writeback(opened[-1][1], 0, 0)  # length 0: to the end of the file
         for part, fd in opened:
             try:
                 part._fsync(fd)
                 part.length = part.synced = os.fstat(fd).st_size
-            except OSError:
-                continue
+            except OSError as exc:
+                errors[part.path] = exc
     finally:
         for _, fd in opened:
             os.close(fd)
+    return errors
 
 
 _sync_file_range: Callable[[int, int, int, int], int] | None | bool = False
