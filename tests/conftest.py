@@ -185,6 +185,63 @@ class Env:
         reap_children()
 
 
+class WriterAudit:
+    """Watches, from outside, which processes hold a `.part` file open for writing: every few
+    milliseconds it reads /proc/<pid>/fd and fdinfo of every process. Two processes with one
+    partial (one inode) open for writing at the same moment is a violation: a partial has
+    one writer."""
+
+    def __init__(self, interval_seconds: float = 0.003) -> None:
+        import threading
+
+        self.interval_seconds = interval_seconds
+        self.violations: list[str] = []
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True, name="writer-audit")
+
+    def start(self) -> WriterAudit:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[str]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        assert self.samples > 0
+        return self.violations
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            self.samples += 1
+            for inode, pids in self.writers().items():
+                if len(pids) > 1:
+                    self.violations.append(f"inode {inode}: written by pids {sorted(pids)}")
+
+    @staticmethod
+    def writers() -> dict[tuple[int, int], set[int]]:
+        found: dict[tuple[int, int], set[int]] = {}
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            fd_dir = f"/proc/{pid}/fd"
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:
+                continue
+            for fd in fds:
+                try:
+                    if ".part" not in os.readlink(f"{fd_dir}/{fd}"):
+                        continue
+                    with open(f"/proc/{pid}/fdinfo/{fd}") as info:
+                        flags = int(info.read().split("flags:")[1].split()[0], 8)
+                    st = os.stat(f"{fd_dir}/{fd}")
+                except (OSError, IndexError, ValueError):
+                    continue
+                if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
+                    found.setdefault((st.st_dev, st.st_ino), set()).add(int(pid))
+        return found
+
+
 def corrupt_state(state_dir: Path, kind: str) -> None:
     """Spoil the state file: garbage, empty, a directory, or from a future version."""
     import sqlite3
@@ -224,7 +281,11 @@ def reap_children(timeout: float = 5.0) -> None:
 def isolated_environment(monkeypatch, tmp_path):
     """No test sees the developer's halftunes settings, colours or home directory."""
     for name in list(os.environ):
-        if name.startswith("HALFTUNES_") or name in ("NO_COLOR", "REQUESTS_CA_BUNDLE"):
+        # (requests reads proxy variables in both spellings: a machine's `no_proxy` would
+        # otherwise decide where a test's requests go)
+        if name.startswith("HALFTUNES_") or name in ("NO_COLOR", "REQUESTS_CA_BUNDLE",
+                                                      "CURL_CA_BUNDLE") \
+                or name.lower().endswith("_proxy"):  # fmt: skip
             monkeypatch.delenv(name)
     home = tmp_path / "isolated-home"
     monkeypatch.setenv("HOME", str(home))

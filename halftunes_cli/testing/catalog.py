@@ -11,6 +11,7 @@ It plays the other side of the wire and shares no code with the client on purpos
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import random
@@ -57,6 +58,8 @@ def body_sha256(seed: int, size: int) -> str:
         digest.update(body_slice(seed, start, min(size, start + (4 << 20))))
     return digest.hexdigest()
 
+
+MODIFIED_NOW = -1.0  # a `CatalogState.mtimes` value: the file changes every second
 
 # -- the catalog -------------------------------------------------------------------------------
 
@@ -208,6 +211,9 @@ class CatalogState:
         # TCP connections clients opened (connection reuse is part of being fast).
         self.first_byte_delay = 0.0
         self.connections = 0
+        # Set to a threading.Event to hold every preview and file response before its status
+        # line until the event is set (a busy origin; tests use it to keep transfers open).
+        self.gate: threading.Event | None = None
         self.lock = threading.Lock()
 
     def size_of(self, track_id: int) -> int:
@@ -217,12 +223,17 @@ class CatalogState:
             return self.preview_size
         return 60_000 + (track_id * 7919) % 200_000
 
-    def mtime_of(self, track_id: int) -> float:
-        return self.mtimes.get(track_id, 1_100_000_000 + self.versions.get(track_id, 1) * 86_400)
+    def mtime_of(self, track_id: int, now: float | None = None) -> float:
+        """The preview's modification time; MODIFIED_NOW means "modified in the second of each
+        response" (its Last-Modified then equals its Date, `now`)."""
+        mtime = self.mtimes.get(track_id, 1_100_000_000 + self.versions.get(track_id, 1) * 86_400)
+        if mtime == MODIFIED_NOW:
+            return time.time() if now is None else now
+        return mtime
 
-    def validators_of(self, track_id: int) -> tuple[str | None, str]:
+    def validators_of(self, track_id: int, now: float | None = None) -> tuple[str | None, str]:
         version, size = self.versions.get(track_id, 1), self.size_of(track_id)
-        mtime = self.mtime_of(track_id)
+        mtime = self.mtime_of(track_id, now)
         etag = {
             "default": f'"p{track_id}-v{version}-{size}"',
             "lm-only": None,
@@ -273,6 +284,16 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.state.lock:
             self.state.connections += 1
+        self.server.open_connections.add(self.connection)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self.server.open_connections.discard(self.connection)  # type: ignore[attr-defined]
+        super().finish()
+
+    _date: str | None = None  # this response's Date header, when a route fixed it
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        return self._date or super().date_time_string(timestamp)
 
     def send_response(self, code: int, message: str | None = None) -> None:
         if self.state.first_byte_delay:
@@ -281,6 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- plumbing --------------------------------------------------------------------------
     def _entry(self) -> dict:
+        self._date = None
         h = self.headers
         entry = {
             "method": self.command,
@@ -470,7 +492,10 @@ class _Handler(BaseHTTPRequestHandler):
         track_id = int(part)
         st = self.state
         size = st.size_of(track_id)
-        etag, mtime = st.validators_of(track_id)
+        now = float(int(time.time()))
+        etag, mtime = st.validators_of(track_id, now)
+        if st.mtimes.get(track_id) == MODIFIED_NOW:
+            self._date = mtime  # Last-Modified and Date name the same second
         encoded = None
         if track_id in st.gzip_tracks:  # Apache force-gzip: ranges count the gzip bytes
             import gzip
@@ -504,6 +529,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve_body(self, entry, seed, size, etag, mtime, fault, ctype, encoded=None) -> None:
         kind = fault["kind"] if fault else None
+        gate = self.state.gate
+        if gate is not None:
+            gate.wait(timeout=120)
         rng = self.headers.get("Range")
         if_range = self.headers.get("If-Range")
         if rng and if_range is not None and if_range not in (etag, mtime):
@@ -552,6 +580,19 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("ETag", etag)
         if mtime:
             self.send_header("Last-Modified", mtime)
+        if kind == "header":  # a header with a value of the fault's choosing (raw bytes)
+            self._headers_buffer = [  # type: ignore[attr-defined]
+                line
+                for line in self._headers_buffer  # type: ignore[attr-defined]
+                if not line.lower().startswith(fault["name"].lower().encode() + b":")
+            ]
+            try:  # as http.server sends headers; what latin-1 cannot say goes as UTF-8
+                raw = fault["value"].encode("latin-1")
+            except UnicodeEncodeError:
+                raw = fault["value"].encode("utf-8")
+            self._headers_buffer.append(fault["name"].encode() + b": " + raw + b"\r\n")  # type: ignore[attr-defined]
+            self.send_header("Connection", "close")  # the body ends when the connection does
+            self.close_connection = True
         self.end_headers()
         if self.command == "HEAD":
             return
@@ -632,7 +673,27 @@ class _Handler(BaseHTTPRequestHandler):
         info = {"sha256": digest.hexdigest(), "size": received, "method": self.command}
         with self.state.lock:
             self.state.uploads[path[len("/upload/") :]] = info
-        self._send_json(entry, 201 if self.command == "PUT" else 200, info, "application/json")
+        status = 201 if self.command == "PUT" else 200
+        if fault and fault["kind"] == "big_reply":  # an answer far larger than any client wants
+            return self._send_large(entry, status, int(fault.get("bytes", 64 << 20)))
+        self._send_json(entry, status, info, "application/json")
+
+    def _send_large(self, entry: dict, status: int, size: int) -> None:
+        entry["status"] = status
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        block = b"x" * (1 << 20)
+        sent = 0
+        try:
+            while sent < size:
+                n = min(len(block), size - sent)
+                self.wfile.write(block[:n])
+                sent += n
+                entry["bytes_sent"] = sent
+        except OSError:
+            self.close_connection = True
 
     # -- admin -----------------------------------------------------------------------------
     def _admin_get(self, entry: dict, path: str) -> None:
@@ -677,6 +738,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    allow_reuse_address = True  # a restart on the same port does not wait for TIME_WAIT
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.open_connections: set[socket.socket] = set()
 
     def handle_error(self, request, client_address) -> None:
         # Clients that hang up mid-request are part of the job (pause, kill -9): no noise.
@@ -690,12 +756,14 @@ class CatalogServer:
     """The server on 127.0.0.1; `start()` runs it in a thread, `url` is its base URL."""
 
     def __init__(self, port: int = 0, preview_size: int | None = None, count: int = 300,
-                 preview_base: str | None = None):  # fmt: skip
+                 preview_base: str | None = None, state: CatalogState | None = None):  # fmt: skip
+        """`state`: another server's catalog, to serve it again (a restart on its port)."""
         handler = type("Handler", (_Handler,), {})
         self.httpd = _QuietServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.state = CatalogState(self.url, preview_size, count, preview_base)
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.state = state or CatalogState(self.url, preview_size, count, preview_base)
         handler.state = self.state
         self._thread: threading.Thread | None = None
 
@@ -706,9 +774,15 @@ class CatalogServer:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, drop_connections: bool = False) -> None:
+        """Stop listening; with `drop_connections`, also cut every open connection, as a
+        server process that is restarted does."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        if drop_connections:
+            for sock in list(self.httpd.open_connections):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def __enter__(self) -> CatalogServer:
         return self.start()
