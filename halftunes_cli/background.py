@@ -174,6 +174,8 @@ class BackgroundDownloadTask(Task):
     def run(self) -> BackgroundDownloadTask:
         self.resume()
         self.wait()
+        if self.callback_error is not None:
+            raise self.callback_error
         return self
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -194,11 +196,14 @@ class BackgroundDownloadTask(Task):
         if self._reported:
             return
         self._reported = True
-        self.session.call_delegate("on_complete", self, self.error)
+        self._tell("on_complete", self.error)
         if self.state is TaskState.COMPLETED:
-            self.session.call_delegate("on_finished_downloading", self, self.location)
+            self._tell("on_finished_downloading", self.location)
         if self.completion is not None:
-            self.completion(self.location, None, self.error)
+            try:
+                self.completion(self.location, None, self.error)
+            except Exception as exc:  # noqa: BLE001 - the caller's handler: reported, not ours
+                self._callback_failed("completion", exc)
 
     def request_stop(self, reason: str) -> None:
         if not self._started:

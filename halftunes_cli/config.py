@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .errors import ConfigError, InsecureURLError, UnsupportedURLError
+from .headers import parse_decimal, parse_uint
 
 APP_NAME = "halftunes"
 DEFAULT_API_URL = "https://itunes.apple.com"
@@ -222,10 +223,11 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
                     value = False
                 else:
                     raise ValueError
-            elif int in types and float not in types:
-                value = int(text)
-            else:
-                value = float(text)
+            else:  # ASCII numbers only: int('١') is 1, but nobody means that
+                number = parse_uint(text) if float not in types else parse_decimal(text)
+                if number is None:
+                    raise ValueError
+                value = number
         except ValueError:
             raise ConfigError(
                 f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}"
@@ -326,8 +328,8 @@ def load_configuration(
 
     kind = values.pop("session", "default")
     for key in ("download_dir", "state_dir"):
-        if key in values:
-            values[key] = Path(values[key]).expanduser()
+        if key in values:  # absolute from the start: the worker runs in another directory
+            values[key] = Path(os.path.abspath(Path(values[key]).expanduser()))
     if "api_url" in values:
         values["api_url"] = values["api_url"].rstrip("/")
     config = SessionConfiguration(kind=kind, **values)

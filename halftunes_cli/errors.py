@@ -201,10 +201,62 @@ def disk_error(exc: OSError, path: object = None) -> DiskError:
     return error
 
 
-def state_error(exc: BaseException, path: object) -> StateError:
-    error = StateError(f"state file {path or ':memory:'}: {exc}")
+# SQLite's primary result codes (the low byte of an extended code), as `sqlite3` errors
+# carry them in `sqlite_errorcode`.
+SQLITE_PERM, SQLITE_BUSY, SQLITE_LOCKED, SQLITE_READONLY = 3, 5, 6, 8
+SQLITE_IOERR, SQLITE_CORRUPT, SQLITE_FULL, SQLITE_CANTOPEN, SQLITE_NOTADB = 10, 11, 13, 14, 26
+
+
+def sqlite_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else None
+
+
+def is_corrupt_state(exc: BaseException) -> bool:
+    """Only SQLite's own verdict makes a state file corrupt: busy, locked, can't-open, I/O
+    and full are conditions of the moment, and the file must be left alone."""
+    return sqlite_code(exc) in (SQLITE_CORRUPT, SQLITE_NOTADB)
+
+
+def state_error(exc: BaseException, path: object, busy_seconds: float = 30.0) -> StateError:
+    """A state file that cannot be used right now, said by why; the file is left as it is."""
+    where = path or ":memory:"
+    code = sqlite_code(exc)
+    if code in (SQLITE_BUSY, SQLITE_LOCKED):
+        error = StateError(
+            f"state file {where} is busy: another program has held its lock for more than "
+            f"{busy_seconds:g} s",
+            "close the program that holds it (a sqlite3 shell, a backup), then try again",
+        )
+    elif code == SQLITE_FULL:
+        error = StateError(f"the disk that holds state file {where} is full",
+                           "free some space, then try again; the state file was left as it is")  # fmt: skip
+    elif code == SQLITE_IOERR:
+        error = StateError(f"I/O error on state file {where} ({exc})",
+                           "the disk may be full or failing; the state file was left as it is")  # fmt: skip
+    elif code in (SQLITE_READONLY, SQLITE_PERM):
+        error = StateError(f"cannot write state file {where} ({exc})",
+                           "set HALFTUNES_STATE_DIR to a writable folder")  # fmt: skip
+    elif code == SQLITE_CANTOPEN:
+        error = StateError(f"cannot open state file {where} ({_cannot_open_reason()})",
+                           "check the folder's permissions, the disk, and `ulimit -n`")  # fmt: skip
+    else:
+        error = StateError(f"state file {where}: {exc}")
     error.__cause__ = exc
     return error
+
+
+def _cannot_open_reason() -> str:
+    """SQLite says only "unable to open database file"; the commonest cause can be told."""
+    import os
+
+    try:
+        os.close(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return "too many open files"
+        return exc.strerror or str(exc)
+    return "unable to open database file"
 
 
 def shorten_url(url: str, limit: int = 100) -> str:

@@ -6,6 +6,7 @@ nothing of downloads, and the session knows nothing of iTunes."""
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -13,7 +14,7 @@ from urllib.parse import quote_plus, urlencode
 
 from .config import SessionConfiguration
 from .errors import ApiError, OfflineMissError, RateLimitedError, TransferError, UsageError
-from .headers import parse_retry_after
+from .headers import parse_decimal, parse_retry_after, parse_uint
 
 # Apple documents roughly 20 calls a minute; a burst of 20 then one every 3 s.
 RATE_CAPACITY = 20.0
@@ -23,26 +24,29 @@ RATE_RETRY_MAX_SECONDS = 10.0  # a rate limit that asks for longer is reported, 
 
 
 def _as_id(value: Any) -> int | None:
+    """An id as Apple sends it: a JSON number, or its digits quoted (ASCII only)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():  # some answers quote their ids
-        return int(value.strip())
-    return None
+        return value if value >= 0 else None
+    return parse_uint(value)  # some answers quote their ids
 
 
 def _as_millis(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            return int(float(value))
-        except ValueError:
-            return None
-    return None
+        number: float | None = value
+    else:
+        number = parse_decimal(value)
+    if number is None or not math.isfinite(number) or number < 0:
+        return None
+    return int(number)
+
+
+def _as_text(value: Any) -> str | None:
+    """A text field; anything else (a number, a list) where text belongs counts as absent."""
+    return value if isinstance(value, str) else None
 
 
 # What each wrapper type is, said to a user; the id a user types for each.
@@ -82,12 +86,13 @@ class Track:
             trackId=ident,
             trackName=str(title or ""),
             artistName=str(item.get("artistName") or ""),
-            collectionName=item.get("collectionName"),
-            previewUrl=item.get("previewUrl") or None,
+            collectionName=_as_text(item.get("collectionName")),
+            previewUrl=_as_text(item.get("previewUrl")) or None,
             trackTimeMillis=_as_millis(item.get("trackTimeMillis")),
             wrapperType=wrapper,
             kind=str(item.get("kind") or item.get("collectionType") or wrapper),
-            explicitness=item.get("trackExplicitness") or item.get("collectionExplicitness"),
+            explicitness=_as_text(item.get("trackExplicitness"))
+            or _as_text(item.get("collectionExplicitness")),
             raw=item,
         )
 
@@ -168,8 +173,7 @@ class ITunesClient:
         if not 1 <= limit <= 200:
             raise UsageError(f"--limit must be between 1 and 200, not {limit}")
         url = self.search_url(term, limit, country.upper(), media, entity)
-        items = self._get_json(url, offline=offline)
-        tracks = [Track.from_api(i) for i in items]
+        tracks = self._get_tracks(url, offline=offline)
         self._remember(tracks)
         return tracks
 
@@ -177,8 +181,7 @@ class ITunesClient:
         out: list[Track] = []
         for start in range(0, len(ids), 150):
             chunk = ",".join(str(i) for i in ids[start : start + 150])
-            items = self._get_json(f"{self.api_url}/lookup?id={chunk}", cache=False)
-            out += [Track.from_api(i) for i in items]
+            out += self._get_tracks(f"{self.api_url}/lookup?id={chunk}", cache=False)
         self._remember(out)
         return out
 
@@ -189,7 +192,9 @@ class ITunesClient:
             self._store.put_tracks(known)
 
     # -- transport ---------------------------------------------------------------------------
-    def _get_json(self, url: str, offline: bool = False, cache: bool = True) -> list[dict]:
+    def _get_tracks(self, url: str, offline: bool = False, cache: bool = True) -> list[Track]:
+        """The answer's result objects as tracks. An answer is parsed whole before it is
+        cached: one that cannot be parsed is never kept."""
         policy = self.session.configuration.cache_policy
         if offline:
             policy = "return-cache-dont-load"
@@ -202,7 +207,7 @@ class ITunesClient:
                 or time.time() - hit[1] < hit[2]
             )
             if fresh:
-                return self._parse(hit[0].encode(), url)
+                return self._parse(hit[0].encode())
         if policy == "return-cache-dont-load":
             raise OfflineMissError(
                 "no cached answer for this search (--offline)",
@@ -219,11 +224,11 @@ class ITunesClient:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit[1]))
             self.notice = f"the iTunes API could not be reached ({exc}); showing the answer " \
                           f"cached at {when}"  # fmt: skip
-            return self._parse(hit[0].encode(), url)
-        items = self._parse(data, url, headers.get("Content-Type"))
+            return self._parse(hit[0].encode())
+        tracks = self._parse(data, headers.get("Content-Type"))
         if store is not None:
             store.cache_put(key, data.decode("utf-8", "replace"), SEARCH_CACHE_SECONDS)
-        return items
+        return tracks
 
     def _fetch(self, url: str) -> tuple[int, bytes, Any]:
         """One paced call; a 403/429 with a Retry-After of at most 10 s is tried once more."""
@@ -252,7 +257,7 @@ class ITunesClient:
             time.sleep(min(wait, 10.0))
 
     @staticmethod
-    def _parse(body: bytes, url: str, content_type: str | None = None) -> list[dict]:
+    def _parse(body: bytes, content_type: str | None = None) -> list[Track]:
         # Apple answers text/javascript after blank lines; parse whatever the Content-Type.
         try:
             payload = json.loads(body.decode("utf-8-sig"))
@@ -271,4 +276,4 @@ class ITunesClient:
             or not all(isinstance(i, dict) for i in payload["results"])
         ):
             raise ApiError("the iTunes API answer has an unexpected shape (no results list)")
-        return payload["results"]
+        return [Track.from_api(item) for item in payload["results"]]

@@ -10,6 +10,8 @@ from requests.adapters import BaseAdapter
 from requests.models import PreparedRequest, Response
 from urllib3 import HTTPResponse
 
+from .headers import parse_uint
+
 
 class FileAdapter(BaseAdapter):
     """Serves file:// URLs with the same Range / If-Range / ETag rules as an HTTP server."""
@@ -41,8 +43,9 @@ class FileAdapter(BaseAdapter):
         if rng and if_range is not None and if_range not in (etag, headers["Last-Modified"]):
             rng = None
         start, status = 0, 200
-        if rng and rng.startswith("bytes=") and rng[6:].rstrip("-").isdigit():
-            start = int(rng[6:].rstrip("-"))
+        first = parse_uint(rng[6:].rstrip("-")) if rng and rng.startswith("bytes=") else None
+        if first is not None:
+            start = first
             if start >= size:
                 f.close()
                 headers["Content-Range"] = f"bytes */{size}"

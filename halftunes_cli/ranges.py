@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .headers import http_time
+from .headers import MalformedHeader, http_time, parse_content_length
 from .retry import RETRYABLE_STATUSES
 
 
@@ -16,7 +16,7 @@ class Action(enum.Enum):
     RESTART = "restart"  # this body is the whole resource: truncate and write it from 0
     REFETCH = "refetch"  # this body is unusable: truncate and ask again from 0
     COMPLETE = "complete"  # the partial already holds the whole resource
-    RETRY = "retry"  # transient: ask again from the same offset after a back-off
+    RETRY = "retry"  # transient (a 5xx, a malformed answer): ask again after a back-off
     FAIL = "fail"  # final: keep the partial, report the error
 
 
@@ -34,7 +34,7 @@ class ContentRange:
     total: int | None  # None for "bytes 0-9/*"
 
 
-_CR_RE = re.compile(r"^bytes (?:(\d+)-(\d+)|\*)/(\d+|\*)$")
+_CR_RE = re.compile(r"^bytes (?:([0-9]+)-([0-9]+)|\*)/([0-9]+|\*)$")  # ASCII digits only
 
 
 def parse_content_range(value: str | None) -> ContentRange | None:
@@ -116,10 +116,8 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def content_length(headers: Mapping[str, str]) -> int | None:
-    value = _header(headers, "Content-Length")
-    if value is None or not value.strip().isdigit():
-        return None
-    return int(value.strip())
+    """None when absent; raises MalformedHeader when it is not a number."""
+    return parse_content_length(_header(headers, "Content-Length"))
 
 
 def decide(
@@ -140,7 +138,10 @@ def decide(
     have = offset if have is None else have
     ranged = offset > 0 if ranged is None else ranged
     if status == 200:
-        total = content_length(headers)
+        try:
+            total = content_length(headers)
+        except MalformedHeader as exc:  # a server fault, as a 5xx is: ask again later
+            return Decision(Action.RETRY, known_total, str(exc))
         if not ranged:
             return Decision(Action.APPEND, total, "")
         return Decision(

@@ -23,10 +23,14 @@ from .errors import (
 from .liveness import (
     MemoryOwner,
     OwnerLock,
+    PartialBusy,
+    PartialLock,
     boot_id,
     is_lock_held,
+    is_partial_busy,
     is_worker_alive,
     owner_lock_path,
+    remove_partial,
 )
 from .naming import safe_filename, url_filename
 from .store import Row, Store
@@ -145,6 +149,11 @@ class Target:
         return self.namer("")
 
 
+def is_url_record_id(record_id: str) -> bool:
+    """A URL download's id (`u` and hex digits); a track's is a number."""
+    return record_id.startswith("u")
+
+
 def url_record_id(url: str) -> str:
     """A URL download's id: stable, short, and never a number (numbers are track ids)."""
     import hashlib  # (start-up speed: only URL downloads need it)
@@ -177,10 +186,12 @@ class Claim:
 
 @dataclass
 class StopResult:
-    """What `request_stop` did: asked a live owner (`waiting`), or settled it itself."""
+    """What `request_stop` did: asked a live owner (`waiting`), settled it itself (`paused`,
+    `forgotten`), found nothing to stop (`unchanged`), or found it completed since the
+    request was made (`finished`: it is left as it is)."""
 
     id: str
-    action: str  # waiting | paused | unchanged | forgotten
+    action: str  # waiting | paused | unchanged | forgotten | finished
     record: DownloadRecord | None
 
 
@@ -317,6 +328,8 @@ class Records:
     def _create(self, conn, target: Target, owner, queue, download_dir, session_kind,
                 listing: _DirListing, settings: str | None) -> Claim:  # fmt: skip
         path = self._choose_path(conn, target, download_dir, listing)
+        if is_partial_busy(str(path) + ".part"):  # written by a process no record names
+            return Claim(target.id, "refused", None, PartialBusy(Path(str(path) + ".part")))
         status = S.QUEUED if queue else S.RUNNING
         self._write(conn, None, target.id, url=target.url, path=str(path),
                     part_path=str(path) + ".part", status=status, owner=owner,
@@ -330,6 +343,8 @@ class Records:
               target: Target | None, download_dir: Path, listing: _DirListing) -> Claim:  # fmt: skip
         rid = row["id"]
         busy = self._is_busy(row)
+        if busy is None and is_partial_busy(row["part_path"]):
+            busy = PartialBusy(Path(row["part_path"]))  # its writer is not the record's owner
         if busy is not None:
             return Claim(rid, "refused", DownloadRecord.from_row(row), busy)
         if row["status"] == S.QUEUED and not queue:
@@ -354,7 +369,7 @@ class Records:
                                   "session": session_kind, "announced": 0 if queue else 1,
                                   "settings": settings}  # fmt: skip
         if done or force:  # start over: the finished file is gone, or the user asked
-            _unlink(row["part_path"])
+            remove_partial(row["part_path"])
             values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
             if target is not None:  # ...where this command asks for it (-P / -o)
                 path = self._choose_path(conn, target, download_dir, listing, row["path"])
@@ -427,12 +442,19 @@ class Records:
                     request=None, etag=e.etag, last_modified=e.last_modified)  # fmt: skip
         return DownloadRecord.from_row(self.store.row(conn, e.record_id) or row), True
 
-    def request_stop(self, record_id: str, request: StopRequest) -> StopResult:
-        """Pause or cancel: ask a live owner to stop, or settle an idle record right here."""
+    def request_stop(self, record_id: str, request: StopRequest,
+                     seen: RecordStatus | None = None) -> StopResult:  # fmt: skip
+        """Pause or cancel: ask a live owner to stop, or settle an idle record right here.
+
+        Compare-and-set: `seen` is the status the request was made against. A record that
+        has completed since is left alone (`finished`): a stop aimed at a transfer never
+        forgets the file it became."""
         with self.store.transaction() as conn:
             row = self.store.row(conn, record_id)
             if row is None:
                 raise unknown_download(record_id)
+            if seen is not None and seen is not S.COMPLETED and row["status"] == S.COMPLETED:
+                return StopResult(record_id, "finished", DownloadRecord.from_row(row))
             if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
                 self._write(conn, row, record_id, request=str(request))
                 return StopResult(record_id, "waiting", DownloadRecord.from_row(row))
@@ -445,18 +467,19 @@ class Records:
                 return StopResult(record_id, "paused", record)
             return StopResult(record_id, "unchanged", DownloadRecord.from_row(row))
 
-    def forget(self, record_id: str) -> DownloadRecord | None:
-        """Delete a record (and its partial, unless it finished); the file stays."""
+    def forget(self, record_id: str, seen: RecordStatus | None = None) -> DownloadRecord | None:
+        """Delete a record (and its partial, unless it finished); the file stays. With
+        `seen`, only while the record still has that status (compare-and-set)."""
         with self.store.transaction() as conn:
             row = self.store.row(conn, record_id)
-            if row is None:
+            if row is None or (seen is not None and row["status"] != seen):
                 return None
             self._forget(conn, row)
             return DownloadRecord.from_row(row)
 
     def _forget(self, conn: Any, row: Row) -> None:
         if row["status"] != S.COMPLETED:
-            _unlink(row["part_path"])
+            remove_partial(row["part_path"])  # (unless another process writes it: theirs)
         self.store.delete_record(conn, row["id"])
 
     def wait_until_stopped(self, record_id: str, timeout_seconds: float = 30.0,
@@ -538,24 +561,33 @@ class Records:
         """
         part = row["part_path"]
         checkpoint = int(row["bytes_received"] or 0)
+        lock = PartialLock(part)  # the one writer's right, taken for the repair
         try:
-            size = os.path.getsize(part)
+            if not lock.acquire(create=False):
+                return 0
+        except PartialBusy:
+            return checkpoint  # a live process writes it after all: not ours to touch
         except OSError:
             return 0
-        same_boot = self._boot is not None and row.get("boot_id") == self._boot
-        total = row.get("bytes_total")
         try:
+            size = os.fstat(lock.fd or 0).st_size
+            same_boot = self._boot is not None and row.get("boot_id") == self._boot
+            total = row.get("bytes_total")
             if same_boot and (total is None or size <= total):
-                with open(part, "rb+") as f:
+                with contextlib.suppress(OSError), open(part, "rb+") as f:
                     os.fsync(f.fileno())
-                return size
+                    return size
+            # Another boot, or the fsync failed: only the last checkpoint may be trusted (a
+            # resume never appends past what the record says).
             keep = min(checkpoint, size)
-            with open(part, "rb+") as f:
+            with contextlib.suppress(OSError), open(part, "rb+") as f:
                 f.truncate(keep)
                 os.fsync(f.fileno())
             return keep
         except OSError:
-            return min(checkpoint, size)
+            return 0
+        finally:
+            lock.release()
 
 
 class _DirListing:
@@ -577,12 +609,6 @@ class _DirListing:
 
     def add(self, path: Path) -> None:
         self._load(path.parent).add(path.name.casefold())
-
-
-def _unlink(path: str) -> None:
-    # A partial that cannot be removed must not keep its record alive (or roll back a cancel).
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 def check_download_dir(path: Path) -> Path:

@@ -46,29 +46,81 @@ def percent(received: int | None, total: int | None) -> str:
     return f"{100.0 * (received or 0) / total:.1f}%"
 
 
+class SideChannel:
+    """stderr as progress and messages use it: a side channel. A write that fails (the
+    reader went away, EPIPE; a full disk under a redirect) turns this channel off and is
+    logged once; it never raises into the code that had something to say (a transfer)."""
+
+    def __init__(self) -> None:
+        self.is_broken = False
+
+    @property
+    def target(self) -> Any:
+        return sys.stderr  # looked up at each write: a test runner may swap it
+
+    def write(self, text: str) -> int:
+        if not self.is_broken:
+            try:
+                return self.target.write(text)
+            except (OSError, ValueError) as exc:  # ValueError: the stream was closed
+                self._broke(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.is_broken:
+            try:
+                self.target.flush()
+            except (OSError, ValueError) as exc:
+                self._broke(exc)
+
+    def _broke(self, exc: BaseException) -> None:
+        import logging
+
+        self.is_broken = True
+        logging.getLogger(__name__).warning("stderr cannot be written (%s): progress and "
+                                            "messages are off", exc)  # fmt: skip
+
+    def isatty(self) -> bool:
+        try:
+            return bool(self.target.isatty())
+        except (OSError, ValueError):
+            return False
+
+    def fileno(self) -> int:
+        return int(self.target.fileno())
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.target, "encoding", None) or "utf-8"
+
+
 class Console:
     """stderr messages that honour -q, -v and colour settings."""
 
     def __init__(self, quiet: bool = False, verbose: bool = False, color: bool = True):
         self.quiet = quiet
         self.verbose = verbose
-        self.color = color and sys.stderr.isatty()
+        self.stream = SideChannel()
+        self.color = color and self.stream.isatty()
 
     def _style(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
 
+    def _say(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
     def info(self, message: str) -> None:
         if not self.quiet:
-            print(message, file=sys.stderr, flush=True)
+            self._say(message)
 
     def debug(self, message: str) -> None:
         if self.verbose:
-            print(self._style(message, "2"), file=sys.stderr, flush=True)
+            self._say(self._style(message, "2"))
 
     def error(self, message: str, hint: str | None = None) -> None:
-        print(self._style("halftunes: error: ", "31;1") + message, file=sys.stderr, flush=True)
+        self._say(self._style("halftunes: error: ", "31;1") + message)
         if hint:
-            print(self._style("  hint: ", "36") + hint, file=sys.stderr, flush=True)
+            self._say(self._style("  hint: ", "36") + hint)
 
     def announce(self, records: list[Any]) -> None:
         """Background transfers that finished while nobody watched (said once)."""
@@ -108,7 +160,7 @@ class JobProgress:
                 self.console.info(f"shard {k} done: {figures}")
             return
         if self._bar is None:
-            self._bar = _bar_type()(total=shards, file=sys.stderr, leave=True, unit="shard",
+            self._bar = _bar_type()(total=shards, file=SideChannel(), leave=True, unit="shard",
                                     bar_format="{n}/{total} shards {bar:20} {desc}")  # fmt: skip
         self._bar.set_description_str(figures, refresh=False)
         self._bar.update(1)
@@ -464,9 +516,10 @@ class LineProgress(Progress):
         self._clock = clock or time.monotonic
         self._seen: dict[str, tuple[float, int, float]] = {}  # id -> (start, bytes0, last)
         self._lock = threading.Lock()
+        self._stream = SideChannel()
 
     def _say(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        print(text, file=self._stream, flush=True)
 
     def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
         key, now = _event_id(task), self._clock()
@@ -507,12 +560,13 @@ class JsonProgress(Progress):
         self._clock = clock or time.monotonic
         self._last: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._stream = SideChannel()
 
     def _emit(self, **event: Any) -> None:
         line = json.dumps(event, ensure_ascii=False)
         with self._lock:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
+            self._stream.write(line + "\n")
+            self._stream.flush()
 
     def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
         key, now = _event_id(task), self._clock()
@@ -586,6 +640,7 @@ class ProgressDelegate(Progress):
         self._style = _Style(_terminal_width())
         self._clock = clock or time.monotonic
         self._overall_at = float("-inf")  # when the overall line was last drawn
+        self._stream = SideChannel()
 
     def on_transfers(self, count: int) -> None:
         if not self.enabled or count < 2:
@@ -594,7 +649,7 @@ class ProgressDelegate(Progress):
 
         with self._lock:
             self._collapse = count > shutil.get_terminal_size((80, 24)).lines - 3
-            self._overall = _bar_type()(total=count, position=0, leave=True, file=sys.stderr,
+            self._overall = _bar_type()(total=count, position=0, leave=True, file=self._stream,
                                         bar_format="{n} of {total} · {desc}",
                                         desc="starting", dynamic_ncols=True)  # fmt: skip
             self._position = 1
@@ -627,7 +682,7 @@ class ProgressDelegate(Progress):
             desc = fit(_printable(title), width)
             bar = _bar_type()(total=total, initial=done, unit="B", position=position,
                        leave=not self._collapse, mininterval=0.25,
-                       desc=desc + " " * (width - _cells(desc)), file=sys.stderr,
+                       desc=desc + " " * (width - _cells(desc)), file=self._stream,
                        bar_format=self._style.running(total), dynamic_ncols=True)  # fmt: skip
             self._bars[key] = bar
         elif total != bar.total:

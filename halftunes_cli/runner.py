@@ -16,8 +16,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import HalftunesError
-from .records import DownloadRecord, Records, Settlement
+from .records import DownloadRecord, Records, Settlement, is_url_record_id
 from .session import Session
+from .store import StateFileReplaced
 from .tasks import DownloadTask, ResumeData
 from .tasks.partial import sync_group
 
@@ -82,6 +83,12 @@ class Runner:
         while not self._stopping.wait(CONTROL_POLL_SECONDS):
             try:
                 requests_ = self.records.stop_requests(self.owner)
+            except StateFileReplaced as exc:
+                # Nobody reads what we would record from now on: stop every transfer (each
+                # fails with this error when its checkpoint is refused), keep the partials.
+                log.error("%s", exc)
+                self.stop_all("pause")
+                return
             except HalftunesError:
                 continue
             for rid, request in requests_.items():
@@ -100,6 +107,7 @@ class Runner:
             record_id=record.id, journal=_RecordJournal(self.records, self.owner, record.id),
         )  # fmt: skip
         task.title = record.display_name
+        task.requires_content = not is_url_record_id(record.id)  # an empty preview is none
         # durable files are fsynced in groups by the settling thread (crash: no fsync at all)
         task.group_commit = task.session.configuration.is_durable
         with self._lock:
@@ -111,7 +119,7 @@ class Runner:
             try:
                 if self._stopping.is_set() and task._stop_reason is None:
                     task.request_stop("pause")
-                task.run()
+                task.run_to_end()
             except BaseException as exc:  # task.run ends every error itself: a bug
                 future.set_exception(exc)
                 raise
@@ -140,6 +148,12 @@ class Runner:
             ended = [item for item in batch if item is not None]
             tasks = [task for task, _, _ in ended]
             outcomes: list[Outcome | BaseException]
+            try:
+                self.records.store.verify_identity()  # never rename what nobody will record
+            except StateFileReplaced as exc:
+                for task in tasks:
+                    if task.is_handed_off:
+                        task.abandon_handed_off(exc)
             try:
                 self._group_commit([task for task in tasks if task.is_handed_off])
                 outcomes = list(self.settle_many(tasks))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .background import ensure_worker
+from .background import WORKER_LOG, ensure_worker
 from .config import SessionConfiguration, transfer_settings
 from .errors import (
     ApiError,
@@ -25,6 +25,7 @@ from .errors import (
     UsageError,
     unknown_download,
 )
+from .headers import is_ascii_number
 from .itunes import ITunesClient, Track
 from .jobs.job import Job, ShardDone, run_dask, run_local
 from .liveness import is_worker_alive
@@ -231,7 +232,7 @@ class DownloadService:
             record = known.get(item)
             if record is not None and item not in cached:
                 resolved.append(("record", record))
-            elif item.isdigit():
+            elif is_ascii_number(item):
                 wanted.append(item)
                 resolved.append(("track", item))
             else:
@@ -354,7 +355,9 @@ class DownloadService:
             raise KeyboardInterrupt
 
         is_main = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, on_term) if is_main else None
+        previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        if is_main:
+            signal.signal(signal.SIGTERM, on_term)
         try:
             for record in runnable:
                 futures.append(runner.submit(record))
@@ -374,8 +377,10 @@ class DownloadService:
             runner.shutdown()
             self.session.http.close()
             self.session.call_delegate("on_all_finished")
-            if is_main and previous is not None and not interrupted:
-                signal.signal(signal.SIGTERM, previous)
+            if is_main:  # whatever happened: the caller's handlers are the caller's again
+                for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
+                    if handler is not None:  # (None: set outside Python, cannot be put back)
+                        signal.signal(signum, handler)
         for future in futures:
             outcome: Outcome = future.result()
             result.outcomes.append(outcome)
@@ -439,15 +444,18 @@ class DownloadService:
             else:
                 targets.append(record)
         waiting, forgotten = [], {}
+        done = "cancelled" if action is StopRequest.CANCEL else "paused"
         for record in targets:
-            try:
-                stop = self.records.request_stop(record.id, action)
+            try:  # compare-and-set against the status this command saw
+                stop = self.records.request_stop(record.id, action, seen=record.status)
             except UnknownIdError:
                 continue  # gone meanwhile (another process cancelled it)
             if stop.action == "waiting":
                 waiting.append(record.id)
             elif stop.action == "forgotten":
                 forgotten[record.id] = record
+            elif stop.action == "finished":
+                self.reporter.info(f"{record.id}: completed before it could be {done}; kept")
             elif stop.action == "unchanged" and not all_:
                 self.reporter.info(f"{record.id}: already {record.status}")
         for rid in waiting:
@@ -455,8 +463,11 @@ class DownloadService:
             if after is not None and after.status is RecordStatus.RUNNING:
                 error(HalftunesError(f"{rid}: its owner did not stop within 30 s",
                                      "try again, or check `halftunes list`"))  # fmt: skip
+            elif after is not None and after.status is RecordStatus.COMPLETED:
+                # the body was whole when the request came: its owner let it complete
+                self.reporter.info(f"{rid}: completed before it could be {done}; kept")
             elif action is StopRequest.CANCEL and after is not None:
-                self.records.forget(rid)
+                self.records.forget(rid, seen=after.status)  # (paused by a dying owner)
         for record in targets:
             after = self.records.get(record.id)
             if after is not None:
@@ -506,6 +517,8 @@ class DownloadService:
                   poll_seconds: float) -> WaitResult:  # fmt: skip
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         state_dir = Path(self.configuration.state_dir)
+        started_at: tuple | None = None  # what the records said when we last started a worker
+        failed_starts = 0
         while True:
             self.records.reconcile_dead_owners()
             records = self.records.all(ids)
@@ -513,7 +526,13 @@ class DownloadService:
                       if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]  # fmt: skip
             if any(r.status is RecordStatus.QUEUED for r in active) and \
                     not is_worker_alive(state_dir):  # fmt: skip
-                ensure_worker(state_dir)
+                seen = tuple((r.id, r.status, r.bytes_received) for r in records)
+                # A worker we started that died without moving anything died at start-up.
+                failed_starts = failed_starts + 1 if seen == started_at else 0
+                if failed_starts >= 2:
+                    raise worker_start_error(state_dir, len(active))
+                if ensure_worker(state_dir):
+                    started_at = seen
             if on_poll is not None:
                 on_poll(active)
             if not active:
@@ -562,6 +581,20 @@ class DownloadService:
         if task.error is not None:
             raise task.error
         return task
+
+
+def worker_start_error(state_dir: Path, queued: int) -> HalftunesError:
+    """The worker dies as soon as it starts: say so, with the last line of its log."""
+    log_path = state_dir / WORKER_LOG
+    try:
+        lines = [line for line in log_path.read_text(errors="replace").splitlines() if line]
+    except OSError:
+        lines = []
+    said = f": {lines[-1][:200]}" if lines else ""
+    return HalftunesError(
+        f"the background worker stopped as soon as it started, twice in a row{said}",
+        f"{queued} download(s) are still queued; its log is {log_path}",
+    )
 
 
 def record_ids(configuration: SessionConfiguration, prefix: str = "") -> list[str]:

@@ -14,9 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import StateError, state_error
+from .errors import StateError, is_corrupt_state, state_error
 
 STATE_FILE_NAME = "downloads.db"
+# How long a command waits for another process's transaction before it says "busy".
+BUSY_TIMEOUT_SECONDS = 30.0
 SCHEMA_VERSION = 2
 # Format 1 -> 2: each record carries the settings of the command that queued it, and whether
 # its failure is permanent (404, 410, ...).
@@ -66,6 +68,14 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 Row = dict[str, Any]
 
 
+class StateFileReplaced(StateError):
+    """The state file's path names another file than the one this process opened."""
+
+
+class _NotAStateFile(Exception):
+    """A database, but not one of ours (no downloads table, an unknown format)."""
+
+
 def state_file_exists(state_dir: Path | str) -> bool:
     return (Path(state_dir) / STATE_FILE_NAME).exists()
 
@@ -78,6 +88,7 @@ class Store:
         self.path = state_dir / STATE_FILE_NAME if state_dir is not None else None
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None  # (device, inode) of the file we opened
 
     # -- opening -----------------------------------------------------------------------------
     @property
@@ -123,15 +134,38 @@ class Store:
             conn.close()
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass  # another process won the race: use theirs
+            with self._dir_lock():
+                if not self.path.exists() and not self.path.is_symlink():
+                    # A -wal or -shm without its database belongs to a file that is gone
+                    # (deleted or moved without them): SQLite would replay it into ours.
+                    for side in self._sides(self.path):
+                        side.unlink(missing_ok=True)
+                    os.link(tmp, self.path)
+        except sqlite3.Error as exc:
+            raise state_error(exc, self.path) from exc
         except OSError as exc:
             raise StateError(f"cannot create state file {self.path}: {exc.strerror}") from None
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+    @contextlib.contextmanager
+    def _dir_lock(self) -> Iterator[None]:
+        """Creating and moving aside the state file (with its -wal and -shm) happen one
+        process at a time: an flock on the state dir."""
+        import fcntl
+
+        assert self.state_dir is not None
+        fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _sides(path: Path) -> list[Path]:
+        return [Path(str(path) + suffix) for suffix in ("-wal", "-shm")]
 
     def _connect_checked(self) -> sqlite3.Connection:
         assert self.path is not None
@@ -144,9 +178,13 @@ class Store:
         except FileNotFoundError:
             self._create()
         conn = None
+        busy = BUSY_TIMEOUT_SECONDS
         try:
-            conn = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
+            conn = sqlite3.connect(path, timeout=busy, check_same_thread=False,
+                                   isolation_level=None)  # fmt: skip
             conn.row_factory = sqlite3.Row
+            identity = os.stat(path)
+            self._identity = (identity.st_dev, identity.st_ino)
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
                 conn.close()
@@ -157,23 +195,26 @@ class Store:
                 )
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if "downloads" not in names or version not in (SCHEMA_VERSION, *_MIGRATIONS):
-                raise sqlite3.DatabaseError("not a halftunes state file")
+                raise _NotAStateFile("not a halftunes state file")
             if version != SCHEMA_VERSION:
                 self._migrate(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
             return conn
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.Error, _NotAStateFile, OSError) as exc:
             if conn is not None:
                 conn.close()
-            self._move_aside(str(exc))
-            return self._connect_checked()
+            if isinstance(exc, _NotAStateFile) or is_corrupt_state(exc):
+                self._move_aside(str(exc))  # (raises: the error names the new file)
+            if isinstance(exc, OSError):
+                raise StateError(f"cannot open state file {path}: {exc.strerror}") from exc
+            raise state_error(exc, path, busy) from exc
 
     @staticmethod
     def _migrate(conn: sqlite3.Connection) -> None:
         """Bring an older state file up to this format, once, under the write lock."""
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         conn.execute("BEGIN IMMEDIATE")
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -192,11 +233,11 @@ class Store:
         stamp = time.strftime("%Y%m%dT%H%M%S")
         aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{os.getpid()}")
         try:
-            os.replace(self.path, aside)
-            for suffix in ("-wal", "-shm"):
-                side = Path(str(self.path) + suffix)
-                if side.exists():
-                    os.replace(side, Path(str(aside) + suffix))
+            with self._dir_lock():
+                os.replace(self.path, aside)
+                for side in self._sides(self.path):
+                    if side.exists():
+                        os.replace(side, Path(str(aside) + side.name[len(self.path.name) :]))
         except OSError as exc:
             raise StateError(
                 f"state file {self.path} is unusable ({why}) and could not be moved aside: "
@@ -224,6 +265,7 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise self._db_error(exc) from exc
             try:
+                self.verify_identity()
                 yield conn
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -237,12 +279,33 @@ class Store:
                     raise self._db_error(exc) from exc
 
     def _db_error(self, exc: sqlite3.DatabaseError) -> StateError:
-        return state_error(exc, self.path)
+        return state_error(exc, self.path, BUSY_TIMEOUT_SECONDS)
+
+    def verify_identity(self) -> None:
+        """Raise StateFileReplaced when the state file's path no longer names the file this
+        process opened (moved aside, deleted with its folder, replaced): whatever we wrote
+        from now on would go into a file nobody reads."""
+        if self.path is None or self._identity is None:
+            return
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            found = None
+        except OSError:
+            return  # cannot tell (out of descriptors): the next transaction looks again
+        if found is None or (found.st_dev, found.st_ino) != self._identity:
+            raise StateFileReplaced(
+                f"state file {self.path} was moved or deleted while halftunes was using it",
+                "this process stopped its transfers and kept their partial files; run the "
+                "command again to continue with the state file that is there now",
+            )
 
     def query(self, sql: str, params: tuple = ()) -> list[dict[str, Any]]:
         with self._lock:
             try:
-                return [dict(r) for r in self.conn.execute(sql, params)]
+                conn = self.conn
+                self.verify_identity()
+                return [dict(r) for r in conn.execute(sql, params)]
             except sqlite3.DatabaseError as exc:
                 raise self._db_error(exc) from exc
 

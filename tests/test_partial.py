@@ -77,9 +77,14 @@ def test_a_partial_shorter_than_the_offset_is_restarted(tmp_path):
 def test_starting_offset_and_finish_size_check(tmp_path):
     path = tmp_path / "d.part"
     path.write_bytes(b"a" * 30)
-    part = PartialFile(path)
+    part = PartialFile(path, synced=30)
     assert part.starting_offset(bytes_total=100) == 30
-    assert part.starting_offset(bytes_total=20) == 0  # longer than the resource: not its bytes
+    part.release()
+    part = PartialFile(path, synced=20)  # the record vouches for 20 bytes: the rest is cut
+    assert part.starting_offset(bytes_total=100) == 20 and path.stat().st_size == 20
+    part.release()
+    part = PartialFile(path, synced=20)
+    assert part.starting_offset(bytes_total=10) == 0  # longer than the resource: not its bytes
     path.write_bytes(b"b" * 8)
     with pytest.raises(TransferError, match="size check failed"):
         part.finish(tmp_path / "d", 9)

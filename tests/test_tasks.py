@@ -102,16 +102,16 @@ def test_cancel_during_back_off_ends_cancelled(env, tmp_path, task_kind):
     assert len(env.server.state.requests_for(path)) == 1
 
 
-def test_a_bug_is_reported_as_a_bug_not_a_network_error(env):
-    class Broken:
-        def on_data_received(self, task, data):
-            raise TypeError("delegate bug")
+def test_a_bug_is_reported_as_a_bug_not_a_network_error(env, monkeypatch):
+    def broken_send(*args, **kwargs):
+        raise TypeError("transport bug")  # a bug of halftunes' own, not the network's
 
-    session = Session(SessionConfiguration.ephemeral(), delegate=Broken())
+    monkeypatch.setattr("halftunes_cli.transport.HttpClient.send", broken_send)
+    session = Session(SessionConfiguration.ephemeral())
     task = session.data_task(f"{env.server.url}/lookup?id=1000001")
     task.run()
     assert task.state is TaskState.FAILED
-    assert "internal error: TypeError: delegate bug" in str(task.error)
+    assert "internal error: TypeError: transport bug" in str(task.error)
     assert isinstance(task.error.__cause__, TypeError)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Annotated
 
@@ -139,4 +140,10 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(ExitStatus.INTERRUPTED)
     except BrokenPipeError:
+        # stdout's reader went away (`| head -1`): the data could not be written. Whatever
+        # ran has settled; point stdout at nothing so that the exit's flush is quiet too.
+        import os
+
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(ExitStatus.ERROR)

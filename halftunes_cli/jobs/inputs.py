@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UsageError
+from ..headers import is_ascii_number
 
 KEYS = ("trackId", "id", "url")
 
@@ -27,7 +28,7 @@ def _item(line: int, value: object, where: str) -> Item:
     text = str(value).strip() if value is not None else ""
     if not text:
         raise UsageError(f"{where}:{line}: no id or URL on this line")
-    if not (text.isdigit() or "://" in text):
+    if not (is_ascii_number(text) or "://" in text):
         raise UsageError(f"{where}:{line}: {text[:60]!r} is neither a track id nor a URL")
     return Item(line, text)
 

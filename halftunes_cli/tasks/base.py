@@ -82,6 +82,10 @@ class Task:
         self._live_response: Any = None
         self._request = RequestHandle()  # the socket in use, for a stop from another thread
         self._handed_off = False  # its end is another thread's to bring about
+        # The first exception a delegate method or the completion handler raised: reported
+        # (logged; `run` raises it once the task has ended), never the task's outcome.
+        self.callback_error: BaseException | None = None
+        self.has_reached_host = False  # an answer came from the server in this task
 
     def _move(self, new: TaskState) -> None:
         with self._state_lock:
@@ -100,10 +104,35 @@ class Task:
         return self
 
     def run(self) -> Task:
-        """Run on the calling thread and return when finished (for scripts and the CLI)."""
+        """Run on the calling thread and return when finished (for scripts and the CLI).
+
+        A delegate method or completion handler that raised is raised here, after the task
+        has ended (its state and error say how the transfer went)."""
+        self.run_to_end()
+        if self.callback_error is not None:
+            raise self.callback_error
+        return self
+
+    def run_to_end(self) -> Task:
+        """Run on the calling thread; callback errors stay in `callback_error` (a runner)."""
         self._move(TaskState.RUNNING)
         self._main()
         return self
+
+    def _tell(self, name: str, *args: Any) -> Any:
+        """Call the delegate's method `name(self, *args)`. Its exceptions are the caller's
+        code's: logged and kept in `callback_error`, never the transfer's."""
+        try:
+            return self.session.call_delegate(name, self, *args)
+        except Exception as exc:  # noqa: BLE001 - any exception: it is not ours to judge
+            self._callback_failed(name, exc)
+            return None
+
+    def _callback_failed(self, name: str, exc: BaseException) -> None:
+        log.warning("task %s: %s raised %s: %s", self.task_identifier, name,
+                    type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+        if self.callback_error is None:
+            self.callback_error = exc
 
     def wait(self, timeout: float | None = None) -> bool:
         if self.state is TaskState.SUSPENDED:
@@ -173,20 +202,20 @@ class Task:
                 self._check_stop()
                 error = translate_request_error(exc, self.url)
                 failures += 1
-                unreachable = getattr(error, "is_unreachable", False)
                 if (isinstance(exc, requests.exceptions.SSLError) or not idempotent
                         or policy.gives_up_after(failures)
-                        or (unreachable and failures >= 2)):  # fmt: skip
+                        or self.is_hopeless(error, failures)):  # fmt: skip
                     raise error from exc
                 wait = policy.delay_seconds(failures)
                 log.info("retry %d of %s in %.1fs after %s", failures, self.url, wait, error)
-                self.session.call_delegate("on_retry", self, wait, str(error).rsplit(": ", 1)[-1])
+                self._tell("on_retry", wait, str(error).rsplit(": ", 1)[-1])
                 self._back_off(wait)
                 continue
+            self.has_reached_host = True
             self._live_response = response
             if response.status_code == 401 and not challenged:
                 challenged = True
-                answer = self.session.call_delegate("on_challenge", self, response)
+                answer = self._tell("on_challenge", response)
                 if answer is not None:
                     response.close()
                     auth = answer
@@ -201,12 +230,18 @@ class Task:
                     wait = policy.delay_seconds(failures, retry_after)
                     log.info("retry %d of %s in %.1fs after HTTP %d", failures, self.url, wait,
                              response.status_code)  # fmt: skip
-                    self.session.call_delegate("on_retry", self, wait,
-                                               f"HTTP {response.status_code}")  # fmt: skip
+                    self._tell("on_retry", wait, f"HTTP {response.status_code}")
                     response.close()
                     self._back_off(wait)
                     continue
             return response
+
+    def is_hopeless(self, error: BaseException | None, failures: int) -> bool:
+        """A host that was never reached in this task (refused, unknown) gets two attempts,
+        not the whole policy: a dead address should fail in a second, not in a minute. Once
+        it has answered, a refusal or reset is a restart or a blip: the policy applies."""
+        return bool(getattr(error, "is_unreachable", False)) and not self.has_reached_host \
+            and failures >= 2  # fmt: skip
 
     def _main(self) -> None:
         self._guarded(self._execute)
@@ -231,10 +266,14 @@ class Task:
         finally:
             self._live_response = None
             if not self._handed_off:
+                self._release()
                 self._done.set()
 
     def _execute(self) -> None:
         raise NotImplementedError
+
+    def _release(self) -> None:
+        """The task has ended: give back what it held (a download's partial)."""
 
     def _on_stopped(self) -> None:
         self._move(TaskState.CANCELLED if self._stop_reason == "cancel" else TaskState.PAUSED)
@@ -242,14 +281,21 @@ class Task:
         self._complete()
 
     def _fail(self, exc: HalftunesError) -> None:
+        if self.state in FINAL_STATES:  # ended already: a later error changes nothing
+            log.error("task %s: error after it ended %s: %s", self.task_identifier,
+                      self.state, exc, exc_info=True)  # fmt: skip
+            return
         self.error = exc
         self._move(TaskState.FAILED)
         self._complete()
 
     def _complete(self) -> None:
-        self.session.call_delegate("on_complete", self, self.error)
+        self._tell("on_complete", self.error)
         if self.completion is not None:
-            self._call_completion()
+            try:
+                self._call_completion()
+            except Exception as exc:  # noqa: BLE001 - the caller's handler: reported, not ours
+                self._callback_failed("completion", exc)
 
     def _call_completion(self) -> None:
         # data and upload tasks: completion(data, response, error)

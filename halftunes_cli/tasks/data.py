@@ -30,6 +30,6 @@ class DataTask(Task):
                     raise TransferError(f"response from {self.url} is larger than "
                                         f"{self.max_bytes} bytes; refusing to buffer it")  # fmt: skip
         self.data = bytes(body)
-        self.session.call_delegate("on_data_received", self, self.data)
+        self._tell("on_data_received", self.data)
         self._move(TaskState.COMPLETED)
         self._complete()

@@ -3,7 +3,6 @@ If-Range by the decisions of `ranges`, and rename when the size checks out."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -24,7 +23,7 @@ from ..errors import (
 )
 from ..naming import url_filename
 from ..ranges import Action
-from ..retry import parse_retry_after
+from ..retry import RETRYABLE_STATUSES, parse_retry_after
 from ..transport import body_reader
 from .base import Task, TaskHost, TaskState
 from .checkpointer import shared_checkpointer
@@ -122,9 +121,15 @@ class DownloadTask(Task):
         self._last_error: HalftunesError | None = None
         self._retry_after: float | None = None
         self._body_ended = False  # the whole body was read
+        # Set once the whole body is in the partial and no stop came first: from then on the
+        # download completes, and a pause or cancel that arrives changes nothing.
+        self._committed = False
+        self._journal_error: HalftunesError | None = None  # the state file refused a checkpoint
         # Set by a runner that makes finished files durable in groups: the task then ends
         # with its body written but not fsynced nor renamed (see `finish_handed_off`).
         self.group_commit = False
+        # A preview of zero bytes is no preview: set for track downloads (a URL may be empty).
+        self.requires_content = False
         self._handed_total: int | None = None
         part_path = Path(str(self.destination) + ".part")
         synced = 0
@@ -215,14 +220,13 @@ class DownloadTask(Task):
                 failures = 0
             else:
                 failures += 1
-            unreachable = getattr(self._last_error, "is_unreachable", False)
-            if policy.gives_up_after(failures) or (unreachable and failures >= 2):
+            if policy.gives_up_after(failures) or self.is_hopeless(self._last_error, failures):
                 raise self._last_error or TransferError(f"giving up on {self.url}")
             wait = policy.delay_seconds(max(failures, 1), self._retry_after)
             reason = _short_reason(self._last_error)
             log.info("retrying %s from byte %d in %.1fs (%s)", self.url, offset, wait,
                      self._last_error)  # fmt: skip
-            self.session.call_delegate("on_retry", self, wait, reason)
+            self._tell("on_retry", wait, reason)
             self._back_off(wait)
 
     def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
@@ -243,9 +247,10 @@ class DownloadTask(Task):
             return False, "retry"
         self.response = response
         self._live_response = response
+        self.has_reached_host = True
         with response:
             if response.status_code == 401:
-                answer = self.session.call_delegate("on_challenge", self, response)
+                answer = self._tell("on_challenge", response)
                 if answer is not None and self._auth is None:
                     self._auth = answer
                     return True, "retry"
@@ -267,9 +272,14 @@ class DownloadTask(Task):
                                       retry_after=response.headers.get("Retry-After"))  # fmt: skip
             if action is Action.RETRY:
                 self._retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                self._last_error = HTTPStatusError(response.status_code, self.url)
+                if response.status_code in RETRYABLE_STATUSES:
+                    self._last_error = HTTPStatusError(response.status_code, self.url)
+                else:  # a malformed answer: the server's fault, tried again as a 5xx is
+                    self._last_error = TransferError(f"{decision.reason} for {self.url}")
                 return False, "retry"
             if action is Action.COMPLETE:
+                if not self._commit():
+                    self._check_stop()
                 self._finish(decision.total)
                 return True, "done"
             if action is Action.REFETCH:
@@ -316,13 +326,17 @@ class DownloadTask(Task):
                 self._check_stop()
                 self._last_error = translate_request_error(exc, self.url)
                 return self.bytes_received > offset, "retry"
-            self._check_stop()
+            if not self._committed:
+                self._check_stop()
             total = self.bytes_total
             if total is not None and self.bytes_received < total:
                 self._last_error = TransferError(
                     f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
                 )
                 return self.bytes_received > offset, "retry"
+            if self.requires_content and self.bytes_received == 0:
+                raise TransferError(f"the server sent an empty file for {self.url}",
+                                    "a preview has sound in it: try again later")  # fmt: skip
             self._finish(total)
             return True, "done"
 
@@ -347,7 +361,7 @@ class DownloadTask(Task):
         if message and message not in self.notes:
             self.notes.append(message)
             log.info("%s: %s", self.url, message)
-            self.session.call_delegate("on_note", self, message)
+            self._tell("on_note", message)
 
     def _journal_validators(self) -> None:
         # Queued when the response arrived; a body that ended first has its settlement
@@ -356,10 +370,34 @@ class DownloadTask(Task):
             self._journal()
 
     def _journal(self) -> None:
-        if self.journal is not None:
+        """Write the checkpoint into the record, and act on a stop request found there. A
+        state file that refuses it (moved, deleted, broken) stops the transfer: its bytes
+        would no longer be recorded anywhere."""
+        if self.journal is None:
+            return
+        try:
             request = self.journal.checkpoint(self)
-            if request in ("pause", "cancel"):
-                self.request_stop(request)
+        except HalftunesError as exc:
+            log.error("%s: cannot record the checkpoint: %s", self.url, exc)
+            self._journal_error = self._journal_error or exc
+            self.request_stop("pause")
+            return
+        if request in ("pause", "cancel"):
+            self.request_stop(request)
+
+    def _commit(self) -> bool:
+        """The body is whole: from now on it completes, unless a stop came first (False)."""
+        with self._state_lock:
+            if self._stop.is_set():
+                return False
+            self._committed = True
+            return True
+
+    def request_stop(self, reason: str) -> None:
+        with self._state_lock:
+            if self._committed:
+                return  # the body is whole: it completes (a stop must not lose a finished file)
+        super().request_stop(reason)
 
     def _stream(self, response: Any, offset: int, start: int) -> None:
         """Write the body at `offset`; its first `offset - start` bytes are the overlap, which
@@ -369,35 +407,43 @@ class DownloadTask(Task):
         partial = self.partial
         partial.open_at(offset)
         complete = False  # the whole body is in
+        total = self.bytes_total
         try:
             if start < offset:
                 self._verify_overlap(readinto, view, partial.read_back(start, offset))
-            while not self._stop.is_set():
+            while self._committed or not self._stop.is_set():
                 n = readinto(view)
                 if not n:
-                    total = self.bytes_total
                     complete = self._body_ended = total is None or partial.length >= total
+                    if complete and not self._committed and not self._commit():
+                        complete = False  # a stop came first: it wins
                     break
                 partial.write(view[:n])
                 self.bytes_fetched += n
-                if self.bytes_total is not None and partial.length > self.bytes_total:
+                if total is not None and partial.length > total:
                     raise _BodyError(f"{self.url}: more bytes than announced")
-                self.session.call_delegate("on_data_written", self, n,
-                                           partial.length, self.bytes_total)  # fmt: skip
+                if total is not None and partial.length == total:
+                    self._commit()  # every byte is here: a stop from now on changes nothing
+                self._tell("on_data_written", n, partial.length, total)
                 if partial.is_checkpoint_due:  # the disk is the checkpointer's to wait for
                     partial.checkpoint_async(self.checkpointer, lambda _: self._journal())
                 if partial.is_far_ahead:  # ... unless we run too far ahead of it
                     partial.checkpoint_async(self.checkpointer, lambda _: self._journal())
                     partial.wait_for_checkpoint()
+        except BaseException:
+            with self._state_lock:
+                self._committed = False  # (more bytes than announced: it is no whole body)
+            raise
         finally:
             # At a clean end the task's settlement records the length; only a stop or an
-            # error needs the journal written here.
-            with contextlib.suppress(OSError):
+            # error needs the journal written here. A failed fsync fails the task.
+            try:
                 if not (complete and self.group_commit):  # else the group commit fsyncs it
                     partial.checkpoint()
+            finally:
                 if not complete:
                     self._journal()
-            partial.close()
+                partial.close()
 
     def _verify_overlap(self, readinto: Callable[[memoryview], int], view: memoryview,
                         expected: bytes) -> None:  # fmt: skip
@@ -421,11 +467,6 @@ class DownloadTask(Task):
             return
         self._finish_now(total)
 
-    def request_stop(self, reason: str) -> None:
-        if reason == "pause" and self.is_handed_off:
-            return  # the body is whole and only awaits its group commit: let it finish
-        super().request_stop(reason)
-
     @property
     def is_handed_off(self) -> bool:
         """The body is complete and awaits `finish_handed_off` (group commit)."""
@@ -445,22 +486,37 @@ class DownloadTask(Task):
         self._handed_off = False
         self._guarded(step)
 
+    def abandon_handed_off(self, error: HalftunesError) -> None:
+        """End a handed-off task without renaming it (its group cannot be committed: the
+        state file is gone): failed with `error`, the partial kept."""
+        assert self._handed_off
+
+        def step() -> None:
+            raise error
+
+        self._handed_off = False
+        self._guarded(step)
+
     def _finish_now(self, total: int | None) -> None:
-        size = None
-        if not self._stop.is_set():
-            size = self.partial.finish(self.destination, total, self.content_encoding)
-        self._check_stop()
-        assert size is not None
+        """Rename the whole body to its final name (size-checked): a committed download
+        completes, whatever stop arrives meanwhile."""
+        size = self.partial.finish(self.destination, total, self.content_encoding)
         self.bytes_total = size if total is None else total
         self.location = self.destination
         self._move(TaskState.COMPLETED)
-        self.session.call_delegate("on_finished_downloading", self, self.destination)
+        self._tell("on_finished_downloading", self.destination)
         self._complete()
 
     def _on_stopped(self) -> None:
+        if self._journal_error is not None:  # stopped because its record cannot be written
+            self._fail(self._journal_error)
+            return
         if self._stop_reason == "cancel" and self.journal is None:
             self.partial.discard()  # a recorded download's partial is the records' to delete
         super()._on_stopped()
+
+    def _release(self) -> None:
+        self.partial.release()
 
     def _call_completion(self) -> None:
         self.completion(self.location, self.response, self.error)  # type: ignore[misc]

@@ -1,5 +1,5 @@
-"""`PartialFile`: the `.part` file of one download: where to start, appending, checkpoints,
-and the size-checked atomic rename to the final name."""
+"""`PartialFile`: the `.part` file of one download: its one writer (a held lock), where to
+start, appending, checkpoints, and the size-checked atomic rename to the final name."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import DiskError, TransferError, disk_error
+from ..liveness import PartialLock
 from .checkpointer import MAX_DIRTY_BYTES, Checkpointer
 
 CHECKPOINT_SECONDS = 1.0
@@ -31,7 +32,12 @@ class PartialFile:
 
     Writes go straight to the kernel (no user-space buffer), so a checkpoint can be taken
     from another thread (`checkpoint_async`): it notes the length, fsyncs a duplicate of the
-    descriptor, and only then moves `synced` up and calls back (the journal)."""
+    descriptor, and only then moves `synced` up and calls back (the journal).
+
+    Every change to the file (create, truncate, write, rename, delete) happens while this
+    object holds the partial's lock (`liveness.PartialLock`), from the first change until
+    `release`: another process that wants to write it is refused (`PartialBusy`). A failed
+    fsync is an error (`DiskError`), never a checkpoint."""
 
     def __init__(self, path: Path, synced: int = 0,
                  clock: Callable[[], float] = time.monotonic,
@@ -60,19 +66,54 @@ class PartialFile:
         self._written_back = synced  # writeback started for bytes before this offset
         self._checkpointer = checkpointer
         self._writeback = writeback
+        self._owner = PartialLock(self.path)
+        self._sync_error: OSError | None = None  # a background fsync that failed
 
-    def starting_offset(self, bytes_total: int | None) -> int:
-        """Bytes we may append to: the partial's length, unless it is longer than the whole
-        resource (then it is not this resource's: start over)."""
+    # -- the one writer ----------------------------------------------------------------------
+    def acquire(self, create: bool = True) -> bool:
+        """Become the partial's one writer (False: there is no partial and `create` is
+        False). Raises PartialBusy when another process writes it."""
         try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            self.length = self.synced = 0
-            return 0
+            return self._owner.acquire(create)
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
-        keep = size
-        if bytes_total is not None and keep > bytes_total:
+
+    @property
+    def is_owned(self) -> bool:
+        return self._owner.is_held
+
+    def release(self) -> None:
+        """Close the partial and give up the right to write it (the task has ended)."""
+        self.close()
+        self._owner.release()
+
+    def _open_for_writing(self) -> BinaryIO:
+        """The partial opened for writing, once we are its writer (the same file we lock)."""
+        self.acquire(create=True)
+        try:
+            f = open(self.path, "r+b", buffering=0)  # noqa: SIM115 - kept open while writing
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+        held, opened = os.fstat(self._owner.fd or 0), os.fstat(f.fileno())
+        if (held.st_dev, held.st_ino) != (opened.st_dev, opened.st_ino):
+            f.close()
+            raise DiskError(f"{self.path} was replaced by another program while halftunes "
+                            "wrote it", "`halftunes resume` starts it again")  # fmt: skip
+        return f
+
+    def starting_offset(self, bytes_total: int | None) -> int:
+        """Bytes we may append to: the partial's length up to `synced`, the length its record
+        vouches for (bytes past it may not be on disk); 0 when the partial is longer than the
+        whole resource (then it is not this resource's). The rest is cut."""
+        if not self.acquire(create=False):
+            self.length = self.synced = 0
+            return 0
+        try:
+            size = os.fstat(self._owner.fd or 0).st_size
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+        keep = min(size, self.synced)  # never append after bytes the record does not vouch for
+        if bytes_total is not None and size > bytes_total:
             keep = 0
         if keep != size:
             self.truncate(keep)
@@ -82,8 +123,9 @@ class PartialFile:
     def truncate(self, length: int) -> int:
         """Cut to `length` (durably) and continue from there."""
         self.wait_for_checkpoint()
+        f = self._open_for_writing()
         try:
-            with open(self.path, "ab") as f:
+            with f:
                 self._set_mode(f)
                 f.truncate(length)
                 self._fsync(f.fileno())
@@ -98,10 +140,7 @@ class PartialFile:
         is cut only when it is longer than `offset` (a needless truncate makes ext4 flush the
         whole file on close)."""
         self.wait_for_checkpoint()
-        try:
-            f = open(self.path, "r+b" if self.path.exists() else "wb", buffering=0)
-        except OSError as exc:
-            raise disk_error(exc, self.path) from exc
+        f = self._open_for_writing()
         try:
             self._set_mode(f)
             size = os.fstat(f.fileno()).st_size
@@ -125,6 +164,9 @@ class PartialFile:
 
     def write(self, chunk: bytes | memoryview) -> None:
         assert self._file is not None
+        if self._sync_error is not None:  # a checkpoint's fsync failed: the disk lies
+            self._settle_after_error()
+            raise disk_error(self._sync_error, self.path) from self._sync_error
         view = memoryview(chunk)
         try:
             while view:
@@ -178,10 +220,17 @@ class PartialFile:
 
     def checkpoint(self) -> int:
         """fsync here and now (after any checkpoint under way), then `synced` moves up to
-        what is on disk. For a stop, an error, the end of a transfer."""
+        what is on disk. For a stop, an error, the end of a transfer. A failed fsync raises
+        DiskError and `synced` stays where the disk was last known to be."""
         self.wait_for_checkpoint()
+        if self._sync_error is not None:
+            raise disk_error(self._sync_error, self.path) from self._sync_error
         if self._file is not None:
-            self._fsync(self._file.fileno())
+            try:
+                self._fsync(self._file.fileno())
+            except OSError as exc:
+                self._sync_error = exc
+                raise disk_error(exc, self.path) from exc
         self.synced = self.length
         self._last_checkpoint = self._clock()
         return self.synced
@@ -203,6 +252,9 @@ class PartialFile:
             try:
                 try:
                     self._fsync(fd)
+                except OSError as exc:
+                    self._sync_error = exc  # the receiving thread fails at its next write
+                    return
                 finally:
                     os.close(fd)
                 with self._lock:
@@ -238,8 +290,18 @@ class PartialFile:
         The data was fsynced at the last checkpoint, before the rename, so the final name can
         never show unwritten bytes. The rename itself is not fsynced (on ext4 that forces a
         journal commit per file): after a power cut it may be undone, and the download then
-        shows as not finished and is fetched again, never as a corrupt file."""
-        size = self.path.stat().st_size if self.path.exists() else 0
+        shows as not finished and is fetched again, never as a corrupt file.
+
+        It happens only while we are the partial's writer and its path still names the file
+        we wrote; the lock is given up after it."""
+        self.close()
+        if not self.acquire(create=False) or not self._owner.is_current():
+            raise DiskError(f"{self.path} was moved or replaced by another program while "
+                            "halftunes wrote it", "`halftunes resume` starts it again")  # fmt: skip
+        try:
+            size = os.fstat(self._owner.fd or 0).st_size
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
         if bytes_total is not None and size != bytes_total:
             raise TransferError(f"{destination.name}: size check failed "
                                 f"({size} of {bytes_total} bytes)")  # fmt: skip
@@ -252,6 +314,7 @@ class PartialFile:
                 raise DiskError(f"cannot move the finished file to {destination}: "
                                 f"{exc.strerror}") from exc  # fmt: skip
         self.length = self.synced = size
+        self._owner.release()
         return size
 
     def _decode(self, destination: Path, content_encoding: str) -> None:
@@ -290,9 +353,13 @@ class PartialFile:
             self.path.unlink()
 
     def discard(self) -> None:
-        """Delete the partial (a cancelled download that no record owns)."""
+        """Delete the partial (a cancelled download that no record owns), unless another
+        process writes it."""
+        self.close()
         with contextlib.suppress(OSError):
-            self.path.unlink()
+            if self._owner.is_held or self.acquire(create=False):
+                self.path.unlink()
+        self._owner.release()
 
 
 def sync_group(partials: list[PartialFile]) -> dict[Path, OSError]:
@@ -301,27 +368,26 @@ def sync_group(partials: list[PartialFile]) -> dict[Path, OSError]:
     A partial whose fsync succeeds has `synced` = its length; the others are returned with
     their error, by path."""
     errors: dict[Path, OSError] = {}
-    opened: list[tuple[PartialFile, int]] = []
-    try:
-        for part in partials:
-            part.wait_for_checkpoint()
-            try:
-                opened.append((part, os.open(part.path, os.O_RDONLY)))
-            except OSError as exc:
-                errors[part.path] = exc
-                continue
-            if part.durable:
-                with contextlib.suppress(OSError):
-                    start_writeback(opened[-1][1], 0, 0)  # length 0: to the end of the file
-        for part, fd in opened:
-            try:
-                part._fsync(fd)
-                part.length = part.synced = os.fstat(fd).st_size
-            except OSError as exc:
-                errors[part.path] = exc
-    finally:
-        for _, fd in opened:
-            os.close(fd)
+    held: list[tuple[PartialFile, int]] = []
+    for part in partials:
+        part.wait_for_checkpoint()
+        fd = part._owner.fd  # the locked descriptor: the file we wrote, whatever its path
+        if fd is None:
+            errors[part.path] = FileNotFoundError(
+                2, "the partial is no longer ours", str(part.path)
+            )
+            continue
+        held.append((part, fd))
+        if part.durable:
+            with contextlib.suppress(OSError):
+                start_writeback(fd, 0, 0)  # length 0: to the end of the file
+    for part, fd in held:
+        try:
+            part._fsync(fd)
+            part.length = part.synced = os.fstat(fd).st_size
+        except OSError as exc:
+            part._sync_error = exc
+            errors[part.path] = exc
     return errors
 
 

@@ -10,6 +10,10 @@ from typing import Any
 from ..errors import HTTPStatusError, UsageError
 from .base import Task, TaskHost, TaskState
 
+# An upload's answer is kept up to this size (a status page, a JSON receipt); the rest of a
+# larger one is never read.
+REPLY_MAX_BYTES = 1 << 20
+
 
 class _CountingFile:
     """Streams the file and reports on_data_sent as it goes."""
@@ -32,9 +36,7 @@ class _CountingFile:
                     return
                 self.sent += len(chunk)
                 self.task.bytes_sent = self.sent
-                self.task.session.call_delegate(
-                    "on_data_sent", self.task, len(chunk), self.sent, self.total
-                )
+                self.task._tell("on_data_sent", len(chunk), self.sent, self.total)
                 yield chunk
 
 
@@ -64,8 +66,13 @@ class UploadTask(Task):
 
         response = self._send(self.method, headers, data_factory=body)
         self.response = response
+        answer = bytearray()  # the server's answer, bounded as a data task's is
         with response:
-            self.data = response.content[: 1 << 20]
+            for chunk in response.iter_content(64 * 1024):
+                answer += chunk[: REPLY_MAX_BYTES - len(answer)]
+                if len(answer) >= REPLY_MAX_BYTES:
+                    break  # (closing drops the rest with the connection)
+        self.data = bytes(answer)
         if response.status_code >= 400:
             raise HTTPStatusError(response.status_code, self.url)
         self._move(TaskState.COMPLETED)
