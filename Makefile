@@ -29,7 +29,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
 chaos: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py --chaos-rounds=216 --storm-seconds=60 -s
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/test_chaos.py --chaos-rounds=320 --storm-seconds=60 --odd-examples=300 -s
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

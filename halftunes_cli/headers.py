@@ -12,6 +12,9 @@ import re
 import time
 
 _UINT = re.compile(r"[0-9]+")
+# The largest length or offset there is: what a file system, SQLite (a signed 64-bit
+# INTEGER) and every peer can hold. A header that says more is a malformed one.
+MAX_LENGTH = 2**63 - 1
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
@@ -55,7 +58,8 @@ def parse_content_length(value: str | None) -> int | None:
     if len(numbers) != 1 or None in numbers:
         raise MalformedHeader("Content-Length", value)
     (number,) = numbers
-    assert number is not None
+    if number is None or number > MAX_LENGTH:
+        raise MalformedHeader("Content-Length", value)
     return number
 
 

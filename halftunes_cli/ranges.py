@@ -45,6 +45,8 @@ def parse_content_range(value: str | None) -> ContentRange | None:
     if not m:
         return None
     start_s, end_s, total_s = m.groups()
+    if any(len(s) > 18 for s in (start_s, end_s, total_s) if s):  # past MAX_LENGTH's digits
+        return None
     total = None if total_s == "*" else int(total_s)
     if start_s is None:
         if total is None:

@@ -22,8 +22,10 @@ HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--chaos-rounds", type=int, default=18, help="rounds for test_chaos")
+    parser.addoption("--chaos-rounds", type=int, default=16, help="rounds for test_chaos")
     parser.addoption("--storm-seconds", type=int, default=15, help="length of the storm")
+    parser.addoption("--odd-examples", type=int, default=30,
+                     help="examples of odd numbers in headers and API fields (test_chaos)")  # fmt: skip
 
 
 def _become_subreaper() -> None:
@@ -183,6 +185,30 @@ class Env:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         reap_children()
+
+
+class LockWatch:
+    """Tells when the holder of a lock file has let go (or died), even after the file itself
+    was deleted: it keeps a descriptor of the same file open and tries the lock on it."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+
+    def wait_free(self, timeout: float = 20.0) -> None:
+        import fcntl
+
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise AssertionError("the lock's holder never let go") from None
+                    time.sleep(0.02)
+        finally:
+            os.close(self.fd)
 
 
 class WriterAudit:

@@ -6,6 +6,7 @@ import os
 import pty
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 from conftest import HALFTUNES, read_terminal, sha256_file
@@ -83,11 +84,15 @@ def test_ten_racing_commands_start_exactly_one_worker(env):
     ids = jack_ids(env, 10)
     for rid in ids:
         env.track(int(rid), size=500_000)
-    env.server.state.throttle_bps = 1 * MB
+    # The server holds every answer until all ten commands have returned: the worker that
+    # the first of them starts is still busy when the last one queues (however slow the
+    # machine), so a second start could only come from a race between the commands.
+    gate = env.server.state.gate = threading.Event()
     procs = [env.spawn("download", "-b", rid) for rid in ids]
     for p in procs:
-        p.communicate(timeout=30)
+        p.communicate(timeout=60)
         assert p.returncode == 0
+    gate.set()
     assert env.run("wait", "--timeout", "60").returncode == 0
     log = (env.state_dir / "worker.log").read_text()
     starts = [line for line in log.splitlines() if line.endswith("worker started")]

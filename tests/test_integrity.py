@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HALFTUNES, Env, WriterAudit, reap_children, sha256_file
+from conftest import HALFTUNES, Env, LockWatch, WriterAudit, reap_children, sha256_file
 
 from halftunes_cli import Session, SessionConfiguration, store
 from halftunes_cli.records import Records, RecordStatus, Settlement, StopRequest
@@ -219,12 +219,11 @@ def test_a_state_dir_deleted_under_the_worker_never_gets_a_second_writer(env):
     audit = WriterAudit().start()
     assert env.run("download", "-b", str(T)).returncode == 0
     env.wait_for(lambda: env.part_size(T) > 300_000)
-    first_worker = env.worker_pid()
+    first_worker = LockWatch(env.state_dir / "worker.lock")
     shutil.rmtree(env.state_dir)
     queued = env.run("download", "-b", str(T))  # a second worker, if the first has let go
     assert queued.returncode == 0 or "being downloaded" in queued.stderr, queued.stderr
-    if first_worker is not None:  # it notices that its state file is gone and leaves
-        os.waitpid(first_worker, 0)
+    first_worker.wait_free()  # it notices that its state file is gone and leaves
     env.server.state.throttle_bps = None
     waited = env.run("wait", "--timeout", "60")
     if queued.returncode != 0 or waited.returncode != 0:

@@ -128,3 +128,75 @@ def test_an_end_before_the_start_or_past_the_total_is_refused(start, back):
 def test_the_parser_never_raises(text):
     result = parse_content_range(text)
     assert result is None or isinstance(result, ContentRange)
+
+
+# -- numbers from outside: ASCII digits only, whatever else Unicode calls a digit ------------
+from halftunes_cli.headers import (  # noqa: E402
+    MAX_LENGTH,
+    MalformedHeader,
+    parse_content_length,
+    parse_decimal,
+    parse_uint,
+)
+from halftunes_cli.itunes import Track  # noqa: E402
+
+ASCII_DIGITS = set("0123456789")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("0", 0), (" 42\t", 42), ("007", 7), ("²", None), ("¹", None), ("١٢", None), ("٣", None),
+     ("-1", None), ("+1", None), ("1.0", None), ("1 2", None), ("", None), ("1_000", None)],
+)  # fmt: skip
+def test_parse_uint_takes_ascii_digits_only(text, expected):
+    assert parse_uint(text) == expected
+
+
+@given(st.text())
+def test_parse_uint_never_raises_and_never_reads_another_script(text):
+    value = parse_uint(text)
+    stripped = text.strip(" \t")
+    if value is None:
+        assert not stripped or not set(stripped) <= ASCII_DIGITS
+    else:
+        assert set(stripped) <= ASCII_DIGITS and value == int(stripped)
+
+
+@given(st.text())
+def test_parse_decimal_never_raises(text):
+    value = parse_decimal(text)
+    assert value is None or (isinstance(value, float) and text.strip(" \t").isascii())
+
+
+@given(st.text())
+def test_content_length_is_a_number_or_malformed(text):
+    try:
+        value = parse_content_length(text)
+    except MalformedHeader:
+        return
+    assert value is not None and 0 <= value <= MAX_LENGTH
+
+
+@given(st.text())
+def test_retry_after_never_raises(text):
+    value = parse_retry_after(text, now=1e9)
+    assert value is None or value >= 0
+
+
+@given(st.text(), st.sampled_from([200, 206, 416, 503]))
+def test_decide_never_raises_whatever_the_headers(text, status):
+    headers = {CL: text, CR: text}
+    assert decide(status, headers, 100, None, ranged=True).action in set(Action)
+    assert decide(status, headers, 0, None, ranged=False).action in set(Action)
+
+
+@given(st.dictionaries(st.sampled_from(["trackId", "collectionId", "artistId", "wrapperType",
+                                        "trackTimeMillis", "previewUrl", "collectionName",
+                                        "trackExplicitness", "kind"]),
+                       st.one_of(st.text(), st.integers(), st.floats(), st.booleans(),
+                                 st.none(), st.lists(st.integers(), max_size=2))))  # fmt: skip
+def test_any_api_object_becomes_a_track(item):
+    track = Track.from_api(item)
+    assert track.trackId is None or (isinstance(track.trackId, int) and track.trackId >= 0)
+    assert track.trackTimeMillis is None or track.trackTimeMillis >= 0
+    assert track.previewUrl is None or isinstance(track.previewUrl, str)

@@ -12,6 +12,7 @@ import pytest
 from conftest import sha256_file
 
 from halftunes_cli.ranges import OVERLAP_BYTES
+from halftunes_cli.testing.catalog import MODIFIED_NOW
 
 T = 1000001
 MB = 1_000_000
@@ -40,7 +41,7 @@ def test_a_same_second_rewrite_never_splices(env, style):
     # Last-Modified in the same second as the response's Date: neither it nor an ETag made of
     # mtime + size can tell a same-second rewrite, so halftunes trusts none of them.
     env.server.state.styles[T] = style
-    env.server.state.mtimes[T] = time.time() + 0.5
+    env.server.state.mtimes[T] = MODIFIED_NOW  # every answer: Last-Modified == its Date
     record = start_and_pause(env)
     assert record["etag"] is None and record["last_modified"] is None
     rewrite_same_size(env)

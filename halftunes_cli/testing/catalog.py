@@ -334,11 +334,24 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         for k, v in (extra or {}).items():
-            self.send_header(k, v)
+            self._send_raw_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
             entry["bytes_sent"] = len(body)
+
+    def _send_raw_header(self, name: str, value: str, replace: bool = False) -> None:
+        """A header whatever its value: latin-1 as http.server sends it, else UTF-8 bytes
+        (a server that misbehaves on purpose may send anything)."""
+        buffer = self._headers_buffer  # type: ignore[attr-defined]
+        if replace:
+            prefix = name.lower().encode() + b":"
+            buffer[:] = [line for line in buffer if not line.lower().startswith(prefix)]
+        try:
+            raw = value.encode("latin-1")
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8")
+        buffer.append(name.encode() + b": " + raw + b"\r\n")
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
@@ -581,16 +594,7 @@ class _Handler(BaseHTTPRequestHandler):
         if mtime:
             self.send_header("Last-Modified", mtime)
         if kind == "header":  # a header with a value of the fault's choosing (raw bytes)
-            self._headers_buffer = [  # type: ignore[attr-defined]
-                line
-                for line in self._headers_buffer  # type: ignore[attr-defined]
-                if not line.lower().startswith(fault["name"].lower().encode() + b":")
-            ]
-            try:  # as http.server sends headers; what latin-1 cannot say goes as UTF-8
-                raw = fault["value"].encode("latin-1")
-            except UnicodeEncodeError:
-                raw = fault["value"].encode("utf-8")
-            self._headers_buffer.append(fault["name"].encode() + b": " + raw + b"\r\n")  # type: ignore[attr-defined]
+            self._send_raw_header(fault["name"], fault["value"], replace=True)
             self.send_header("Connection", "close")  # the body ends when the connection does
             self.close_connection = True
         self.end_headers()
