@@ -36,13 +36,13 @@ CHECKPOINT_BYTES = THROTTLE  # one checkpoint interval (1 s) of data
 DURABILITY = ["power-cut", "crash"]
 BUSY_SECONDS = 0.5  # the state file's busy timeout in these rounds (HALFTUNES_BUSY_TIMEOUT_...)
 
-# Held by a process for as long as its stdin stays open: the state file's lock (as a backup
-# tool or a `sqlite3` shell in a transaction holds it).
+# Held by a process for as long as its stdin stays open: the state file's write lock, as a
+# `sqlite3` shell in a transaction holds it while the transfer has the file open (readers go
+# on; every checkpoint and settlement waits, then meets "busy").
 HOLD_STATE = """
 import sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
-conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-conn.execute("BEGIN EXCLUSIVE")
+conn.execute("BEGIN IMMEDIATE")
 conn.execute("UPDATE meta SET value = value")
 print("held", flush=True)
 sys.stdin.read()
