@@ -38,14 +38,16 @@ def log(msg: str) -> None:
 
 # -- tools ---------------------------------------------------------------------------------------
 def ensure_tools() -> dict[str, bool]:
-    want = {"curl": "curl", "wget": "wget", "aria2c": "aria2", "nginx": "nginx-light",
-            TIME: "time"}  # fmt: skip
+    want = {"curl": "curl", "wget": "wget", "aria2c": "aria2", "nginx": "nginx-light", TIME: "time"}
     missing = [pkg for exe, pkg in want.items() if not shutil.which(exe) and not Path(exe).exists()]
     if missing and shutil.which("apt-get") and os.geteuid() == 0:
         log(f"installing {' '.join(missing)} with apt-get")
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True)
-        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], capture_output=True,
-                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", *missing],
+            capture_output=True,
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+        )
     have = {exe: bool(shutil.which(exe)) or Path(exe).exists() for exe in want}
     for exe, ok in have.items():
         if not ok:
@@ -58,8 +60,13 @@ def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) ->
     fmt = "%e %U %S %M"
     out = WORK / "time.out"
     began = time.perf_counter()
-    proc = subprocess.run([TIME, "-f", fmt, "-o", str(out), *cmd], env=env, cwd=cwd,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.run(
+        [TIME, "-f", fmt, "-o", str(out), *cmd],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {proc.stderr[-400:]!r}")
@@ -86,11 +93,22 @@ class Servers:
         self.static_url = None
         if have_nginx:
             self._start_nginx()
-        args = [sys.executable, "-m", "halftunes_cli.catalog", "--port", "0",
-                "--preview-size", str(preview_size), "--count", str(count)]  # fmt: skip
+        args = [
+            sys.executable,
+            "-m",
+            "halftunes_cli.catalog",
+            "--port",
+            "0",
+            "--preview-size",
+            str(preview_size),
+            "--count",
+            str(count),
+        ]
         if self.static_url:
-            subprocess.run([*args, "--preview-base", self.static_url, "--write-previews",
-                            str(self.static)], check=True)  # fmt: skip
+            subprocess.run(
+                [*args, "--preview-base", self.static_url, "--write-previews", str(self.static)],
+                check=True,
+            )
             args += ["--preview-base", self.static_url]
         self.catalog = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
         self.api = self.catalog.stdout.readline().strip()
@@ -112,8 +130,9 @@ http {{ access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
   server {{ listen 127.0.0.1:{port}; root {self.static}; etag on;
     location / {{ types {{ }} default_type application/octet-stream; }} }} }}
 """)
-        self.nginx = subprocess.Popen(["nginx", "-c", str(conf), "-p", str(WORK)],
-                                      stderr=subprocess.DEVNULL)  # fmt: skip
+        self.nginx = subprocess.Popen(
+            ["nginx", "-c", str(conf), "-p", str(WORK)], stderr=subprocess.DEVNULL
+        )
         self.static_url = f"http://127.0.0.1:{port}"
         for _ in range(100):
             try:
@@ -147,8 +166,12 @@ def make_big_file(servers: Servers, name: str, size: int) -> str:
 
 
 def ht_env(state: Path, downloads: Path, api: str) -> dict:
-    return {**os.environ, "HALFTUNES_API_URL": api, "HALFTUNES_STATE_DIR": str(state),
-            "HALFTUNES_DOWNLOAD_DIR": str(downloads)}  # fmt: skip
+    return {
+        **os.environ,
+        "HALFTUNES_API_URL": api,
+        "HALFTUNES_STATE_DIR": str(state),
+        "HALFTUNES_DOWNLOAD_DIR": str(downloads),
+    }
 
 
 def fresh(path: Path) -> Path:
@@ -178,33 +201,59 @@ def s1_large(servers: Servers, have: dict, size: int = GIB) -> None:
     def ht(d: Path) -> list[str]:
         return [HALFTUNES, "--session", "ephemeral", "-q", "download", url, "-P", str(d)]
 
-    tools = {"halftunes": ht, "halftunes (durability=crash)": ht,
-             "requests": lambda d: [sys.executable, str(baseline), url, str(d / "big.bin")]}  # fmt: skip
+    tools = {
+        "halftunes": ht,
+        "halftunes (durability=crash)": ht,
+        "requests": lambda d: [sys.executable, str(baseline), url, str(d / "big.bin")],
+    }
     if have["curl"]:
         tools["curl"] = lambda d: ["curl", "-sS", "-o", str(d / "big.bin"), url]
         # the durable peer: curl, then an fsync of its file (coreutils sync FILE)
-        tools["curl + fsync"] = lambda d: ["sh", "-c", f"curl -sS -o '{d}/big.bin' '{url}' && "
-                                           f"sync '{d}/big.bin'"]  # fmt: skip
+        tools["curl + fsync"] = lambda d: [
+            "sh",
+            "-c",
+            f"curl -sS -o '{d}/big.bin' '{url}' && sync '{d}/big.bin'",
+        ]
     if have["wget"]:
         tools["wget"] = lambda d: ["wget", "-q", "-O", str(d / "big.bin"), url]
     # Not a download: how long this disk takes to make 1 GiB durable (halftunes fsyncs its
     # checkpoints and the finished file; curl, wget and aria2c leave the data in the cache).
-    tools["floor: dd conv=fsync"] = lambda d: ["dd", "if=/dev/zero", f"of={d / 'big.bin'}",
-                                               "bs=1M", f"count={size // MIB}", "conv=fsync",
-                                               "status=none"]  # fmt: skip
+    tools["floor: dd conv=fsync"] = lambda d: [
+        "dd",
+        "if=/dev/zero",
+        f"of={d / 'big.bin'}",
+        "bs=1M",
+        f"count={size // MIB}",
+        "conv=fsync",
+        "status=none",
+    ]
     if have["aria2c"]:
-        tools["aria2c -x1"] = lambda d: ["aria2c", "-q", "-x1", "--allow-overwrite=true",
-                                         "--file-allocation=none", "-d", str(d), "-o", "big.bin", url]  # fmt: skip
-    samples = alternate(tools, out, lambda d: (d / "big.bin").stat().st_size == size,
-                        settle=2.0, envs={"halftunes (durability=crash)": CRASH})  # fmt: skip
+        tools["aria2c -x1"] = lambda d: [
+            "aria2c",
+            "-q",
+            "-x1",
+            "--allow-overwrite=true",
+            "--file-allocation=none",
+            "-d",
+            str(d),
+            "-o",
+            "big.bin",
+            url,
+        ]
+    samples = alternate(
+        tools,
+        out,
+        lambda d: (d / "big.bin").stat().st_size == size,
+        settle=2.0,
+        envs={"halftunes (durability=crash)": CRASH},
+    )
     results["scenarios"]["S1 one 1 GiB file"] = {k: summarize(v, size) for k, v in samples.items()}
 
 
 CRASH = {**os.environ, "HALFTUNES_DURABILITY": "crash"}
 
 
-def alternate(tools: dict, out: Path, check, settle: float = 0.0,
-              envs: dict | None = None) -> dict:  # fmt: skip
+def alternate(tools: dict, out: Path, check, settle: float = 0.0, envs: dict | None = None) -> dict:
     samples: dict[str, list] = {k: [] for k in tools}
     for run in range(RUNS + 1):  # run 0 is the warm-up
         for name, build in tools.items():
@@ -235,14 +284,20 @@ def cached_ids(servers: Servers, state: Path, n: int) -> tuple[list[str], list[s
         if not got["results"]:
             break
         # plain preview names only: a static server resolves the hostile "../" ones elsewhere
-        items += [i for i in got["results"]
-                  if i.get("previewUrl", "").rsplit("/", 1)[-1].startswith("preview.")]  # fmt: skip
+        items += [
+            i
+            for i in got["results"]
+            if i.get("previewUrl", "").rsplit("/", 1)[-1].startswith("preview.")
+        ]
     items = items[:n]
     ids = [str(i["trackId"]) for i in items]
     env = ht_env(state, WORK / "warm", servers.api)
     for start in range(0, len(ids), 150):  # lookups go into the cache, not on the clock
-        subprocess.run([HALFTUNES, "download", "--json", *ids[start : start + 150], "-o",
-                        str(WORK / "warm")], env=env, capture_output=True)  # fmt: skip
+        subprocess.run(
+            [HALFTUNES, "download", "--json", *ids[start : start + 150], "-o", str(WORK / "warm")],
+            env=env,
+            capture_output=True,
+        )
     with sqlite3.connect(state / "downloads.db") as c:
         c.execute("DELETE FROM downloads")
     shutil.rmtree(WORK / "warm", ignore_errors=True)
@@ -273,22 +328,41 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
         "    with open(os.path.join(sys.argv[1], f'p{i}'), 'wb') as f:\n"
         "        f.write(data); f.flush(); os.fsync(f.fileno())\n"
     )
-    tools = {"halftunes": halftunes, "halftunes (durability=crash)": halftunes,
-             # not a download: writing the same bytes durably (an fsync per file), no network
-             "floor: write+fsync per file": lambda d: [sys.executable, str(floor), str(d)]}  # fmt: skip
+    tools = {
+        "halftunes": halftunes,
+        "halftunes (durability=crash)": halftunes,
+        # not a download: writing the same bytes durably (an fsync per file), no network
+        "floor: write+fsync per file": lambda d: [sys.executable, str(floor), str(d)],
+    }
     env = ht_env(state, out, servers.api)
     if have["curl"]:
-        tools["xargs -P 6 curl"] = lambda d: ["sh", "-c", f"cd {d} && awk '{{print NR\" \"$0}}' "
-                                              f"{listing} | xargs -P 6 -n 2 sh -c 'curl -sS -o p$0.m4a $1'"]  # fmt: skip
+        tools["xargs -P 6 curl"] = lambda d: [
+            "sh",
+            "-c",
+            f"cd {d} && awk '{{print NR\" \"$0}}' "
+            f"{listing} | xargs -P 6 -n 2 sh -c 'curl -sS -o p$0.m4a $1'",
+        ]
     if have["wget"]:
         # every preview is called preview.m4a: wget numbers them (.1, .2, ...)
         tools["wget -i"] = lambda d: ["wget", "-q", "-i", str(listing), "-P", str(d), "-nd"]
         # the durable peer: wget, then one syncfs of the file system (sync -f)
-        tools["wget -i + sync -f"] = lambda d: ["sh", "-c", f"wget -q -i '{listing}' -P '{d}' "
-                                                f"-nd && sync -f '{d}'"]  # fmt: skip
+        tools["wget -i + sync -f"] = lambda d: [
+            "sh",
+            "-c",
+            f"wget -q -i '{listing}' -P '{d}' -nd && sync -f '{d}'",
+        ]
     if have["aria2c"]:
-        tools["aria2c -j 6 -i"] = lambda d: ["aria2c", "-q", "-j", "6", "-i", str(aria_list),
-                                             "-d", str(d), "--file-allocation=none"]  # fmt: skip
+        tools["aria2c -j 6 -i"] = lambda d: [
+            "aria2c",
+            "-q",
+            "-j",
+            "6",
+            "-i",
+            str(aria_list),
+            "-d",
+            str(d),
+            "--file-allocation=none",
+        ]
 
     def check(d: Path) -> bool:
         files = [p for p in d.rglob("*") if p.is_file() and not p.name.endswith(".part")]
@@ -299,8 +373,10 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
         for name, build in tools.items():
             d = fresh(out)
             cmd = build(d)
-            envs = {"halftunes": env, "halftunes (durability=crash)": {**env, **{
-                "HALFTUNES_DURABILITY": "crash"}}}  # fmt: skip
+            envs = {
+                "halftunes": env,
+                "halftunes (durability=crash)": {**env, **{"HALFTUNES_DURABILITY": "crash"}},
+            }
             sample = measure(cmd, env=envs.get(name))
             if not check(d):
                 raise RuntimeError(f"S2 {name} did not fetch {n} files")
@@ -343,10 +419,19 @@ def s3_scaling(servers_small: Servers) -> None:
     records = Records(store)
     with store.transaction() as conn:
         for i in range(10_000):
-            store.insert_record(conn, {"id": f"r{i}", "url": f"https://x/{i}.m4a",
-                                "path": f"/tmp/none/{i}.m4a", "part_path": f"/tmp/none/{i}.m4a.part",
-                                "status": "completed", "bytes_received": 1000, "bytes_total": 1000,
-                                "title": f"Track {i}"})  # fmt: skip
+            store.insert_record(
+                conn,
+                {
+                    "id": f"r{i}",
+                    "url": f"https://x/{i}.m4a",
+                    "path": f"/tmp/none/{i}.m4a",
+                    "part_path": f"/tmp/none/{i}.m4a.part",
+                    "status": "completed",
+                    "bytes_received": 1000,
+                    "bytes_total": 1000,
+                    "title": f"Track {i}",
+                },
+            )
     with store.transaction() as conn:
         store.update_record(conn, "r5000", status="running", owner=records.owner_token())
     ckpt = []
@@ -379,11 +464,13 @@ def s3_scaling(servers_small: Servers) -> None:
 def s4_startup() -> None:
     empty = fresh(WORK / "s4-state")
     env = {**os.environ, "HALFTUNES_STATE_DIR": str(empty)}
-    cmds = {"halftunes --version": [HALFTUNES, "--version"],
-            "halftunes --help": [HALFTUNES, "--help"],
-            "halftunes list (empty)": [HALFTUNES, "list"],
-            "python -c 'import typer'": [sys.executable, "-c", "import typer"],
-            "python -c pass": [sys.executable, "-c", "pass"]}  # fmt: skip
+    cmds = {
+        "halftunes --version": [HALFTUNES, "--version"],
+        "halftunes --help": [HALFTUNES, "--help"],
+        "halftunes list (empty)": [HALFTUNES, "list"],
+        "python -c 'import typer'": [sys.executable, "-c", "import typer"],
+        "python -c pass": [sys.executable, "-c", "pass"],
+    }
     samples: dict[str, list] = {k: [] for k in cmds}
     for run in range(2 * RUNS + 1):
         for name, cmd in cmds.items():
@@ -394,15 +481,22 @@ def s4_startup() -> None:
 
 
 def _admin(api: str, path: str, body: dict | None = None):
-    req = urllib.request.Request(api + path, data=json.dumps(body).encode() if body is not None
-                                 else None, method="POST" if body is not None else "GET")  # fmt: skip
+    req = urllib.request.Request(
+        api + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        method="POST" if body is not None else "GET",
+    )
     return json.loads(urllib.request.urlopen(req).read())
 
 
 def s5_control(api: str) -> None:
     """Latency from starting `pause` to the server seeing the transfer's bytes stop."""
-    out = {"foreground_ms": [], "background_ms": [], "download_b_return_ms": [],
-           "download_b_first_byte_ms": []}  # fmt: skip
+    out = {
+        "foreground_ms": [],
+        "background_ms": [],
+        "download_b_return_ms": [],
+        "download_b_first_byte_ms": [],
+    }
     tid = 1000001
     for _ in range(RUNS):
         for mode in ("fg", "bg"):
@@ -413,11 +507,19 @@ def s5_control(api: str) -> None:
             _admin(api, "/_admin/clear", {})
             began = time.time()
             if mode == "fg":
-                proc = subprocess.Popen([HALFTUNES, "-q", "download", str(tid)], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                proc = subprocess.Popen(
+                    [HALFTUNES, "-q", "download", str(tid)],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             else:
-                subprocess.run([HALFTUNES, "-q", "download", "-b", str(tid)], env=env, check=True,
-                               stdout=subprocess.DEVNULL)  # fmt: skip
+                subprocess.run(
+                    [HALFTUNES, "-q", "download", "-b", str(tid)],
+                    env=env,
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                )
                 out["download_b_return_ms"].append(1000 * (time.time() - began))
             entry = None
             deadline = time.monotonic() + 30
@@ -462,8 +564,12 @@ def s6_resume_cost(api: str) -> None:
             _admin(api, f"/_admin/track/{tid}", {"size": size})
             _admin(api, "/_admin/throttle", {"bps": 20 * MIB})
             _admin(api, "/_admin/clear", {})
-            proc = subprocess.Popen([HALFTUNES, "-q", "download", str(tid)], env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            proc = subprocess.Popen(
+                [HALFTUNES, "-q", "download", str(tid)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             part = next(iter([]), None)
             while True:
                 parts = list(dl.glob("*.part"))
@@ -477,10 +583,17 @@ def s6_resume_cost(api: str) -> None:
                 proc.send_signal(signal.SIGKILL)
             proc.wait()
             _admin(api, "/_admin/throttle", {"bps": None})
-            subprocess.run([HALFTUNES, "-q", "resume", str(tid)], env=env, check=True,
-                           stdout=subprocess.DEVNULL)  # fmt: skip
-            served = sum(e["bytes_sent"] for e in _admin(api, "/_admin/log")
-                         if e["path"].startswith("/previews/"))  # fmt: skip
+            subprocess.run(
+                [HALFTUNES, "-q", "resume", str(tid)],
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            served = sum(
+                e["bytes_sent"]
+                for e in _admin(api, "/_admin/log")
+                if e["path"].startswith("/previews/")
+            )
             fracs.append((served - size) / size)
             assert part is not None
         res[how] = {"refetched_fraction_median": statistics.median(fracs), "samples": fracs}
@@ -489,8 +602,14 @@ def s6_resume_cost(api: str) -> None:
 
 def s8_shaped() -> None:
     """A shaped link in a private network namespace (see bench/s8_shaped.py)."""
-    cmd = ["unshare", "-n", sys.executable, str(ROOT / "bench" / "s8_shaped.py"), str(RUNS),
-           str(WORK / "s8")]  # fmt: skip
+    cmd = [
+        "unshare",
+        "-n",
+        sys.executable,
+        str(ROOT / "bench" / "s8_shaped.py"),
+        str(RUNS),
+        str(WORK / "s8"),
+    ]
     if not shutil.which("unshare") or not shutil.which("tc"):
         results["skipped"].append("S8: unshare or tc not available")
         return
@@ -506,8 +625,11 @@ def s8_shaped() -> None:
 def s10_jobs(have: dict, n: int = 20_000, size: int = 100_000) -> None:
     """A job of n items of `size` bytes on loopback: items/s of the local and Dask engines
     against aria2c -j 16 -i and wget -i, and the local engine's peak RSS at n/10 and n."""
-    server = subprocess.Popen([sys.executable, "-m", "halftunes_cli.catalog", "--port", "0"],
-                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    server = subprocess.Popen(
+        [sys.executable, "-m", "halftunes_cli.catalog", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     api = server.stdout.readline().strip()
     try:
         rows: dict = {}
@@ -519,19 +641,45 @@ def s10_jobs(have: dict, n: int = 20_000, size: int = 100_000) -> None:
             aria.write_text("".join(f"{u}\n  out=j{i}.bin\n" for i, u in enumerate(urls)))
 
             def job(engine: str, count: int = count, listing: Path = listing):
-                return lambda d: [HALFTUNES, "-q", "job", "run", str(fresh(WORK / "s10-job")),
-                                  "--input", str(listing), "-P", str(d), "--engine", engine]  # fmt: skip
+                return lambda d: [
+                    HALFTUNES,
+                    "-q",
+                    "job",
+                    "run",
+                    str(fresh(WORK / "s10-job")),
+                    "--input",
+                    str(listing),
+                    "-P",
+                    str(d),
+                    "--engine",
+                    engine,
+                ]
 
             tools = {f"halftunes job --engine local ({count})": job("local")}
             if count == n:
                 tools["halftunes job --engine dask (LocalCluster, 2 processes)"] = job("dask")
                 if have["aria2c"]:
                     tools["aria2c -j 16 -i"] = lambda d, aria=aria: [
-                        "aria2c", "-q", "-j", "16", "-i", str(aria), "-d", str(d),
-                        "--file-allocation=none"]  # fmt: skip
+                        "aria2c",
+                        "-q",
+                        "-j",
+                        "16",
+                        "-i",
+                        str(aria),
+                        "-d",
+                        str(d),
+                        "--file-allocation=none",
+                    ]
                 if have["wget"]:
                     tools["wget -i"] = lambda d, listing=listing: [
-                        "wget", "-q", "-i", str(listing), "-P", str(d), "-nd"]  # fmt: skip
+                        "wget",
+                        "-q",
+                        "-i",
+                        str(listing),
+                        "-P",
+                        str(d),
+                        "-nd",
+                    ]
 
             def check(d: Path, count: int = count) -> bool:
                 return sum(1 for p in d.iterdir() if p.is_file()) == count
@@ -554,8 +702,11 @@ def s7_memory(servers: Servers) -> None:
         rss = []
         for _ in range(3):
             d = fresh(WORK / "s7")
-            rss.append(measure([HALFTUNES, "--session", "ephemeral", "-q", "download", url,
-                                "-P", str(d)])["rss_mib"])  # fmt: skip
+            rss.append(
+                measure([HALFTUNES, "--session", "ephemeral", "-q", "download", url, "-P", str(d)])[
+                    "rss_mib"
+                ]
+            )
             shutil.rmtree(d)
             time.sleep(1)
         out[f"{size // MIB} MiB"] = {"peak_rss_mib_median": statistics.median(rss), "samples": rss}
@@ -565,61 +716,83 @@ def s7_memory(servers: Servers) -> None:
 # -- report --------------------------------------------------------------------------------------
 def fmt_range(d: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
     v = d[key]
-    return (f"{v['median'] * scale:.{digits}f} ({v['min'] * scale:.{digits}f}–"
-            f"{v['max'] * scale:.{digits}f})")  # fmt: skip
+    return (
+        f"{v['median'] * scale:.{digits}f} ({v['min'] * scale:.{digits}f}–"
+        f"{v['max'] * scale:.{digits}f})"
+    )
 
 
 def report() -> str:
     sc = results["scenarios"]
-    lines = ["# halftunes benchmarks", "",
-             f"{results['date']}, {results['machine']}; medians of {RUNS} runs after a warm-up "
-             f"(min–max in brackets). Produced by `make bench`.", ""]  # fmt: skip
+    lines = [
+        "# halftunes benchmarks",
+        "",
+        f"{results['date']}, {results['machine']}; medians of {RUNS} runs after a warm-up "
+        f"(min–max in brackets). Produced by `make bench`.",
+        "",
+    ]
     for title in ("S1 one 1 GiB file", "S2 200 previews of 1 MiB"):
         if title not in sc:
             continue
         rows = sc[title]
         ht = rows["halftunes"]
         lines += ["(halftunes/tool compares halftunes' default, durability=power-cut)", ""]
-        lines += [f"## {title}", "", "| tool | wall s | CPU s | peak RSS MiB | MiB/s | "
-                  "halftunes/tool (wall) |", "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            f"## {title}",
+            "",
+            "| tool | wall s | CPU s | peak RSS MiB | MiB/s | halftunes/tool (wall) |",
+            "|---|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
             ratio = ht["wall"]["median"] / r["wall"]["median"]
-            lines.append(f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
-                         f"{fmt_range(r, 'rss_mib', digits=1)} | {r['mib_per_s']:.0f} | "
-                         f"{ratio:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
+                f"{fmt_range(r, 'rss_mib', digits=1)} | {r['mib_per_s']:.0f} | "
+                f"{ratio:.2f} |"
+            )
         lines.append("")
     if "S3 scaling" in sc:
         s = sc["S3 scaling"]
         lines += ["## S3 scaling", "", "| measure | value |", "|---|---|"]
         for n, v in s["per_file_seconds"].items():
             lines.append(f"| per file, batch of {n} | {1000 * v:.1f} ms |")
-        lines += [f"| ratio per-file 1000 / 10 | {s['ratio_1000_vs_10']:.2f} |",
-                  f"| slope (extra time per extra file, 100 → 1000) | {s['slope_ms_per_file']:.2f} ms |",
-                  f"| `list --json` with 10,000 records | {s['list_json_10k_seconds']:.3f} s |",
-                  f"| one `download` with 10,000 records | {s['single_download_10k_seconds']:.3f} s |",
-                  f"| one checkpoint with 10,000 records | {s['checkpoint_10k_ms']:.3f} ms |", ""]  # fmt: skip
+        lines += [
+            f"| ratio per-file 1000 / 10 | {s['ratio_1000_vs_10']:.2f} |",
+            f"| slope (extra time per extra file, 100 → 1000) | {s['slope_ms_per_file']:.2f} ms |",
+            f"| `list --json` with 10,000 records | {s['list_json_10k_seconds']:.3f} s |",
+            f"| one `download` with 10,000 records | {s['single_download_10k_seconds']:.3f} s |",
+            f"| one checkpoint with 10,000 records | {s['checkpoint_10k_ms']:.3f} ms |",
+            "",
+        ]
     if "S4 start-up" in sc:
         s = sc["S4 start-up"]
         base = s["python -c 'import typer'"]["wall"]["median"]
         lines += ["## S4 start-up", "", "| command | wall ms | × import typer |", "|---|---|---|"]
         for name, r in s.items():
-            lines.append(f"| `{name}` | {fmt_range(r, 'wall', 1000, 0)} | "
-                         f"{r['wall']['median'] / base:.2f} |")  # fmt: skip
+            lines.append(
+                f"| `{name}` | {fmt_range(r, 'wall', 1000, 0)} | {r['wall']['median'] / base:.2f} |"
+            )
         lines.append("")
     if "S5 control latency" in sc:
         s = sc["S5 control latency"]
         lines += ["## S5 control latency", "", "| measure | median ms (min–max) |", "|---|---|"]
-        names = {"foreground_ms": "`pause` → bytes stop, foreground transfer",
-                 "background_ms": "`pause` → bytes stop, background transfer",
-                 "download_b_return_ms": "`download -b` returns",
-                 "download_b_first_byte_ms": "`download -b` → first byte served"}  # fmt: skip
+        names = {
+            "foreground_ms": "`pause` → bytes stop, foreground transfer",
+            "background_ms": "`pause` → bytes stop, background transfer",
+            "download_b_return_ms": "`download -b` returns",
+            "download_b_first_byte_ms": "`download -b` → first byte served",
+        }
         for k, v in s.items():
             lines.append(f"| {names[k]} | {v['median']:.0f} ({v['min']:.0f}–{v['max']:.0f}) |")
         lines.append("")
     if "S6 resume cost (50 MiB)" in sc:
         s = sc["S6 resume cost (50 MiB)"]
-        lines += ["## S6 resume cost", "", "| interruption at 50% of 50 MiB | bytes fetched twice |",
-                  "|---|---|"]  # fmt: skip
+        lines += [
+            "## S6 resume cost",
+            "",
+            "| interruption at 50% of 50 MiB | bytes fetched twice |",
+            "|---|---|",
+        ]
         for k, v in s.items():
             lines.append(f"| {k} | {100 * v['refetched_fraction_median']:.2f}% of the file |")
         lines.append("")
@@ -630,28 +803,47 @@ def report() -> str:
         lines.append("")
     if "S8 shaped link" in sc:
         s8 = sc["S8 shaped link"]
-        lines += ["## S8 shaped link", "", f"Loopback in a private network namespace: {s8['link']}.",
-                  ""]  # fmt: skip
+        lines += [
+            "## S8 shaped link",
+            "",
+            f"Loopback in a private network namespace: {s8['link']}.",
+            "",
+        ]
         for label in ("300 previews of 1 MiB", "one 200 MiB file"):
             rows = s8.get(label, {})
-            lines += [f"### {label}", "", "| tool | wall s | CPU s | connections | MiB/s "
-                      "(whole command) | MiB/s on the link (server's clock) |",
-                      "|---|---|---|---|---|---|"]  # fmt: skip
+            lines += [
+                f"### {label}",
+                "",
+                "| tool | wall s | CPU s | connections | MiB/s "
+                "(whole command) | MiB/s on the link (server's clock) |",
+                "|---|---|---|---|---|---|",
+            ]
             for name, r in rows.items():
                 link = r.get("link_mib_s")
-                lines.append(f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
-                             f"{r['connections']} | {r['mib_per_s']:.1f} | "
-                             f"{'-' if link is None else f'{link:.1f}'} |")  # fmt: skip
+                lines.append(
+                    f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
+                    f"{r['connections']} | {r['mib_per_s']:.1f} | "
+                    f"{'-' if link is None else f'{link:.1f}'} |"
+                )
             lines.append("")
-        lines += ["The link carries at most 400 Mbit/s = 47.7 MiB/s of TCP payload and less "
-                  "(framing); the last column times bodies from the first byte the server sent "
-                  "to the last, without the tools' start-up.", ""]  # fmt: skip
+        lines += [
+            "The link carries at most 400 Mbit/s = 47.7 MiB/s of TCP payload and less "
+            "(framing); the last column times bodies from the first byte the server sent "
+            "to the last, without the tools' start-up.",
+            "",
+        ]
     if "S10 jobs (100 KB items)" in sc:
-        lines += ["## S10 jobs (items of 100 KB)", "", "| tool | wall s | items/s | CPU s | "
-                  "peak RSS MiB |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "## S10 jobs (items of 100 KB)",
+            "",
+            "| tool | wall s | items/s | CPU s | peak RSS MiB |",
+            "|---|---|---|---|---|",
+        ]
         for name, r in sc["S10 jobs (100 KB items)"].items():
-            lines.append(f"| {name} | {fmt_range(r, 'wall')} | {r['items_per_s']:.0f} | "
-                         f"{fmt_range(r, 'cpu')} | {fmt_range(r, 'rss_mib', digits=1)} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {fmt_range(r, 'wall')} | {r['items_per_s']:.0f} | "
+                f"{fmt_range(r, 'cpu')} | {fmt_range(r, 'rss_mib', digits=1)} |"
+            )
         lines.append("")
     if results["skipped"]:
         lines += ["Skipped: " + "; ".join(results["skipped"]), ""]
@@ -670,8 +862,10 @@ def save(partial: bool) -> None:
 def main() -> int:
     os.environ.setdefault("NO_COLOR", "1")
     results["date"] = time.strftime("%Y-%m-%d")
-    results["machine"] = (f"{os.cpu_count()} cores, {platform.machine()}, Python "
-                          f"{platform.python_version()}, Linux {platform.release()}")  # fmt: skip
+    results["machine"] = (
+        f"{os.cpu_count()} cores, {platform.machine()}, Python "
+        f"{platform.python_version()}, Linux {platform.release()}"
+    )
     only = set(sys.argv[1:])  # e.g. `python bench/bench.py S4 S5`
     have = ensure_tools()
     began = time.monotonic()

@@ -29,8 +29,24 @@ MIB = 1 << 20
 
 def shape() -> None:
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
-    subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", RATE,
-                    "burst", "256kb", "latency", "50ms"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            "lo",
+            "root",
+            "tbf",
+            "rate",
+            RATE,
+            "burst",
+            "256kb",
+            "latency",
+            "50ms",
+        ],
+        check=True,
+    )
 
 
 def tools(n: int, work: Path, urls: list[str]) -> dict:
@@ -41,13 +57,16 @@ def tools(n: int, work: Path, urls: list[str]) -> dict:
     curl_cfg = work / "curl.cfg"
     curl_cfg.write_text("".join(f'url = "{u}"\noutput = "f{i}"\n' for i, u in enumerate(urls)))
     out: dict = {
-        f"halftunes ({n} per host)": lambda d: ([bench.HALFTUNES, "--session", "ephemeral", "-q",
-                                                 "download", *urls, "-P", str(d)],
-                                                {"HALFTUNES_MAX_CONNECTIONS_PER_HOST": str(n)}),
-    }  # fmt: skip
+        f"halftunes ({n} per host)": lambda d: (
+            [bench.HALFTUNES, "--session", "ephemeral", "-q", "download", *urls, "-P", str(d)],
+            {"HALFTUNES_MAX_CONNECTIONS_PER_HOST": str(n)},
+        ),
+    }
     if shutil.which("aria2c"):
-        out[f"aria2c -j {n}"] = lambda d: (["aria2c", "-q", "-j", str(n), "-i", str(aria), "-d",
-                                            str(d), "--file-allocation=none"], {})  # fmt: skip
+        out[f"aria2c -j {n}"] = lambda d: (
+            ["aria2c", "-q", "-j", str(n), "-i", str(aria), "-d", str(d), "--file-allocation=none"],
+            {},
+        )
     if shutil.which("curl"):
         out[f"curl -Z --parallel-max {n}"] = lambda d: (
             ["sh", "-c", f"cd '{d}' && curl -sS -Z --parallel-max {n} -K '{curl_cfg}'"],
@@ -57,8 +76,14 @@ def tools(n: int, work: Path, urls: list[str]) -> dict:
         out["wget -i"] = lambda d: (["wget", "-q", "-i", str(listing), "-P", str(d), "-nd"], {})
     if n == 6 and shutil.which("curl"):
         out["xargs -P 6 curl"] = lambda d: (
-            ["sh", "-c", f"cd '{d}' && awk '{{print NR\" \"$0}}' '{listing}' | "
-             f"xargs -P 6 -n 2 sh -c 'curl -sS -o f$0 $1'"], {})  # fmt: skip
+            [
+                "sh",
+                "-c",
+                f"cd '{d}' && awk '{{print NR\" \"$0}}' '{listing}' | "
+                f"xargs -P 6 -n 2 sh -c 'curl -sS -o f$0 $1'",
+            ],
+            {},
+        )
     return out
 
 
@@ -66,8 +91,11 @@ def link_rate(server: CatalogServer, since: float) -> float | None:
     """MiB/s the server sent bodies at, from the first body byte to the last, as the server
     saw it (its own clock; the fixed first-byte delay excluded): how much of the link a tool
     used, apart from its start-up."""
-    sent = [e for e in server.state.log if e["time"] >= since and e["bytes_sent"]
-            and e["ended"] is not None]  # fmt: skip
+    sent = [
+        e
+        for e in server.state.log
+        if e["time"] >= since and e["bytes_sent"] and e["ended"] is not None
+    ]
     if not sent:
         return None
     seconds = max(e["ended"] for e in sent) - min(e["time"] for e in sent) - DELAY
@@ -86,8 +114,10 @@ def main() -> None:
     big = [f"{server.url}/files/big.bin?size={200 * MIB}&seed=8"]
     results: dict = {"link": f"{RATE}, {int(DELAY * 1000)} ms before each first byte"}
     assert len(previews) == 300, len(previews)
-    for label, urls, total in (("300 previews of 1 MiB", previews, 300 * MIB),
-                               ("one 200 MiB file", big, 200 * MIB)):  # fmt: skip
+    for label, urls, total in (
+        ("300 previews of 1 MiB", previews, 300 * MIB),
+        ("one 200 MiB file", big, 200 * MIB),
+    ):
         rows: dict = {}
         for n in (6, 16):
             for name, build in tools(n, work, urls).items():

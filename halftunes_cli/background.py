@@ -61,11 +61,23 @@ def ensure_worker(state_dir: Path) -> bool:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             subprocess.Popen(
-                [sys.executable, "-m", "halftunes_cli.worker", "--state-dir", str(state_dir),
-                 "--lock-fd", str(fd)],
-                stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, pass_fds=(fd,),
-                start_new_session=True, cwd="/", close_fds=True,
-            )  # fmt: skip
+                [
+                    sys.executable,
+                    "-m",
+                    "halftunes_cli.worker",
+                    "--state-dir",
+                    str(state_dir),
+                    "--lock-fd",
+                    str(fd),
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=log_fd,
+                pass_fds=(fd,),
+                start_new_session=True,
+                cwd="/",
+                close_fds=True,
+            )
         finally:
             os.close(log_fd)
     finally:
@@ -88,8 +100,14 @@ class BackgroundDownloadTask(Task):
     completion, cancel_producing_resume_data), but the record in the state file is the truth:
     another process can reattach to it by the session's identifier."""
 
-    def __init__(self, session: Any, url: str, destination: str | Path | None = None,
-                 completion: Callable | None = None, record_id: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        session: Any,
+        url: str,
+        destination: str | Path | None = None,
+        completion: Callable | None = None,
+        record_id: str | None = None,
+    ):
         super().__init__(session, url, completion)
         session.configuration.check_url(url)
         self.destination = Path(destination) if destination else None
@@ -159,8 +177,14 @@ class BackgroundDownloadTask(Task):
         record = self.records.get(self.record_id)
         folder = self.destination.parent if self.destination else Path(cfg.download_dir)
         folder = check_download_dir(folder)
-        kwargs = dict(owner=None, force=False, queue=True, download_dir=folder,
-                      session_kind="background", settings=transfer_settings(cfg))  # fmt: skip
+        kwargs = dict(
+            owner=None,
+            force=False,
+            queue=True,
+            download_dir=folder,
+            session_kind="background",
+            settings=transfer_settings(cfg),
+        )
         if record is None:
             name = self.destination.name if self.destination else None
             self.records.claim([target_for_url(self.url, self.record_id, name)], **kwargs)
@@ -232,12 +256,21 @@ class BackgroundDownloadTask(Task):
         record = self._record()
         if record is None or record.status is not RecordStatus.PAUSED:
             return None
-        return ResumeData(record.url, record.path, record.part_path, record.bytes_received,
-                          record.bytes_total, record.etag, record.last_modified)  # fmt: skip
+        return ResumeData(
+            record.url,
+            record.path,
+            record.part_path,
+            record.bytes_received,
+            record.bytes_total,
+            record.etag,
+            record.last_modified,
+        )
 
 
 def reattach(session: Any) -> list[BackgroundDownloadTask]:
     """The tasks a background session with this identifier handed to the worker before."""
     ident = session.configuration.identifier
-    return [BackgroundDownloadTask(session, r.url, r.path, record_id=r.id)
-            for r in session.records.of_session(ident)]  # fmt: skip
+    return [
+        BackgroundDownloadTask(session, r.url, r.path, record_id=r.id)
+        for r in session.records.of_session(ident)
+    ]

@@ -194,8 +194,9 @@ class SessionConfiguration:
 def _configured(kind: str, overrides: dict[str, Any]) -> SessionConfiguration:
     """A configuration of `kind`: config keys in `overrides` act as flags; the other fields
     (identifier, back-off, protocol_classes, ...) are set as given."""
-    flags = {k: str(v) if isinstance(v, Path) else v
-             for k, v in overrides.items() if k in CONFIG_KEYS}  # fmt: skip
+    flags = {
+        k: str(v) if isinstance(v, Path) else v for k, v in overrides.items() if k in CONFIG_KEYS
+    }
     flags["session"] = kind
     config = load_configuration(flags)
     extra = {k: v for k, v in overrides.items() if k not in CONFIG_KEYS}
@@ -353,9 +354,17 @@ TRANSFER_KEYS = (
     "durability",
 )
 TRANSFER_ENVIRONMENT = (
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY",
-    "http_proxy", "https_proxy", "all_proxy", "no_proxy",
-)  # fmt: skip
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+)
 
 
 def transfer_settings(config: SessionConfiguration, environ: Any = None) -> str:
@@ -375,12 +384,15 @@ def transfer_settings(config: SessionConfiguration, environ: Any = None) -> str:
     config_file = None
     if config.sources.get("headers") == "file" and config.config_path is not None:
         config_file = str(config.config_path)
-    return json.dumps({
-        "config": {key: getattr(config, key) for key in TRANSFER_KEYS},
-        "config_file": config_file,
-        "environment": captured,
-        "umask": current_umask(),
-    }, sort_keys=True)  # fmt: skip
+    return json.dumps(
+        {
+            "config": {key: getattr(config, key) for key in TRANSFER_KEYS},
+            "config_file": config_file,
+            "environment": captured,
+            "umask": current_umask(),
+        },
+        sort_keys=True,
+    )
 
 
 def current_umask() -> int:
@@ -396,8 +408,9 @@ def current_umask() -> int:
     return mask
 
 
-def with_transfer_settings(base: SessionConfiguration,
-                           settings: str | None) -> tuple[SessionConfiguration, dict | None]:  # fmt: skip
+def with_transfer_settings(
+    base: SessionConfiguration, settings: str | None
+) -> tuple[SessionConfiguration, dict | None]:
     """The configuration and environment a transfer queued with `settings` runs with.
 
     (base, None) for a record without settings: the worker's own environment then applies."""
@@ -411,8 +424,9 @@ def with_transfer_settings(base: SessionConfiguration,
     if data.get("config_file"):
         table = _read_config_file(Path(data["config_file"]), explicit=False)
         if "headers" in table:
-            headers = _coerce("headers", table["headers"], f"config file {data['config_file']}",
-                              False)  # fmt: skip
+            headers = _coerce(
+                "headers", table["headers"], f"config file {data['config_file']}", False
+            )
     if isinstance(data.get("umask"), int):
         values["file_mode"] = 0o666 & ~data["umask"]
     config = dataclasses.replace(base, headers=headers, **values)

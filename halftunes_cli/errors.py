@@ -93,8 +93,9 @@ class TransferError(HalftunesError):
 
 
 class HTTPStatusError(TransferError):
-    def __init__(self, status: int, url: str, hint: str | None = None,
-                 retry_after: str | None = None):  # fmt: skip
+    def __init__(
+        self, status: int, url: str, hint: str | None = None, retry_after: str | None = None
+    ):
         super().__init__(f"server answered HTTP {status} for {url}", hint)
         self.status = status
         self.url = url
@@ -229,17 +230,25 @@ def state_error(exc: BaseException, path: object, busy_seconds: float = 30.0) ->
             "close the program that holds it (a sqlite3 shell, a backup), then try again",
         )
     elif code == SQLITE_FULL:
-        error = StateError(f"the disk that holds state file {where} is full",
-                           "free some space, then try again; the state file was left as it is")  # fmt: skip
+        error = StateError(
+            f"the disk that holds state file {where} is full",
+            "free some space, then try again; the state file was left as it is",
+        )
     elif code == SQLITE_IOERR:
-        error = StateError(f"I/O error on state file {where} ({exc})",
-                           "the disk may be full or failing; the state file was left as it is")  # fmt: skip
+        error = StateError(
+            f"I/O error on state file {where} ({exc})",
+            "the disk may be full or failing; the state file was left as it is",
+        )
     elif code in (SQLITE_READONLY, SQLITE_PERM):
-        error = StateError(f"cannot write state file {where} ({exc})",
-                           "set HALFTUNES_STATE_DIR to a writable folder")  # fmt: skip
+        error = StateError(
+            f"cannot write state file {where} ({exc})",
+            "set HALFTUNES_STATE_DIR to a writable folder",
+        )
     elif code == SQLITE_CANTOPEN:
-        error = StateError(f"cannot open state file {where} ({_cannot_open_reason()})",
-                           "check the folder's permissions, the disk, and `ulimit -n`")  # fmt: skip
+        error = StateError(
+            f"cannot open state file {where} ({_cannot_open_reason()})",
+            "check the folder's permissions, the disk, and `ulimit -n`",
+        )
     else:
         error = StateError(f"state file {where}: {exc}")
     error.__cause__ = exc
@@ -276,8 +285,12 @@ def _root_reason(exc: BaseException) -> str:
     while seen.__cause__ is not None or seen.__context__ is not None:
         seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
     text = str(seen) or type(seen).__name__
-    if isinstance(seen, socket.gaierror) or "Name or service not known" in text \
-            or "nodename nor servname" in text or "Failed to resolve" in text:  # fmt: skip
+    if (
+        isinstance(seen, socket.gaierror)
+        or "Name or service not known" in text
+        or "nodename nor servname" in text
+        or "Failed to resolve" in text
+    ):
         return UNKNOWN_HOST
     if isinstance(seen, ConnectionRefusedError) or "Connection refused" in text:
         return REFUSED

@@ -50,8 +50,13 @@ def _as_text(value: Any) -> str | None:
 
 
 # What each wrapper type is, said to a user; the id a user types for each.
-_NOUNS = {"collection": "an album", "artist": "an artist", "audiobook": "an audiobook",
-          "podcast": "a podcast", "software": "an app"}  # fmt: skip
+_NOUNS = {
+    "collection": "an album",
+    "artist": "an artist",
+    "audiobook": "an audiobook",
+    "podcast": "a podcast",
+    "software": "an app",
+}
 _DOWNLOADABLE_WRAPPERS = ("track", "audiobook", "podcastEpisode")
 
 
@@ -145,8 +150,9 @@ class Fetcher(Protocol):
     @property
     def cache(self) -> Cache | None: ...
 
-    def fetch(self, url: str, *, retry_statuses: frozenset[int] | None = None,
-              max_bytes: int = ...) -> tuple[int, bytes, Any]: ...  # fmt: skip
+    def fetch(
+        self, url: str, *, retry_statuses: frozenset[int] | None = None, max_bytes: int = ...
+    ) -> tuple[int, bytes, Any]: ...
 
 
 class ITunesClient:
@@ -163,8 +169,15 @@ class ITunesClient:
         query = urlencode({"limit": limit, "country": country, "media": media, "entity": entity})
         return f"{self.api_url}/search?term={encode_term(term)}&{query}"
 
-    def search(self, term: str, limit: int = 25, country: str = "US", media: str = "music",
-               entity: str = "song", offline: bool = False) -> list[Track]:  # fmt: skip
+    def search(
+        self,
+        term: str,
+        limit: int = 25,
+        country: str = "US",
+        media: str = "music",
+        entity: str = "song",
+        offline: bool = False,
+    ) -> list[Track]:
         term = term.strip()
         if not term:
             raise UsageError("search term is empty", 'try: halftunes search "jack johnson"')
@@ -222,8 +235,9 @@ class ITunesClient:
                 raise
             # Unreachable or failing: an old answer is better than none, said as such.
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(hit[1]))
-            self.notice = f"the iTunes API could not be reached ({exc}); showing the answer " \
-                          f"cached at {when}"  # fmt: skip
+            self.notice = (
+                f"the iTunes API could not be reached ({exc}); showing the answer cached at {when}"
+            )
             return self._parse(hit[0].encode())
         tracks = self._parse(data, headers.get("Content-Type"))
         if store is not None:
@@ -235,7 +249,8 @@ class ITunesClient:
         for attempt in (1, 2):
             self._pace()
             status, data, headers = self.session.fetch(
-                url, retry_statuses=frozenset({500, 502, 503, 504}), max_bytes=16 << 20)  # fmt: skip
+                url, retry_statuses=frozenset({500, 502, 503, 504}), max_bytes=16 << 20
+            )
             if status not in (403, 429):
                 return status, data, headers
             wait = parse_retry_after(headers.get("Retry-After"))

@@ -87,9 +87,11 @@ class PartialBusy(AlreadyRunningError):
     """Another process holds the partial's lock: it is that process's to write."""
 
     def __init__(self, path: Path):
-        super().__init__(f"{Path(path).name} is being downloaded right now by another "
-                         "halftunes process (it holds the partial file)",
-                         "`halftunes list` shows it; `halftunes wait ID` waits for it")  # fmt: skip
+        super().__init__(
+            f"{Path(path).name} is being downloaded right now by another "
+            "halftunes process (it holds the partial file)",
+            "`halftunes list` shows it; `halftunes wait ID` waits for it",
+        )
         self.path = Path(path)
 
 

@@ -9,10 +9,21 @@ from urllib.parse import unquote, urlsplit
 
 MAX_NAME_BYTES = 200
 _WINDOWS_RESERVED = {
-    "CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
-    *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10)),
-    "COM¹", "COM²", "COM³", "LPT¹", "LPT²", "LPT³",
-}  # fmt: skip
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    "CONIN$",
+    "CONOUT$",
+    *(f"COM{i}" for i in range(10)),
+    *(f"LPT{i}" for i in range(10)),
+    "COM¹",
+    "COM²",
+    "COM³",
+    "LPT¹",
+    "LPT²",
+    "LPT³",
+}
 _FORBIDDEN = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
 _EXT_RE = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 

@@ -36,8 +36,11 @@ class FileAdapter(BaseAdapter):
             return self._status(response, 403)
         size = st.st_size
         etag = f'"{st.st_ino:x}-{st.st_mtime_ns:x}-{size:x}"'
-        headers = {"ETag": etag, "Last-Modified": formatdate(st.st_mtime, usegmt=True),
-                   "Accept-Ranges": "bytes"}  # fmt: skip
+        headers = {
+            "ETag": etag,
+            "Last-Modified": formatdate(st.st_mtime, usegmt=True),
+            "Accept-Ranges": "bytes",
+        }
         rng = request.headers.get("Range")
         if_range = request.headers.get("If-Range")
         if rng and if_range is not None and if_range not in (etag, headers["Last-Modified"]):
@@ -56,8 +59,9 @@ class FileAdapter(BaseAdapter):
         headers["Content-Length"] = str(size - start)
         response.status_code = status
         response.headers.update(headers)
-        response.raw = HTTPResponse(body=f, headers=headers, status=status,
-                                    preload_content=False, decode_content=False)  # fmt: skip
+        response.raw = HTTPResponse(
+            body=f, headers=headers, status=status, preload_content=False, decode_content=False
+        )
         return response
 
     @staticmethod

@@ -166,8 +166,12 @@ def decide(
                 None,
                 f"server answered from byte {cr.start}, not {offset}: restarting from 0",
             )
-        if known_total is not None and cr.total is not None and cr.total != known_total \
-                and cr.total != have:  # fmt: skip
+        if (
+            known_total is not None
+            and cr.total is not None
+            and cr.total != known_total
+            and cr.total != have
+        ):
             # (A total equal to what we hold, under a matching If-Range, says an earlier answer
             # lied about the length or ended short: the overlap check still has the last word.)
             return Decision(Action.REFETCH, None, "file size changed on the server: restarting")

@@ -65,9 +65,22 @@ TRANSITIONS: dict[RecordStatus | None, frozenset[RecordStatus]] = {
 UNFINISHED = (S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED)
 
 PUBLIC_KEYS = (
-    "id", "url", "path", "part_path", "status", "bytes_received", "bytes_total", "error",
-    "title", "etag", "last_modified", "session", "owner_pid", "created", "updated",
-)  # fmt: skip
+    "id",
+    "url",
+    "path",
+    "part_path",
+    "status",
+    "bytes_received",
+    "bytes_total",
+    "error",
+    "title",
+    "etag",
+    "last_modified",
+    "session",
+    "owner_pid",
+    "created",
+    "updated",
+)
 
 
 def check_transition(old: str | None, new: str) -> RecordStatus:
@@ -161,15 +174,19 @@ def url_record_id(url: str) -> str:
     return "u" + hashlib.sha256(url.encode()).hexdigest()[:10]
 
 
-def target_for_url(url: str, record_id: str | None = None,
-                   filename: str | None = None) -> Target:  # fmt: skip
+def target_for_url(url: str, record_id: str | None = None, filename: str | None = None) -> Target:
     """A URL download, named after the URL's last path segment (or `filename`)."""
     if filename:
         stem, ext = os.path.splitext(filename)
-        return Target(record_id or url_record_id(url), url, url,
-                      lambda suffix: safe_filename(stem, ext, suffix))  # fmt: skip
-    return Target(record_id or url_record_id(url), url, url,
-                  lambda suffix: url_filename(url, suffix))  # fmt: skip
+        return Target(
+            record_id or url_record_id(url),
+            url,
+            url,
+            lambda suffix: safe_filename(stem, ext, suffix),
+        )
+    return Target(
+        record_id or url_record_id(url), url, url, lambda suffix: url_filename(url, suffix)
+    )
 
 
 @dataclass
@@ -241,8 +258,11 @@ class Records:
         return [DownloadRecord.from_row(r) for r in self.store.by_session_id(identifier)]
 
     def stop_requests(self, owner: str) -> dict[str, StopRequest]:
-        return {rid: StopRequest(req) for rid, req in self.store.requests_for(owner).items()
-                if req in StopRequest.__members__.values()}  # fmt: skip
+        return {
+            rid: StopRequest(req)
+            for rid, req in self.store.requests_for(owner).items()
+            if req in StopRequest.__members__.values()
+        }
 
     # -- owners --------------------------------------------------------------------------------
     def owner_token(self) -> str:
@@ -281,8 +301,9 @@ class Records:
     def _write(self, conn: Any, row: Row | None, record_id: str, **values: Any) -> None:
         """The one place a record's status is written (checked against TRANSITIONS)."""
         if "status" in values:
-            values["status"] = str(check_transition(row["status"] if row else None,
-                                                    values["status"]))  # fmt: skip
+            values["status"] = str(
+                check_transition(row["status"] if row else None, values["status"])
+            )
             if values["status"] == S.RUNNING:
                 values.setdefault("boot_id", self._boot)  # this boot's page cache holds its bytes
         if row is None:
@@ -290,9 +311,17 @@ class Records:
         else:
             self.store.update_record(conn, record_id, **values)
 
-    def claim(self, items: Iterable[Target | DownloadRecord], *, owner: str | None, force: bool,
-              queue: bool, download_dir: Path, session_kind: str,
-              settings: str | None = None) -> list[Claim]:  # fmt: skip
+    def claim(
+        self,
+        items: Iterable[Target | DownloadRecord],
+        *,
+        owner: str | None,
+        force: bool,
+        queue: bool,
+        download_dir: Path,
+        session_kind: str,
+        settings: str | None = None,
+    ) -> list[Claim]:
         """Create or take the records for `items` in one transaction.
 
         `owner` None with `queue` hands them to the background worker, with the `settings`
@@ -304,17 +333,40 @@ class Records:
                 row = self.store.row(conn, item.id)
                 target = item if isinstance(item, Target) else None
                 if row is None and target is not None:
-                    out.append(self._create(conn, target, owner, queue, download_dir,
-                                            session_kind, listing, settings))  # fmt: skip
+                    out.append(
+                        self._create(
+                            conn,
+                            target,
+                            owner,
+                            queue,
+                            download_dir,
+                            session_kind,
+                            listing,
+                            settings,
+                        )
+                    )
                     continue
                 if row is None:
                     raise unknown_download(item.id)
-                out.append(self._take(conn, row, owner, force, queue, session_kind, settings,
-                                      target, download_dir, listing))  # fmt: skip
+                out.append(
+                    self._take(
+                        conn,
+                        row,
+                        owner,
+                        force,
+                        queue,
+                        session_kind,
+                        settings,
+                        target,
+                        download_dir,
+                        listing,
+                    )
+                )
         return out
 
-    def _choose_path(self, conn, target: Target, download_dir: Path, listing: _DirListing,
-                     own: str | None = None) -> Path:  # fmt: skip
+    def _choose_path(
+        self, conn, target: Target, download_dir: Path, listing: _DirListing, own: str | None = None
+    ) -> Path:
         """The target's file: its name, or with ` (id)` when another record or a file we did
         not make has it (compared case-insensitively: never two tracks in one file). `own` is
         the record's present path, which it may always reuse."""
@@ -325,22 +377,53 @@ class Records:
         listing.add(path)
         return path
 
-    def _create(self, conn, target: Target, owner, queue, download_dir, session_kind,
-                listing: _DirListing, settings: str | None) -> Claim:  # fmt: skip
+    def _create(
+        self,
+        conn,
+        target: Target,
+        owner,
+        queue,
+        download_dir,
+        session_kind,
+        listing: _DirListing,
+        settings: str | None,
+    ) -> Claim:
         path = self._choose_path(conn, target, download_dir, listing)
         if is_partial_busy(str(path) + ".part"):  # written by a process no record names
             return Claim(target.id, "refused", None, PartialBusy(Path(str(path) + ".part")))
         status = S.QUEUED if queue else S.RUNNING
-        self._write(conn, None, target.id, url=target.url, path=str(path),
-                    part_path=str(path) + ".part", status=status, owner=owner,
-                    owner_pid=os.getpid() if owner else None, title=target.title,
-                    session=session_kind, announced=0 if queue else 1, boot_id=self._boot,
-                    settings=settings)  # fmt: skip
+        self._write(
+            conn,
+            None,
+            target.id,
+            url=target.url,
+            path=str(path),
+            part_path=str(path) + ".part",
+            status=status,
+            owner=owner,
+            owner_pid=os.getpid() if owner else None,
+            title=target.title,
+            session=session_kind,
+            announced=0 if queue else 1,
+            boot_id=self._boot,
+            settings=settings,
+        )
         record = DownloadRecord.from_row(self.store.row(conn, target.id) or {})
         return Claim(target.id, "queued" if queue else "claimed", record)
 
-    def _take(self, conn, row: Row, owner, force, queue, session_kind, settings: str | None,
-              target: Target | None, download_dir: Path, listing: _DirListing) -> Claim:  # fmt: skip
+    def _take(
+        self,
+        conn,
+        row: Row,
+        owner,
+        force,
+        queue,
+        session_kind,
+        settings: str | None,
+        target: Target | None,
+        download_dir: Path,
+        listing: _DirListing,
+    ) -> Claim:
         rid = row["id"]
         busy = self._is_busy(row)
         if busy is None and is_partial_busy(row["part_path"]):
@@ -349,32 +432,46 @@ class Records:
             return Claim(rid, "refused", DownloadRecord.from_row(row), busy)
         if row["status"] == S.QUEUED and not queue:
             if self.state_dir is not None and is_worker_alive(self.state_dir):
-                return Claim(rid, "refused", DownloadRecord.from_row(row), AlreadyRunningError(
-                    f"{rid} is queued for the background worker",
-                    f"run `halftunes wait {rid}` to wait for it"))  # fmt: skip
+                return Claim(
+                    rid,
+                    "refused",
+                    DownloadRecord.from_row(row),
+                    AlreadyRunningError(
+                        f"{rid} is queued for the background worker",
+                        f"run `halftunes wait {rid}` to wait for it",
+                    ),
+                )
         if row["status"] == S.QUEUED and queue:
             return Claim(rid, "queued", DownloadRecord.from_row(row))
         done = row["status"] == S.COMPLETED
         if done and Path(row["path"]).exists() and not force:
             claim = Claim(rid, "skipped", DownloadRecord.from_row(row))
-            wanted = [download_dir / target.filename,
-                      download_dir / target.namer(f" ({rid})")] if target else []  # fmt: skip
+            wanted = (
+                [download_dir / target.filename, download_dir / target.namer(f" ({rid})")]
+                if target
+                else []
+            )
             if wanted and str(row["path"]).casefold() not in {str(w).casefold() for w in wanted}:
                 claim.elsewhere = wanted[0]
             return claim
         status = S.QUEUED if queue else S.RUNNING
-        values: dict[str, Any] = {"status": status, "owner": owner, "request": None,
-                                  "permanent": 0,
-                                  "owner_pid": os.getpid() if owner else None, "error": None,
-                                  "session": session_kind, "announced": 0 if queue else 1,
-                                  "settings": settings}  # fmt: skip
+        values: dict[str, Any] = {
+            "status": status,
+            "owner": owner,
+            "request": None,
+            "permanent": 0,
+            "owner_pid": os.getpid() if owner else None,
+            "error": None,
+            "session": session_kind,
+            "announced": 0 if queue else 1,
+            "settings": settings,
+        }
         if done or force:  # start over: the finished file is gone, or the user asked
             remove_partial(row["part_path"])
             values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
             if target is not None:  # ...where this command asks for it (-P / -o)
                 path = self._choose_path(conn, target, download_dir, listing, row["path"])
-                values.update(path=str(path), part_path=str(path) + ".part",
-                              title=target.title)  # fmt: skip
+                values.update(path=str(path), part_path=str(path) + ".part", title=target.title)
         elif row["status"] == S.RUNNING:
             # Its owner died before anyone noticed: keep only what may be trusted.
             values["bytes_received"] = self._recover_partial(row)
@@ -387,8 +484,16 @@ class Records:
         claimed = []
         with self.store.transaction() as conn:
             for row in self.store.with_status(conn, (S.QUEUED,), limit):
-                self._write(conn, row, row["id"], status=S.RUNNING, owner=owner,
-                            owner_pid=os.getpid(), request=None, error=None)  # fmt: skip
+                self._write(
+                    conn,
+                    row,
+                    row["id"],
+                    status=S.RUNNING,
+                    owner=owner,
+                    owner_pid=os.getpid(),
+                    request=None,
+                    error=None,
+                )
                 claimed.append(DownloadRecord.from_row(self.store.row(conn, row["id"]) or row))
         return claimed
 
@@ -401,9 +506,15 @@ class Records:
                 return True
         return False
 
-    def checkpoint(self, record_id: str, owner: str, bytes_received: int,
-                   bytes_total: int | None, etag: str | None,
-                   last_modified: str | None) -> StopRequest | None:  # fmt: skip
+    def checkpoint(
+        self,
+        record_id: str,
+        owner: str,
+        bytes_received: int,
+        bytes_total: int | None,
+        etag: str | None,
+        last_modified: str | None,
+    ) -> StopRequest | None:
         """Record a fsynced length; returns a pending stop request, if any."""
         with self.store.transaction() as conn:
             row = self.store.row(conn, record_id)
@@ -411,9 +522,16 @@ class Records:
                 return StopRequest.CANCEL
             if row["owner"] != owner:
                 return StopRequest.PAUSE  # someone took it over: stop writing
-            self._write(conn, row, record_id, bytes_received=bytes_received,
-                        bytes_total=bytes_total, etag=etag, last_modified=last_modified,
-                        boot_id=self._boot)  # fmt: skip
+            self._write(
+                conn,
+                row,
+                record_id,
+                bytes_received=bytes_received,
+                bytes_total=bytes_total,
+                etag=etag,
+                last_modified=last_modified,
+                boot_id=self._boot,
+            )
             return StopRequest(row["request"]) if row["request"] else None
 
     def settle_many(self, endings: list[Settlement]) -> list[tuple[DownloadRecord | None, bool]]:
@@ -435,15 +553,25 @@ class Records:
             self._forget(conn, row)
             return None, True
         status = {"completed": S.COMPLETED, "paused": S.PAUSED}.get(e.task_state, S.FAILED)
-        self._write(conn, row, e.record_id, status=status,
-                    error=e.error if status is S.FAILED else None,
-                    permanent=int(e.permanent and status is S.FAILED),
-                    bytes_received=e.bytes_received, bytes_total=e.bytes_total, owner=None,
-                    request=None, etag=e.etag, last_modified=e.last_modified)  # fmt: skip
+        self._write(
+            conn,
+            row,
+            e.record_id,
+            status=status,
+            error=e.error if status is S.FAILED else None,
+            permanent=int(e.permanent and status is S.FAILED),
+            bytes_received=e.bytes_received,
+            bytes_total=e.bytes_total,
+            owner=None,
+            request=None,
+            etag=e.etag,
+            last_modified=e.last_modified,
+        )
         return DownloadRecord.from_row(self.store.row(conn, e.record_id) or row), True
 
-    def request_stop(self, record_id: str, request: StopRequest,
-                     seen: RecordStatus | None = None) -> StopResult:  # fmt: skip
+    def request_stop(
+        self, record_id: str, request: StopRequest, seen: RecordStatus | None = None
+    ) -> StopResult:
         """Pause or cancel: ask a live owner to stop, or settle an idle record right here.
 
         Compare-and-set: `seen` is the status the request was made against. A record that
@@ -482,8 +610,9 @@ class Records:
             remove_partial(row["part_path"])  # (unless another process writes it: theirs)
         self.store.delete_record(conn, row["id"])
 
-    def wait_until_stopped(self, record_id: str, timeout_seconds: float = 30.0,
-                           poll_seconds: float = 0.02) -> DownloadRecord | None:  # fmt: skip
+    def wait_until_stopped(
+        self, record_id: str, timeout_seconds: float = 30.0, poll_seconds: float = 0.02
+    ) -> DownloadRecord | None:
         """Block until a record is no longer running (or gone); returns it."""
         deadline = time.monotonic() + timeout_seconds
         while True:
@@ -541,10 +670,21 @@ class Records:
                     continue
                 received = self._recover_partial(row)
                 who = "the background worker" if row["session"] == "background" else "the process"
-                error = (f"{who} (pid {row['owner_pid']}) stopped while downloading; "
-                         f"paused at {received} bytes: run `halftunes resume {row['id']}`")  # fmt: skip
-                self._write(conn, row, row["id"], status=S.PAUSED, bytes_received=received,
-                            owner=None, request=None, error=error, boot_id=self._boot)  # fmt: skip
+                error = (
+                    f"{who} (pid {row['owner_pid']}) stopped while downloading; "
+                    f"paused at {received} bytes: run `halftunes resume {row['id']}`"
+                )
+                self._write(
+                    conn,
+                    row,
+                    row["id"],
+                    status=S.PAUSED,
+                    bytes_received=received,
+                    owner=None,
+                    request=None,
+                    error=error,
+                    boot_id=self._boot,
+                )
                 fixed.append(DownloadRecord.from_row(self.store.row(conn, row["id"]) or row))
         for token in dead:
             if token:
@@ -618,8 +758,10 @@ def check_download_dir(path: Path) -> Path:
     except FileExistsError:
         raise DiskError(f"download dir {path} exists and is not a directory") from None
     except OSError as exc:
-        raise DiskError(f"cannot create download dir {path}: {exc.strerror}",
-                        "choose another folder with -o DIR") from exc  # fmt: skip
+        raise DiskError(
+            f"cannot create download dir {path}: {exc.strerror}",
+            "choose another folder with -o DIR",
+        ) from exc
     if not path.is_dir():
         raise DiskError(f"download dir {path} is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):

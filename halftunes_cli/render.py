@@ -77,8 +77,9 @@ class SideChannel:
         import logging
 
         self.is_broken = True
-        logging.getLogger(__name__).warning("stderr cannot be written (%s): progress and "
-                                            "messages are off", exc)  # fmt: skip
+        logging.getLogger(__name__).warning(
+            "stderr cannot be written (%s): progress and messages are off", exc
+        )
 
     def isatty(self) -> bool:
         try:
@@ -153,15 +154,22 @@ class JobProgress:
         self.failed += counts.get("failed", 0)
         self.nbytes += counts.get("bytes", 0)
         elapsed = max(self._clock() - self._began, 1e-6)
-        figures = (f"{self.items} items · {self.items / elapsed:.0f} files/s · "
-                   f"{human_bytes(self.nbytes / elapsed)}/s · {self.failed} failed")  # fmt: skip
+        figures = (
+            f"{self.items} items · {self.items / elapsed:.0f} files/s · "
+            f"{human_bytes(self.nbytes / elapsed)}/s · {self.failed} failed"
+        )
         if not self.is_tty:
             if not self.console.quiet:
                 self.console.info(f"shard {k} done: {figures}")
             return
         if self._bar is None:
-            self._bar = _bar_type()(total=shards, file=SideChannel(), leave=True, unit="shard",
-                                    bar_format="{n}/{total} shards {bar:20} {desc}")  # fmt: skip
+            self._bar = _bar_type()(
+                total=shards,
+                file=SideChannel(),
+                leave=True,
+                unit="shard",
+                bar_format="{n}/{total} shards {bar:20} {desc}",
+            )
         self._bar.set_description_str(figures, refresh=False)
         self._bar.update(1)
 
@@ -252,8 +260,9 @@ def layout(columns: list[Column], rows: list[list[str]], width: int) -> list[str
 
     def needed(indexes: list[int]) -> int:
         fixed = sum(natural[i] for i in indexes if columns[i].keep)
-        flexible = sum(min(natural[i], columns[i].min_width) for i in indexes
-                       if not columns[i].keep)  # fmt: skip
+        flexible = sum(
+            min(natural[i], columns[i].min_width) for i in indexes if not columns[i].keep
+        )
         return fixed + flexible + 2 * (len(indexes) - 1)
 
     # narrow terminals: drop the least important flexible columns until the rest fit
@@ -311,15 +320,21 @@ def _print_table(lines: list[str], color: bool, styles: list[str | None] | None 
         print(f"\x1b[{style}m{text}{reset}" if style else text)
 
 
-def search_table(tracks: list[Any], color: bool, downloaded: set[str] | None = None,
-                 width: int | None = None) -> None:  # fmt: skip
+def search_table(
+    tracks: list[Any], color: bool, downloaded: set[str] | None = None, width: int | None = None
+) -> None:
     """id, E (explicit / clean), title, artist, album, time, and whether it is here (got) or
     can be downloaded at all (no preview, album, artist ...)."""
     downloaded = downloaded or set()
-    columns = [Column("id", keep=True), Column("E", keep=True),
-               Column("title", priority=4, min_width=12), Column("artist", priority=3),
-               Column("album", priority=1), Column("time", priority=2, right=True),
-               Column("got", keep=True)]  # fmt: skip
+    columns = [
+        Column("id", keep=True),
+        Column("E", keep=True),
+        Column("title", priority=4, min_width=12),
+        Column("artist", priority=3),
+        Column("album", priority=1),
+        Column("time", priority=2, right=True),
+        Column("got", keep=True),
+    ]
     rows = []
     for t in tracks:
         ident = str(t.trackId) if t.trackId is not None else "-"
@@ -329,18 +344,31 @@ def search_table(tracks: list[Any], color: bool, downloaded: set[str] | None = N
             got = ""
         else:
             got = "no preview" if t.wrapperType == "track" else t.noun.split(" ", 1)[-1]
-        rows.append([ident, t.explicit_mark, _printable(t.trackName),
-                     _printable(t.artist_or_show), _printable(t.collectionName or ""),
-                     duration(t.trackTimeMillis, millis=True) if t.trackTimeMillis else "",
-                     got])  # fmt: skip
+        rows.append(
+            [
+                ident,
+                t.explicit_mark,
+                _printable(t.trackName),
+                _printable(t.artist_or_show),
+                _printable(t.collectionName or ""),
+                duration(t.trackTimeMillis, millis=True) if t.trackTimeMillis else "",
+                got,
+            ]
+        )
     _print_table(layout(columns, rows, width or _terminal_width()), color)
 
 
 def search_lines(tracks: list[Any]) -> None:
     for t in tracks:
         ident = str(t.trackId) if t.trackId is not None else "-"
-        fields = [ident, t.trackName, t.artist_or_show, t.collectionName or "",
-                  duration(t.trackTimeMillis, millis=True), t.previewUrl or ""]  # fmt: skip
+        fields = [
+            ident,
+            t.trackName,
+            t.artist_or_show,
+            t.collectionName or "",
+            duration(t.trackTimeMillis, millis=True),
+            t.previewUrl or "",
+        ]
         print("\t".join(_printable(f) for f in fields))
 
 
@@ -348,14 +376,25 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
     """id, status, progress and size never shrink; title then path give way (the path is cut
     in the middle, so the file name stays)."""
     width = width or _terminal_width()
-    columns = [Column("id", keep=True), Column("status", keep=True),
-               Column("progress", keep=True, right=True),
-               Column("size", priority=7, min_width=9, right=True),  # whole, or gone (narrow)
-               Column("title", priority=4, min_width=10),
-               Column("path", priority=5, min_width=12, trim="middle")]  # fmt: skip
-    cells = [[r.id, str(r.status), percent(r.bytes_received, r.bytes_total),
-              human_bytes(r.bytes_total), _printable(r.label), _printable(r.path)]
-             for r in rows]  # fmt: skip
+    columns = [
+        Column("id", keep=True),
+        Column("status", keep=True),
+        Column("progress", keep=True, right=True),
+        Column("size", priority=7, min_width=9, right=True),  # whole, or gone (narrow)
+        Column("title", priority=4, min_width=10),
+        Column("path", priority=5, min_width=12, trim="middle"),
+    ]
+    cells = [
+        [
+            r.id,
+            str(r.status),
+            percent(r.bytes_received, r.bytes_total),
+            human_bytes(r.bytes_total),
+            _printable(r.label),
+            _printable(r.path),
+        ]
+        for r in rows
+    ]
     styles = {"completed": "32", "failed": "31", "paused": "33", "running": "36"}
     _print_table(layout(columns, cells, width), color, [styles.get(str(r.status)) for r in rows])
     dim, reset = ("\x1b[2m", "\x1b[0m") if color else ("", "")
@@ -364,11 +403,15 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
             print(f"{dim}{fit(f'  {r.id}: {_printable(r.error)}', width)}{reset}")
 
 
-def config_table(described: dict[str, dict[str, Any]], color: bool,
-                 width: int | None = None) -> None:  # fmt: skip
+def config_table(
+    described: dict[str, dict[str, Any]], color: bool, width: int | None = None
+) -> None:
     """key and source never shrink; a long value (a path) is cut in the middle."""
-    columns = [Column("key", keep=True), Column("value", priority=1, min_width=10, trim="middle"),
-               Column("source", keep=True)]  # fmt: skip
+    columns = [
+        Column("key", keep=True),
+        Column("value", priority=1, min_width=10, trim="middle"),
+        Column("source", keep=True),
+    ]
     rows = [
         [key, _printable(str(info["value"])), info["source"]] for key, info in described.items()
     ]
@@ -378,8 +421,7 @@ def config_table(described: dict[str, dict[str, Any]], color: bool,
 def records_lines(rows: list[Any]) -> None:
     for r in rows:
         total = "" if r.bytes_total is None else str(r.bytes_total)
-        print("\t".join([r.id, str(r.status), str(r.bytes_received), total,
-                         _printable(r.path)]))  # fmt: skip
+        print("\t".join([r.id, str(r.status), str(r.bytes_received), total, _printable(r.path)]))
 
 
 def _printable(text: str) -> str:
@@ -442,8 +484,9 @@ PROGRESS_MODES = ("auto", "bar", "line", "json", "none")
 
 
 def _event_id(task: Any) -> str:
-    return str(getattr(task, "record_id", None) or getattr(task, "id", None)
-               or task.task_identifier)  # fmt: skip
+    return str(
+        getattr(task, "record_id", None) or getattr(task, "id", None) or task.task_identifier
+    )
 
 
 def _label(task: Any) -> str:
@@ -524,14 +567,18 @@ class LineProgress(Progress):
     def on_data_written(self, task, bytes_written, total_written, total_expected) -> None:
         key, now = _event_id(task), self._clock()
         with self._lock:
-            start, first, last = self._seen.setdefault(key, (now, total_written - bytes_written,
-                                                              now))  # fmt: skip
+            start, first, last = self._seen.setdefault(
+                key, (now, total_written - bytes_written, now)
+            )
             if now - last < self.EVERY_SECONDS:
                 return
             self._seen[key] = (start, first, now)
         rate = (total_written - first) / max(now - start, 1e-6)
-        of = f"{percent(total_written, total_expected)} of {human_bytes(total_expected)}" \
-            if total_expected else human_bytes(total_written)  # fmt: skip
+        of = (
+            f"{percent(total_written, total_expected)} of {human_bytes(total_expected)}"
+            if total_expected
+            else human_bytes(total_written)
+        )
         self._say(f"{_label(task)}: {of}, {human_bytes(rate)}/s")
 
     def on_retry(self, task, wait_seconds, reason) -> None:
@@ -572,23 +619,32 @@ class JsonProgress(Progress):
         key, now = _event_id(task), self._clock()
         with self._lock:
             if now - self._last.get(key, -1e9) < self.EVERY_SECONDS and (
-                    total_expected is None or total_written < total_expected):  # fmt: skip
+                total_expected is None or total_written < total_expected
+            ):
                 return
             self._last[key] = now
-        self._emit(id=key, event="progress", bytes_received=total_written,
-                   bytes_total=total_expected)  # fmt: skip
+        self._emit(
+            id=key, event="progress", bytes_received=total_written, bytes_total=total_expected
+        )
 
     def on_retry(self, task, wait_seconds, reason) -> None:
-        self._emit(id=_event_id(task), event="retry", bytes_received=task.bytes_received
-                   if hasattr(task, "bytes_received") else None,
-                   bytes_total=getattr(task, "bytes_total", None),
-                   retry_in_seconds=round(wait_seconds, 3), reason=reason)  # fmt: skip
+        self._emit(
+            id=_event_id(task),
+            event="retry",
+            bytes_received=task.bytes_received if hasattr(task, "bytes_received") else None,
+            bytes_total=getattr(task, "bytes_total", None),
+            retry_in_seconds=round(wait_seconds, 3),
+            reason=reason,
+        )
 
     def on_complete(self, task, error) -> None:
         state = str(task.state)
-        event: dict[str, Any] = {"id": _event_id(task), "event": state,
-                                 "bytes_received": getattr(task, "bytes_received", None),
-                                 "bytes_total": getattr(task, "bytes_total", None)}  # fmt: skip
+        event: dict[str, Any] = {
+            "id": _event_id(task),
+            "event": state,
+            "bytes_received": getattr(task, "bytes_received", None),
+            "bytes_total": getattr(task, "bytes_total", None),
+        }
         if error is not None and state == "failed":
             event["error"] = str(error)
         self._emit(**event)
@@ -599,8 +655,12 @@ class JsonProgress(Progress):
 
     def on_records_ended(self, records: list[Any]) -> None:
         for r in records:
-            event = {"id": r.id, "event": str(r.status), "bytes_received": r.bytes_received,
-                     "bytes_total": r.bytes_total}  # fmt: skip
+            event = {
+                "id": r.id,
+                "event": str(r.status),
+                "bytes_received": r.bytes_received,
+                "bytes_total": r.bytes_total,
+            }
             if r.error:
                 event["error"] = r.error
             self._emit(**event)
@@ -649,9 +709,15 @@ class ProgressDelegate(Progress):
 
         with self._lock:
             self._collapse = count > shutil.get_terminal_size((80, 24)).lines - 3
-            self._overall = _bar_type()(total=count, position=0, leave=True, file=self._stream,
-                                        bar_format="{n} of {total} · {desc}",
-                                        desc="starting", dynamic_ncols=True)  # fmt: skip
+            self._overall = _bar_type()(
+                total=count,
+                position=0,
+                leave=True,
+                file=self._stream,
+                bar_format="{n} of {total} · {desc}",
+                desc="starting",
+                dynamic_ncols=True,
+            )
             self._position = 1
 
     def _tick_overall(self, ended: int = 0) -> None:
@@ -667,8 +733,9 @@ class ProgressDelegate(Progress):
         done = self._collapsed_bytes + sum(b.n for b in self._bars.values())
         rate = sum((b.format_dict.get("rate") or 0) for b in self._bars.values())
         self._overall.n = self._ended
-        self._overall.set_description_str(f"{human_bytes(done)} · {human_bytes(rate)}/s",
-                                          refresh=True)  # fmt: skip
+        self._overall.set_description_str(
+            f"{human_bytes(done)} · {human_bytes(rate)}/s", refresh=True
+        )
 
     def _bar(self, key: Any, title: str, done: int, total: int | None):
         bar = self._bars.get(key)
@@ -680,10 +747,18 @@ class ProgressDelegate(Progress):
                 self._position += 1
             width = self._style.desc_width
             desc = fit(_printable(title), width)
-            bar = _bar_type()(total=total, initial=done, unit="B", position=position,
-                       leave=not self._collapse, mininterval=0.25,
-                       desc=desc + " " * (width - _cells(desc)), file=self._stream,
-                       bar_format=self._style.running(total), dynamic_ncols=True)  # fmt: skip
+            bar = _bar_type()(
+                total=total,
+                initial=done,
+                unit="B",
+                position=position,
+                leave=not self._collapse,
+                mininterval=0.25,
+                desc=desc + " " * (width - _cells(desc)),
+                file=self._stream,
+                bar_format=self._style.running(total),
+                dynamic_ncols=True,
+            )
             self._bars[key] = bar
         elif total != bar.total:
             bar.total = total  # learned (or changed, after a restart) mid-transfer
@@ -694,9 +769,12 @@ class ProgressDelegate(Progress):
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task.task_identifier, _label(task),
-                            getattr(task, "bytes_received", 0) or 0,
-                            getattr(task, "bytes_total", None))  # fmt: skip
+            bar = self._bar(
+                task.task_identifier,
+                _label(task),
+                getattr(task, "bytes_received", 0) or 0,
+                getattr(task, "bytes_total", None),
+            )
             bar.bar_format = self._style.ended(f"retrying in {wait_seconds:.0f} s ({reason})")
             bar.refresh()
 
@@ -704,8 +782,9 @@ class ProgressDelegate(Progress):
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task.task_identifier, _label(task),
-                            total_written - bytes_written, total_expected)  # fmt: skip
+            bar = self._bar(
+                task.task_identifier, _label(task), total_written - bytes_written, total_expected
+            )
             if "retrying" in (bar.bar_format or ""):
                 bar.bar_format = self._style.running(bar.total)
             if total_written < bar.n:  # a restart from 0
@@ -719,8 +798,9 @@ class ProgressDelegate(Progress):
         if not self.enabled:
             return
         with self._lock:
-            bar = self._bar(task.task_identifier, _label(task), total_sent - bytes_sent,
-                            total_expected)  # fmt: skip
+            bar = self._bar(
+                task.task_identifier, _label(task), total_sent - bytes_sent, total_expected
+            )
             bar.update(bytes_sent)
 
     def on_complete(self, task, error) -> None:  # noqa: ARG002

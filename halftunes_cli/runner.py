@@ -46,8 +46,14 @@ class _RecordJournal:
         self.record_id = record_id
 
     def checkpoint(self, task: DownloadTask) -> str | None:
-        request = self.records.checkpoint(self.record_id, self.owner, task.bytes_synced,
-                                          task.bytes_total, task.etag, task.last_modified)  # fmt: skip
+        request = self.records.checkpoint(
+            self.record_id,
+            self.owner,
+            task.bytes_synced,
+            task.bytes_total,
+            task.etag,
+            task.last_modified,
+        )
         return str(request) if request is not None else None
 
 
@@ -58,8 +64,12 @@ class Runner:
     """`session_for` picks the session a record runs in (the worker: one per distinct set of
     settings the queuing commands carried); by default every record runs in `session`."""
 
-    def __init__(self, session: Session, owner: str,
-                 session_for: Callable[[DownloadRecord], Session] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        session: Session,
+        owner: str,
+        session_for: Callable[[DownloadRecord], Session] | None = None,
+    ):
         self.session = session
         self.session_for = session_for or (lambda record: session)
         self.records = session.records
@@ -70,13 +80,14 @@ class Runner:
         self._control: threading.Thread | None = None
         self._ended: queue.SimpleQueue[_Ended | None] = queue.SimpleQueue()
         self._settler: threading.Thread | None = None
-        self.pool = ThreadPoolExecutor(max_workers=session.configuration.max_connections_per_host,
-                                       thread_name_prefix="transfer")  # fmt: skip
+        self.pool = ThreadPoolExecutor(
+            max_workers=session.configuration.max_connections_per_host,
+            thread_name_prefix="transfer",
+        )
 
     def start_control(self) -> None:
         if self.records.is_persistent and self._control is None:
-            self._control = threading.Thread(target=self._control_loop, daemon=True,
-                                             name="control")  # fmt: skip
+            self._control = threading.Thread(target=self._control_loop, daemon=True, name="control")
             self._control.start()
 
     def _control_loop(self) -> None:
@@ -97,15 +108,26 @@ class Runner:
                 if task is not None:
                     task.request_stop(str(request))
 
-    def submit(self, record: DownloadRecord,
-               on_done: Callable[[Outcome], None] | None = None) -> Future[Outcome]:  # fmt: skip
-        resume_data = ResumeData(record.url, record.path, record.part_path,
-                                 int(record.bytes_received or 0), record.bytes_total,
-                                 record.etag, record.last_modified)  # fmt: skip
+    def submit(
+        self, record: DownloadRecord, on_done: Callable[[Outcome], None] | None = None
+    ) -> Future[Outcome]:
+        resume_data = ResumeData(
+            record.url,
+            record.path,
+            record.part_path,
+            int(record.bytes_received or 0),
+            record.bytes_total,
+            record.etag,
+            record.last_modified,
+        )
         task = DownloadTask(
-            self.session_for(record), record.url, record.path, resume_data=resume_data,
-            record_id=record.id, journal=_RecordJournal(self.records, self.owner, record.id),
-        )  # fmt: skip
+            self.session_for(record),
+            record.url,
+            record.path,
+            resume_data=resume_data,
+            record_id=record.id,
+            journal=_RecordJournal(self.records, self.owner, record.id),
+        )
         task.title = record.display_name
         task.requires_content = not is_url_record_id(record.id)  # an empty preview is none
         # durable files are fsynced in groups by the settling thread (crash: no fsync at all)
@@ -133,8 +155,9 @@ class Runner:
     def _start_settler(self) -> None:
         with self._lock:
             if self._settler is None:
-                self._settler = threading.Thread(target=self._settle_loop, daemon=True,
-                                                 name="settler")  # fmt: skip
+                self._settler = threading.Thread(
+                    target=self._settle_loop, daemon=True, name="settler"
+                )
                 self._settler.start()
 
     def _settle_loop(self) -> None:
@@ -196,15 +219,24 @@ class Runner:
         endings = []
         for task in tasks:
             assert task.record_id is not None
-            endings.append(Settlement(
-                task.record_id, self.owner, str(task.state), task.bytes_synced,
-                task.bytes_total, task.etag, task.last_modified,
-                str(task.error) if task.error else "failed",
-                bool(getattr(task.error, "is_permanent", False)),
-            ))  # fmt: skip
+            endings.append(
+                Settlement(
+                    task.record_id,
+                    self.owner,
+                    str(task.state),
+                    task.bytes_synced,
+                    task.bytes_total,
+                    task.etag,
+                    task.last_modified,
+                    str(task.error) if task.error else "failed",
+                    bool(getattr(task.error, "is_permanent", False)),
+                )
+            )
         settled = self.records.settle_many(endings)
-        return [self._outcome(task, record, ours)
-                for task, (record, ours) in zip(tasks, settled, strict=True)]  # fmt: skip
+        return [
+            self._outcome(task, record, ours)
+            for task, (record, ours) in zip(tasks, settled, strict=True)
+        ]
 
     @staticmethod
     def _outcome(task: DownloadTask, record: DownloadRecord | None, ours: bool) -> Outcome:

@@ -108,8 +108,12 @@ class WaitResult:
 class DownloadService:
     """One per command (or worker): owns a Session and, through it, the records."""
 
-    def __init__(self, configuration: SessionConfiguration, reporter: Reporter | None = None,
-                 delegate: Any = None):  # fmt: skip
+    def __init__(
+        self,
+        configuration: SessionConfiguration,
+        reporter: Reporter | None = None,
+        delegate: Any = None,
+    ):
         self.configuration = configuration
         self.reporter: Reporter = reporter or SilentReporter()
         self.session = Session(configuration, delegate)
@@ -151,9 +155,16 @@ class DownloadService:
         return {r.id for r in self.records.all() if r.is_finished_on_disk}
 
     # -- download / resume ----------------------------------------------------------------
-    def download(self, items: list[str], *, force: bool = False, background: bool = False,
-                 delegate: Any = None, output_dir: str | None = None,
-                 output: str | None = None) -> BatchResult:  # fmt: skip
+    def download(
+        self,
+        items: list[str],
+        *,
+        force: bool = False,
+        background: bool = False,
+        delegate: Any = None,
+        output_dir: str | None = None,
+        output: str | None = None,
+    ) -> BatchResult:
         result = BatchResult(background=background)
         try:
             self._check_background(background)
@@ -166,14 +177,16 @@ class DownloadService:
             self._error(result, exc)
         return result
 
-    def resume(self, ids: list[str], *, all_: bool = False, background: bool = False,
-               delegate: Any = None) -> BatchResult:  # fmt: skip
+    def resume(
+        self, ids: list[str], *, all_: bool = False, background: bool = False, delegate: Any = None
+    ) -> BatchResult:
         result = BatchResult(background=background)
         try:
             self._check_background(background)
             entries = self._resume_entries(ids, all_, result)
-            self._claim_and_run(entries, False, background, result, delegate,
-                                self.output_spec(0, None, None).folder)  # fmt: skip
+            self._claim_and_run(
+                entries, False, background, result, delegate, self.output_spec(0, None, None).folder
+            )
         except HalftunesError as exc:
             self._error(result, exc)
         return result
@@ -187,8 +200,9 @@ class DownloadService:
             return OutputSpec(Path(os.path.abspath(folder)))
         given = Path(output).expanduser()
         if output.endswith("/") or given.is_dir():
-            self.reporter.info(f"note: -o {output} is a folder: downloading into it "
-                               f"(-P {output} says the same)")  # fmt: skip
+            self.reporter.info(
+                f"note: -o {output} is a folder: downloading into it (-P {output} says the same)"
+            )
             return OutputSpec(Path(os.path.abspath(given)))
         try:
             fields = template_fields(output)
@@ -197,9 +211,10 @@ class DownloadService:
                 f"-o {output!r}: {exc}", "fields: " + " ".join(f"{{{f}}}" for f in TEMPLATE_FIELDS)
             ) from exc
         if count > 1 and not fields:
-            raise UsageError(f"-o {output!r} names one file, but {count} ids were given",
-                             "use a template such as '{artist} - {title}.{ext}', "
-                             "or -P DIR for a folder")  # fmt: skip
+            raise UsageError(
+                f"-o {output!r} names one file, but {count} ids were given",
+                "use a template such as '{artist} - {title}.{ext}', or -P DIR for a folder",
+            )
         return OutputSpec(Path(os.path.abspath(folder)), str(given))
 
     def _check_background(self, background: bool) -> None:
@@ -210,8 +225,9 @@ class DownloadService:
         self.reporter.error(error)
         result.fail(error)
 
-    def _resolve(self, items: list[str], result: BatchResult,
-                 spec: OutputSpec) -> list[Target | DownloadRecord]:  # fmt: skip
+    def _resolve(
+        self, items: list[str], result: BatchResult, spec: OutputSpec
+    ) -> list[Target | DownloadRecord]:
         """Ids and URLs in input order, as targets (named for this command's -P / -o), or as
         records we already have and cannot name anew (no cached metadata)."""
         resolved: list[tuple[str, Any]] = []
@@ -236,8 +252,13 @@ class DownloadService:
                 wanted.append(item)
                 resolved.append(("track", item))
             else:
-                self._error(result, UsageError(f"{item!r} is neither a track id nor a URL",
-                            "track ids are numbers: see `halftunes search TERM`"))  # fmt: skip
+                self._error(
+                    result,
+                    UsageError(
+                        f"{item!r} is neither a track id nor a URL",
+                        "track ids are numbers: see `halftunes search TERM`",
+                    ),
+                )
         tracks = self._tracks(wanted, result, cached)
         out: list[Target | DownloadRecord] = []
         for kind, value in resolved:
@@ -247,8 +268,13 @@ class DownloadService:
             if value not in tracks:
                 if tracks.lookup_failed:
                     continue  # said once already
-                self._error(result, UnknownIdError(f"no track with id {value} in the iTunes "
-                            "catalog", "find ids with `halftunes search TERM`"))  # fmt: skip
+                self._error(
+                    result,
+                    UnknownIdError(
+                        f"no track with id {value} in the iTunes catalog",
+                        "find ids with `halftunes search TERM`",
+                    ),
+                )
                 continue
             try:
                 out.append(target_for_track(Track.from_api(tracks[value]), spec))
@@ -256,8 +282,9 @@ class DownloadService:
                 self._error(result, exc)
         return out
 
-    def _tracks(self, ids: list[str], result: BatchResult,
-                cached: dict[str, dict[str, Any]]) -> _Tracks:  # fmt: skip
+    def _tracks(
+        self, ids: list[str], result: BatchResult, cached: dict[str, dict[str, Any]]
+    ) -> _Tracks:
         """Track metadata: what the cache had (`cached`), then one lookup for the rest."""
         tracks = _Tracks({i: cached[i] for i in ids if i in cached})
         missing = [i for i in ids if i not in tracks]
@@ -270,16 +297,22 @@ class DownloadService:
                 tracks.lookup_failed = True
         return tracks
 
-    def _resume_entries(self, ids: list[str], all_: bool,
-                        result: BatchResult) -> list[DownloadRecord]:  # fmt: skip
+    def _resume_entries(
+        self, ids: list[str], all_: bool, result: BatchResult
+    ) -> list[DownloadRecord]:
         if all_:
-            records = [r for r in self.records.all()
-                       if r.status in (RecordStatus.PAUSED, RecordStatus.FAILED)]  # fmt: skip
+            records = [
+                r
+                for r in self.records.all()
+                if r.status in (RecordStatus.PAUSED, RecordStatus.FAILED)
+            ]
             gone = [r for r in records if r.permanent]
             if gone:
-                self.reporter.info(f"skipped {len(gone)} download(s) that failed for good "
-                                   f"({', '.join(r.id for r in gone[:5])}"
-                                   f"{', ...' if len(gone) > 5 else ''}): name them to retry")  # fmt: skip
+                self.reporter.info(
+                    f"skipped {len(gone)} download(s) that failed for good "
+                    f"({', '.join(r.id for r in gone[:5])}"
+                    f"{', ...' if len(gone) > 5 else ''}): name them to retry"
+                )
             records = [r for r in records if not r.permanent]
             if not records and not gone:
                 self.reporter.info("nothing to resume")
@@ -301,17 +334,26 @@ class DownloadService:
                 out.append(record)
         return out
 
-    def _claim_and_run(self, entries: list[Target | DownloadRecord], force: bool,
-                       background: bool, result: BatchResult, delegate: Any,
-                       folder: Path) -> None:  # fmt: skip
+    def _claim_and_run(
+        self,
+        entries: list[Target | DownloadRecord],
+        force: bool,
+        background: bool,
+        result: BatchResult,
+        delegate: Any,
+        folder: Path,
+    ) -> None:
         background = background or self.configuration.is_background
         result.background = background
         claims = self.records.claim(
-            entries, owner=None if background else self.records.owner_token(), force=force,
-            queue=background, download_dir=check_download_dir(folder),
+            entries,
+            owner=None if background else self.records.owner_token(),
+            force=force,
+            queue=background,
+            download_dir=check_download_dir(folder),
             session_kind="background" if background else self.configuration.kind,
             settings=transfer_settings(self.configuration) if background else None,
-        )  # fmt: skip
+        )
         runnable: list[DownloadRecord] = []
         for claim in claims:
             if claim.outcome == "refused":
@@ -320,8 +362,10 @@ class DownloadService:
             elif claim.outcome == "skipped":
                 assert claim.record is not None
                 if claim.elsewhere is not None:
-                    self.reporter.info(f"{claim.id}: already downloaded to {claim.record.path}; "
-                                       f"`--force` fetches it to {claim.elsewhere}")  # fmt: skip
+                    self.reporter.info(
+                        f"{claim.id}: already downloaded to {claim.record.path}; "
+                        f"`--force` fetches it to {claim.elsewhere}"
+                    )
                 else:
                     self.reporter.info(f"{claim.id}: already downloaded: {claim.record.path}")
                 result.outcomes.append(Outcome(claim.id, "skipped", claim.record))
@@ -332,13 +376,16 @@ class DownloadService:
             result.outcomes += [Outcome(r.id, "queued", r) for r in runnable]
             if runnable:
                 ensure_worker(Path(self.configuration.state_dir))
-                self.reporter.info(f"{len(runnable)} download(s) handed to the background "
-                                   "worker; `halftunes wait` waits for them")  # fmt: skip
+                self.reporter.info(
+                    f"{len(runnable)} download(s) handed to the background "
+                    "worker; `halftunes wait` waits for them"
+                )
             return
         self._run_foreground(runnable, result, delegate)
 
-    def _run_foreground(self, runnable: list[DownloadRecord], result: BatchResult,
-                        delegate: Any) -> None:  # fmt: skip
+    def _run_foreground(
+        self, runnable: list[DownloadRecord], result: BatchResult, delegate: Any
+    ) -> None:
         """Run here; Ctrl-C and SIGTERM pause every transfer at a checkpoint (cancel them in
         the ephemeral session), and the command ends with 130 / 143."""
         if not runnable:
@@ -387,8 +434,9 @@ class DownloadService:
             if outcome.status == "failed" and outcome.error is not None:
                 self._error(result, outcome.error)
             elif outcome.status == "paused" and not interrupted:
-                self.reporter.info(f"{outcome.id}: paused by request; `halftunes resume "
-                                   f"{outcome.id}` continues it")  # fmt: skip
+                self.reporter.info(
+                    f"{outcome.id}: paused by request; `halftunes resume {outcome.id}` continues it"
+                )
             elif outcome.status == "cancelled" and not interrupted:
                 self.reporter.info(f"{outcome.id}: cancelled by request")
             for note in outcome.notes:  # restarts, decoding: what the user should know
@@ -400,13 +448,16 @@ class DownloadService:
             else:
                 paused = [o.id for o in result.outcomes if o.status == "paused"]
                 if paused:
-                    self.reporter.info(f"interrupted: paused {len(paused)} download(s); "
-                                       f"`halftunes resume {' '.join(paused)}` continues")  # fmt: skip
+                    self.reporter.info(
+                        f"interrupted: paused {len(paused)} download(s); "
+                        f"`halftunes resume {' '.join(paused)}` continues"
+                    )
             result.exit_code = worse(result.exit_code, interrupted[0])
 
     def _exit_now(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        self.reporter.info("interrupted again: exiting now; `halftunes resume` continues from "
-                           "what is on disk")  # fmt: skip
+        self.reporter.info(
+            "interrupted again: exiting now; `halftunes resume` continues from what is on disk"
+        )
         os._exit(ExitStatus.INTERRUPTED)
 
     def outcome_records(self, result: BatchResult) -> list[tuple[Outcome, DownloadRecord]]:
@@ -435,8 +486,11 @@ class DownloadService:
             return result
         targets: list[DownloadRecord] = []
         if all_:
-            targets = [r for r in self.records.all() if r.status is not RecordStatus.COMPLETED] \
-                if action is StopRequest.CANCEL else self.records.all()  # fmt: skip
+            targets = (
+                [r for r in self.records.all() if r.status is not RecordStatus.COMPLETED]
+                if action is StopRequest.CANCEL
+                else self.records.all()
+            )
         for item in ids:
             record = self.records.get(item)
             if record is None:
@@ -461,8 +515,12 @@ class DownloadService:
         for rid in waiting:
             after = self.records.wait_until_stopped(rid, timeout_seconds=30)
             if after is not None and after.status is RecordStatus.RUNNING:
-                error(HalftunesError(f"{rid}: its owner did not stop within 30 s",
-                                     "try again, or check `halftunes list`"))  # fmt: skip
+                error(
+                    HalftunesError(
+                        f"{rid}: its owner did not stop within 30 s",
+                        "try again, or check `halftunes list`",
+                    )
+                )
             elif after is not None and after.status is RecordStatus.COMPLETED:
                 # the body was whole when the request came: its owner let it complete
                 self.reporter.info(f"{rid}: completed before it could be {done}; kept")
@@ -489,9 +547,14 @@ class DownloadService:
             raise unknown_download(record_id)
         return record
 
-    def wait(self, ids: list[str], *, timeout_seconds: float | None = None,
-             on_poll: Callable[[list[DownloadRecord]], None] | None = None,
-             poll_seconds: float = 0.1) -> WaitResult:  # fmt: skip
+    def wait(
+        self,
+        ids: list[str],
+        *,
+        timeout_seconds: float | None = None,
+        on_poll: Callable[[list[DownloadRecord]], None] | None = None,
+        poll_seconds: float = 0.1,
+    ) -> WaitResult:
         """Block until the downloads are no longer queued or running (restarting the worker
         if queued work has none).
 
@@ -502,8 +565,11 @@ class DownloadService:
             if self.records.get(item) is None:
                 raise unknown_download(item)
         if not ids:
-            active = [r.id for r in self.records.all()
-                      if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]  # fmt: skip
+            active = [
+                r.id
+                for r in self.records.all()
+                if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)
+            ]
             ids = active + [r.id for r in self.records.unreported() if r.id not in active]
             if not ids:
                 return WaitResult([])
@@ -512,9 +578,13 @@ class DownloadService:
             self.records.mark_announced(r.id for r in result.records)
         return result
 
-    def _wait_for(self, ids: list[str], timeout_seconds: float | None,
-                  on_poll: Callable[[list[DownloadRecord]], None] | None,
-                  poll_seconds: float) -> WaitResult:  # fmt: skip
+    def _wait_for(
+        self,
+        ids: list[str],
+        timeout_seconds: float | None,
+        on_poll: Callable[[list[DownloadRecord]], None] | None,
+        poll_seconds: float,
+    ) -> WaitResult:
         deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
         state_dir = Path(self.configuration.state_dir)
         started_at: tuple | None = None  # what the records said when we last started a worker
@@ -522,10 +592,10 @@ class DownloadService:
         while True:
             self.records.reconcile_dead_owners()
             records = self.records.all(ids)
-            active = [r for r in records
-                      if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]  # fmt: skip
-            if any(r.status is RecordStatus.QUEUED for r in active) and \
-                    not is_worker_alive(state_dir):  # fmt: skip
+            active = [r for r in records if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]
+            if any(r.status is RecordStatus.QUEUED for r in active) and not is_worker_alive(
+                state_dir
+            ):
                 seen = tuple((r.id, r.status, r.bytes_received) for r in records)
                 # A worker we started that died without moving anything died at start-up.
                 failed_starts = failed_starts + 1 if seen == started_at else 0
@@ -555,8 +625,10 @@ class DownloadService:
                 self.reporter.error(unknown_download(item))
                 result.exit_code = worse(result.exit_code, ExitStatus.USAGE)
             elif record.status not in (RecordStatus.COMPLETED, RecordStatus.FAILED):
-                error = HalftunesError(f"{item} is {record.status}, not finished",
-                                       f"`halftunes cancel {item}` discards it")  # fmt: skip
+                error = HalftunesError(
+                    f"{item} is {record.status}, not finished",
+                    f"`halftunes cancel {item}` discards it",
+                )
                 self.reporter.error(error)
                 result.exit_code = worse(result.exit_code, ExitStatus.ERROR)
             elif record.status in wanted:
@@ -570,8 +642,9 @@ class DownloadService:
         return result
 
     # -- upload -----------------------------------------------------------------------------
-    def upload(self, file: Path, url: str, *, method: str, headers: dict[str, str],
-               delegate: Any = None) -> Any:  # fmt: skip
+    def upload(
+        self, file: Path, url: str, *, method: str, headers: dict[str, str], delegate: Any = None
+    ) -> Any:
         method = method.upper()
         if method not in ("PUT", "POST"):
             raise UsageError(f"--method must be PUT or POST, not {method!r}")
@@ -620,10 +693,18 @@ class JobResult:
     exit_code: int
 
 
-def run_job(job_dir: Path, input_path: Path, *, configuration: SessionConfiguration,
-            output: str | None, engine: str, shard_size: int, scheduler: str | None = None,
-            on_shard: ShardDone | None = None,
-            on_dashboard: Callable[[str], None] | None = None) -> JobResult:  # fmt: skip
+def run_job(
+    job_dir: Path,
+    input_path: Path,
+    *,
+    configuration: SessionConfiguration,
+    output: str | None,
+    engine: str,
+    shard_size: int,
+    scheduler: str | None = None,
+    on_shard: ShardDone | None = None,
+    on_dashboard: Callable[[str], None] | None = None,
+) -> JobResult:
     """Plan (once), run every shard without a manifest, report the job's counts.
 
     Exit status: 0 when every item completed or was skipped, 1 when some failed."""

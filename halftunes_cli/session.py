@@ -24,15 +24,20 @@ if TYPE_CHECKING:
 class Session:
     """Like NSURLSession: `Session(SessionConfiguration.default(), delegate=...)`."""
 
-    def __init__(self, configuration: SessionConfiguration | None = None, delegate: Any = None,
-                 records: Records | None = None,
-                 environment: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        configuration: SessionConfiguration | None = None,
+        delegate: Any = None,
+        records: Records | None = None,
+        environment: dict[str, str] | None = None,
+    ):
         self.configuration = configuration or SessionConfiguration.default()
         self.delegate = delegate
         self.http = HttpClient(self.configuration, environment)
         cfg = self.configuration
-        self.retry_policy = RetryPolicy(cfg.retries, cfg.backoff_base_seconds,
-                                        cfg.backoff_max_seconds)  # fmt: skip
+        self.retry_policy = RetryPolicy(
+            cfg.retries, cfg.backoff_base_seconds, cfg.backoff_max_seconds
+        )
         self._records = records
         self._lock = threading.Lock()
         self._tasks: list[Task] = []
@@ -64,8 +69,9 @@ class Session:
         """Where search answers and tracks are cached (None for the ephemeral session)."""
         return self.records.store if self.configuration.persists_state else None
 
-    def fetch(self, url: str, *, retry_statuses: frozenset[int] | None = None,
-              max_bytes: int = 16 << 20) -> tuple[int, bytes, Any]:  # fmt: skip
+    def fetch(
+        self, url: str, *, retry_statuses: frozenset[int] | None = None, max_bytes: int = 16 << 20
+    ) -> tuple[int, bytes, Any]:
         """GET `url` with a data task on this thread; (status, body, headers), or the task's
         error."""
         kw: dict[str, Any] = {"max_bytes": max_bytes}
@@ -78,8 +84,9 @@ class Session:
         assert task.response is not None and task.data is not None
         return task.response.status_code, task.data, task.response.headers
 
-    def open(self, method: str, url: str, headers: dict[str, str] | None = None,
-             **kw: Any) -> requests.Response:  # fmt: skip
+    def open(
+        self, method: str, url: str, headers: dict[str, str] | None = None, **kw: Any
+    ) -> requests.Response:
         """One HTTP exchange with this session's client (no retries, no task)."""
         return self.http.send(method, url, headers, **kw)
 
@@ -92,30 +99,47 @@ class Session:
     def data_task(self, url: str, completion: Callable | None = None, **kw: Any) -> DataTask:
         return self._register(DataTask(self, url, completion=completion, **kw))
 
-    def download_task(self, url: str, destination: str | Path | None = None,
-                      completion: Callable | None = None,
-                      **kw: Any) -> DownloadTask | BackgroundDownloadTask:  # fmt: skip
+    def download_task(
+        self,
+        url: str,
+        destination: str | Path | None = None,
+        completion: Callable | None = None,
+        **kw: Any,
+    ) -> DownloadTask | BackgroundDownloadTask:
         if self.configuration.is_background:
             return self._register(BackgroundDownloadTask(self, url, destination, completion))
         return self._register(DownloadTask(self, url, destination, completion=completion, **kw))
 
-    def download_task_with_resume_data(self, resume_data: ResumeData,
-                                       completion: Callable | None = None,
-                                       **kw: Any) -> DownloadTask | BackgroundDownloadTask:  # fmt: skip
+    def download_task_with_resume_data(
+        self, resume_data: ResumeData, completion: Callable | None = None, **kw: Any
+    ) -> DownloadTask | BackgroundDownloadTask:
         if self.configuration.is_background:
             # The record of that URL holds the checkpoint: resuming it re-queues it there.
-            task: Any = BackgroundDownloadTask(self, resume_data.url, resume_data.destination,
-                                               completion)  # fmt: skip
+            task: Any = BackgroundDownloadTask(
+                self, resume_data.url, resume_data.destination, completion
+            )
         else:
-            task = DownloadTask(self, resume_data.url, resume_data.destination,
-                                completion=completion, resume_data=resume_data, **kw)  # fmt: skip
+            task = DownloadTask(
+                self,
+                resume_data.url,
+                resume_data.destination,
+                completion=completion,
+                resume_data=resume_data,
+                **kw,
+            )
         return self._register(task)
 
-    def upload_task(self, url: str, file_path: str | Path, method: str = "PUT",
-                    headers: dict[str, str] | None = None,
-                    completion: Callable | None = None) -> UploadTask:  # fmt: skip
-        return self._register(UploadTask(self, url, Path(file_path), method, headers,
-                                         completion=completion))  # fmt: skip
+    def upload_task(
+        self,
+        url: str,
+        file_path: str | Path,
+        method: str = "PUT",
+        headers: dict[str, str] | None = None,
+        completion: Callable | None = None,
+    ) -> UploadTask:
+        return self._register(
+            UploadTask(self, url, Path(file_path), method, headers, completion=completion)
+        )
 
     # -- the session as a whole ---------------------------------------------------------------
     def all_tasks(self) -> list[Any]:

@@ -182,8 +182,9 @@ class Store:
         conn = None
         busy = BUSY_TIMEOUT_SECONDS
         try:
-            conn = sqlite3.connect(path, timeout=busy, check_same_thread=False,
-                                   isolation_level=None)  # fmt: skip
+            conn = sqlite3.connect(
+                path, timeout=busy, check_same_thread=False, isolation_level=None
+            )
             conn.row_factory = sqlite3.Row
             identity = os.stat(path)
             self._identity = (identity.st_dev, identity.st_ino)
@@ -336,8 +337,9 @@ class Store:
             out += self.query(f"{select} WHERE id IN ({marks})", tuple(chunk))
         return out
 
-    def with_status(self, conn: sqlite3.Connection, statuses: tuple[str, ...],
-                    limit: int | None = None) -> list[Row]:  # fmt: skip
+    def with_status(
+        self, conn: sqlite3.Connection, statuses: tuple[str, ...], limit: int | None = None
+    ) -> list[Row]:
         marks = ",".join("?" * len(statuses))
         sql = f"SELECT * FROM downloads WHERE status IN ({marks}) ORDER BY seq"
         params: tuple = tuple(statuses)
@@ -356,13 +358,17 @@ class Store:
 
     def unreported(self, conn: sqlite3.Connection) -> list[Row]:
         """Ended transfers whose outcome nobody has been told yet."""
-        sql = ("SELECT * FROM downloads WHERE announced = 0 "
-               "AND status IN ('completed', 'failed', 'paused') ORDER BY seq")  # fmt: skip
+        sql = (
+            "SELECT * FROM downloads WHERE announced = 0 "
+            "AND status IN ('completed', 'failed', 'paused') ORDER BY seq"
+        )
         return [dict(r) for r in conn.execute(sql)]
 
     def unannounced(self, conn: sqlite3.Connection) -> list[Row]:
-        sql = ("SELECT * FROM downloads WHERE announced = 0 AND session = 'background' "
-               "AND status IN ('completed', 'failed') ORDER BY seq")  # fmt: skip
+        sql = (
+            "SELECT * FROM downloads WHERE announced = 0 AND session = 'background' "
+            "AND status IN ('completed', 'failed') ORDER BY seq"
+        )
         return [dict(r) for r in conn.execute(sql)]
 
     def by_session_id(self, identifier: str) -> list[Row]:
@@ -376,8 +382,13 @@ class Store:
     def insert_record(self, conn: sqlite3.Connection, record: Row) -> None:
         now = time.time()
         seq = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM downloads").fetchone()[0]
-        row = {**record, "seq": seq, "created": now, "updated": now,
-               "path_key": str(record["path"]).casefold()}  # fmt: skip
+        row = {
+            **record,
+            "seq": seq,
+            "created": now,
+            "updated": now,
+            "path_key": str(record["path"]).casefold(),
+        }
         cols = ",".join(row)
         conn.execute(
             f"INSERT INTO downloads ({cols}) VALUES ({','.join('?' * len(row))})",

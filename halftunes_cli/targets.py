@@ -35,22 +35,32 @@ def target_for_track(track: Track, output: OutputSpec | None = None) -> Target:
     title = track.trackName or "?"
     if not track.is_downloadable:
         if track.wrapperType in ("collection", "artist", "podcast", "software"):
-            raise UsageError(f"{ident} is {track.noun} ({title}), not a track",
-                             f"`halftunes search {title!r}` lists its songs")  # fmt: skip
-        raise UsageError(f"track {ident} ({track.artist_or_show or '?'} - {title}) has no "
-                         "preview to download")  # fmt: skip
+            raise UsageError(
+                f"{ident} is {track.noun} ({title}), not a track",
+                f"`halftunes search {title!r}` lists its songs",
+            )
+        raise UsageError(
+            f"track {ident} ({track.artist_or_show or '?'} - {title}) has no preview to download"
+        )
     preview = track.previewUrl
     assert preview is not None
     maker = track.artist_or_show
     label = f"{maker} - {title}" if maker else title
-    target = Target(ident, preview, label,
-                    lambda suffix: track_filename(maker, title, preview, suffix))  # fmt: skip
+    target = Target(
+        ident, preview, label, lambda suffix: track_filename(maker, title, preview, suffix)
+    )
     if output is None:
         return target
     album = track.collectionName or ""
     ext = (extension_from_url(preview) or ".m4a").lstrip(".")
-    fields = {"artist": maker, "title": title, "album": album, "collection": album,
-              "id": ident, "ext": ext}  # fmt: skip
+    fields = {
+        "artist": maker,
+        "title": title,
+        "album": album,
+        "collection": album,
+        "id": ident,
+        "ext": ext,
+    }
     return output.apply(target, fields)
 
 
@@ -59,6 +69,12 @@ def url_target(url: str, output: OutputSpec | None = None) -> Target:
     if output is None:
         return target
     stem, ext = os.path.splitext(url_filename(url))
-    fields = {"artist": "", "title": stem, "album": "", "collection": "", "id": target.id,
-              "ext": ext.lstrip(".")}  # fmt: skip
+    fields = {
+        "artist": "",
+        "title": stem,
+        "album": "",
+        "collection": "",
+        "id": target.id,
+        "ext": ext.lstrip("."),
+    }
     return output.apply(target, fields)

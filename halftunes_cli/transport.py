@@ -114,8 +114,10 @@ def _tracked_adapter(**kw: Any) -> Any:
     class TrackedAdapter(HTTPAdapter):
         def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
             super().init_poolmanager(*args, **kwargs)
-            self.poolmanager.pool_classes_by_scheme = {"http": TrackedHTTPPool,
-                                                       "https": TrackedHTTPSPool}  # fmt: skip
+            self.poolmanager.pool_classes_by_scheme = {
+                "http": TrackedHTTPPool,
+                "https": TrackedHTTPSPool,
+            }
 
     return TrackedAdapter(**kw)
 
@@ -147,8 +149,9 @@ def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> 
     if environment is not None:
         # This transfer's own CA bundle and proxies, not the process environment's.
         http.trust_env = False
-        http.verify = environment.get("REQUESTS_CA_BUNDLE") or environment.get(
-            "CURL_CA_BUNDLE") or True  # fmt: skip
+        http.verify = (
+            environment.get("REQUESTS_CA_BUNDLE") or environment.get("CURL_CA_BUNDLE") or True
+        )
     if config.is_ephemeral:
         # No .netrc for the ephemeral session: a no-op auth stops requests from reading it.
         http.auth = lambda request: request
@@ -165,8 +168,9 @@ def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> 
 class HttpClient:
     """Holds the pooled session of one `Session`; built on first use (keeps start-up fast)."""
 
-    def __init__(self, configuration: SessionConfiguration,
-                 environment: dict[str, str] | None = None):  # fmt: skip
+    def __init__(
+        self, configuration: SessionConfiguration, environment: dict[str, str] | None = None
+    ):
         """`environment`: CA bundle and proxy variables to use instead of the process's
         (a background transfer carries those of the command that queued it)."""
         self.configuration = configuration
@@ -228,9 +232,15 @@ class HttpClient:
 
         out: dict[str, Any] = {"proxies": {}}
         if not should_bypass_proxies(url, no_proxy=pick("no_proxy") or ""):
-            out["proxies"] = {scheme: value for scheme, value in (
-                ("http", pick("http_proxy")), ("https", pick("https_proxy")),
-                ("all", pick("all_proxy"))) if value}  # fmt: skip
+            out["proxies"] = {
+                scheme: value
+                for scheme, value in (
+                    ("http", pick("http_proxy")),
+                    ("https", pick("https_proxy")),
+                    ("all", pick("all_proxy")),
+                )
+                if value
+            }
         if auth is None and not self.configuration.is_ephemeral:
             out["auth"] = get_netrc_auth(url)  # None when .netrc has nothing for the host
         return out

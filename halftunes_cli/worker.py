@@ -32,8 +32,9 @@ def _setup_logging(state_dir: Path) -> None:
     handler = logging.handlers.RotatingFileHandler(
         state_dir / WORKER_LOG, maxBytes=LOG_MAX_BYTES, backupCount=1, encoding="utf-8"
     )
-    handler.setFormatter(logging.Formatter(f"%(asctime)s [{os.getpid()}] %(message)s",
-                                           "%Y-%m-%d %H:%M:%S"))  # fmt: skip
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s [{os.getpid()}] %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
     root = logging.getLogger("halftunes_cli")
     root.addHandler(handler)
     root.setLevel(logging.INFO)

@@ -29,25 +29,40 @@ def step(title: str, *args: str, env: dict, wait: bool = True):
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="halftunes-demo-"))
     server = subprocess.Popen(
-        [sys.executable, "-m", "halftunes_cli.catalog", "--port", "0",
-         "--preview-size", "3000000", "--throttle", "600000"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "halftunes_cli.catalog",
+            "--port",
+            "0",
+            "--preview-size",
+            "3000000",
+            "--throttle",
+            "600000",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         url = server.stdout.readline().strip()
-        env = {**os.environ, "HALFTUNES_API_URL": url,
-               "HALFTUNES_STATE_DIR": str(work / "state"),
-               "HALFTUNES_DOWNLOAD_DIR": str(work / "downloads")}  # fmt: skip
+        env = {
+            **os.environ,
+            "HALFTUNES_API_URL": url,
+            "HALFTUNES_STATE_DIR": str(work / "state"),
+            "HALFTUNES_DOWNLOAD_DIR": str(work / "downloads"),
+        }
         print(f"catalog server: {url}   state and downloads: {work}")
         step("search the catalog", "search", "jack johnson", "--limit", "5", env=env)
-        download = step("download a 3 MB preview (throttled)", "download", "1000001",
-                        env=env, wait=False)  # fmt: skip
+        download = step(
+            "download a 3 MB preview (throttled)", "download", "1000001", env=env, wait=False
+        )
         time.sleep(2.5)
         step("pause it from a second process", "pause", "1000001", env=env)
         download.wait()
         step("the partial is kept", "list", env=env)
-        req = urllib.request.Request(f"{url}/_admin/throttle", data=json.dumps({"bps": None})
-                                     .encode(), method="POST")  # fmt: skip
+        req = urllib.request.Request(
+            f"{url}/_admin/throttle", data=json.dumps({"bps": None}).encode(), method="POST"
+        )
         urllib.request.urlopen(req).read()
         step("resume from the checkpoint (Range + If-Range)", "resume", "1000001", env=env)
         step("done", "list", env=env)

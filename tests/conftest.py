@@ -24,8 +24,12 @@ HALFTUNES = str(Path(sys.executable).with_name("halftunes"))
 def pytest_addoption(parser):
     parser.addoption("--chaos-rounds", type=int, default=16, help="rounds for test_chaos")
     parser.addoption("--storm-seconds", type=int, default=15, help="length of the storm")
-    parser.addoption("--odd-examples", type=int, default=30,
-                     help="examples of odd numbers in headers and API fields (test_chaos)")  # fmt: skip
+    parser.addoption(
+        "--odd-examples",
+        type=int,
+        default=30,
+        help="examples of odd numbers in headers and API fields (test_chaos)",
+    )
 
 
 def _become_subreaper() -> None:
@@ -73,8 +77,9 @@ class Env:
         }
         self.procs: list[subprocess.Popen] = []
 
-    def run(self, *args: str, input: str | None = None, timeout: float = 60,
-            env: dict | None = None) -> subprocess.CompletedProcess:  # fmt: skip
+    def run(
+        self, *args: str, input: str | None = None, timeout: float = 60, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         """The CLI in this process (Typer's CliRunner): parsing, rendering and exit codes.
 
         Unexpected exceptions are re-raised, so a traceback can never pass for an error line.
@@ -84,16 +89,36 @@ class Env:
 
         from halftunes_cli.cli import app
 
-        result = CliRunner().invoke(app, list(args), input=input, catch_exceptions=False,
-                                    env={**self.env, **(env or {})}, prog_name="halftunes")  # fmt: skip
-        return subprocess.CompletedProcess([HALFTUNES, *args], result.exit_code, result.stdout,
-                                           result.stderr)  # fmt: skip
+        result = CliRunner().invoke(
+            app,
+            list(args),
+            input=input,
+            catch_exceptions=False,
+            env={**self.env, **(env or {})},
+            prog_name="halftunes",
+        )
+        return subprocess.CompletedProcess(
+            [HALFTUNES, *args], result.exit_code, result.stdout, result.stderr
+        )
 
-    def run_process(self, *args: str, input: str | None = None, timeout: float = 60,
-                    env: dict | None = None, **kw) -> subprocess.CompletedProcess:  # fmt: skip
+    def run_process(
+        self,
+        *args: str,
+        input: str | None = None,
+        timeout: float = 60,
+        env: dict | None = None,
+        **kw,
+    ) -> subprocess.CompletedProcess:
         """The installed `halftunes` command in its own process (kw: cwd, umask, ...)."""
-        return subprocess.run([HALFTUNES, *args], input=input, capture_output=True, text=True,
-                              timeout=timeout, env={**self.env, **(env or {})}, **kw)  # fmt: skip
+        return subprocess.run(
+            [HALFTUNES, *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+            **kw,
+        )
 
     def json(self, *args: str, **kw) -> object:
         result = self.run(*args, "--json", **kw)
@@ -101,9 +126,14 @@ class Env:
         return json.loads(result.stdout)
 
     def spawn(self, *args: str, env: dict | None = None, **kw) -> subprocess.Popen:
-        proc = subprocess.Popen([HALFTUNES, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True,
-                                env={**self.env, **(env or {})}, **kw)  # fmt: skip
+        proc = subprocess.Popen(
+            [HALFTUNES, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**self.env, **(env or {})},
+            **kw,
+        )
         self.procs.append(proc)
         return proc
 
@@ -309,14 +339,20 @@ def isolated_environment(monkeypatch, tmp_path):
     for name in list(os.environ):
         # (requests reads proxy variables in both spellings: a machine's `no_proxy` would
         # otherwise decide where a test's requests go)
-        if name.startswith("HALFTUNES_") or name in ("NO_COLOR", "REQUESTS_CA_BUNDLE",
-                                                      "CURL_CA_BUNDLE") \
-                or name.lower().endswith("_proxy"):  # fmt: skip
+        if (
+            name.startswith("HALFTUNES_")
+            or name in ("NO_COLOR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+            or name.lower().endswith("_proxy")
+        ):
             monkeypatch.delenv(name)
     home = tmp_path / "isolated-home"
     monkeypatch.setenv("HOME", str(home))
-    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_STATE_HOME", ".state"),
-                     ("XDG_CACHE_HOME", ".cache"), ("XDG_MUSIC_DIR", "Music")):  # fmt: skip
+    for var, sub in (
+        ("XDG_CONFIG_HOME", ".config"),
+        ("XDG_STATE_HOME", ".state"),
+        ("XDG_CACHE_HOME", ".cache"),
+        ("XDG_MUSIC_DIR", "Music"),
+    ):
         monkeypatch.setenv(var, str(home / sub))
 
 
@@ -334,8 +370,14 @@ def env(tmp_path, server):
     e.cleanup()
 
 
-def run_in_pty(env: Env, args: list[str], columns: int, rows: int = 200,
-               extra: dict | None = None, timeout: float = 60) -> str:  # fmt: skip
+def run_in_pty(
+    env: Env,
+    args: list[str],
+    columns: int,
+    rows: int = 200,
+    extra: dict | None = None,
+    timeout: float = 60,
+) -> str:
     """Run the installed command with stdout and stderr on a terminal of the given size;
     returns everything it wrote (escape codes included)."""
     import fcntl
@@ -345,8 +387,13 @@ def run_in_pty(env: Env, args: list[str], columns: int, rows: int = 200,
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    proc = subprocess.Popen([HALFTUNES, *args], stdin=subprocess.DEVNULL, stdout=slave,
-                            stderr=slave, env={**env.env, "TERM": "xterm", **(extra or {})})  # fmt: skip
+    proc = subprocess.Popen(
+        [HALFTUNES, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=slave,
+        stderr=slave,
+        env={**env.env, "TERM": "xterm", **(extra or {})},
+    )
     os.close(slave)
     output = read_terminal(master, timeout)
     proc.wait(timeout=10)

@@ -15,9 +15,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "halftunes_cli"
 # Top first. A module may import modules of its own row (no cycles, checked below) or of any
 # row further down, never one further up.
 LAYERS: list[tuple[str, ...]] = [
-    ("halftunes_cli.cli", "halftunes_cli.cli.*", "halftunes_cli.worker",
-     "halftunes_cli.__main__", "halftunes_cli.catalog",
-     "halftunes_cli.testing", "halftunes_cli.testing.*"),  # entry points
+    (
+        "halftunes_cli.cli",
+        "halftunes_cli.cli.*",
+        "halftunes_cli.worker",
+        "halftunes_cli.__main__",
+        "halftunes_cli.catalog",
+        "halftunes_cli.testing",
+        "halftunes_cli.testing.*",
+    ),  # entry points
     ("halftunes_cli.render",),
     ("halftunes_cli.service",),
     ("halftunes_cli.jobs", "halftunes_cli.jobs.*"),
@@ -43,7 +49,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.naming",),
     ("halftunes_cli.headers",),
     ("halftunes_cli.errors", "halftunes_cli._version"),
-]  # fmt: skip
+]
 # The offline catalog plays the other side of the wire: it shares no code with the client.
 ISOLATED = ("halftunes_cli.testing", "halftunes_cli.testing.*")
 # Function-local imports keep start-up fast, nothing else: `protocols` pulls in requests,
@@ -89,8 +95,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> list[tuple[str, bool]]
                     sub = f"{target}.{alias.name}"
                     out.append((sub if sub in known else target, inner))
             elif isinstance(child, ast.Import):
-                out.extend((a.name, inner) for a in child.names
-                           if a.name.startswith("halftunes_cli"))  # fmt: skip
+                out.extend(
+                    (a.name, inner) for a in child.names if a.name.startswith("halftunes_cli")
+                )
             visit(child, inner)
 
     visit(tree, False)
@@ -115,8 +122,11 @@ def test_every_module_is_in_a_layer_and_imports_only_downwards():
     bad = []
     for name, path in found.items():
         if any(fnmatch(name, p) for p in ISOLATED):
-            outside = [t for t, _ in imports_of(name, path, set(found))
-                       if not any(fnmatch(t, p) for p in ISOLATED)]  # fmt: skip
+            outside = [
+                t
+                for t, _ in imports_of(name, path, set(found))
+                if not any(fnmatch(t, p) for p in ISOLATED)
+            ]
             bad += [f"{name} -> {t} (the catalog shares no code)" for t in outside]
             continue
         for target, _ in imports_of(name, path, set(found)):
@@ -146,11 +156,14 @@ def test_no_import_cycles_function_local_imports_included():
 
 def test_function_local_imports_only_keep_start_up_fast():
     found = modules()
-    bad = [f"{name} imports {target} inside a function"
-           for name, path in found.items()
-           for target, local in imports_of(name, path, set(found))
-           if local and target not in LAZY_INTERNAL
-           and not any(fnmatch(name, p) for p in LAZY_IMPORTERS)]  # fmt: skip
+    bad = [
+        f"{name} imports {target} inside a function"
+        for name, path in found.items()
+        for target, local in imports_of(name, path, set(found))
+        if local
+        and target not in LAZY_INTERNAL
+        and not any(fnmatch(name, p) for p in LAZY_IMPORTERS)
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -164,8 +177,11 @@ def test_sql_lives_only_in_the_store(name):
     if name in ("halftunes_cli.store",) or name.startswith("halftunes_cli.testing"):
         return
     source = modules()[name].read_text()
-    strings = [n.value for n in ast.walk(ast.parse(source))
-               if isinstance(n, ast.Constant) and isinstance(n.value, str)]  # fmt: skip
+    strings = [
+        n.value
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    ]
     assert not [s for s in strings if SQL.search(s)], f"SQL in {name}"
     assert "import sqlite3" not in source, f"{name} talks to SQLite itself"
 
@@ -174,8 +190,11 @@ def test_only_records_writes_records():
     writers = {}
     for name, path in modules().items():
         for node in ast.walk(ast.parse(path.read_text())):
-            if (isinstance(node, ast.Attribute)
-                    and node.attr in ("insert_record", "update_record", "delete_record")):  # fmt: skip
+            if isinstance(node, ast.Attribute) and node.attr in (
+                "insert_record",
+                "update_record",
+                "delete_record",
+            ):
                 writers.setdefault(name, set()).add(node.attr)
     assert set(writers) == {"halftunes_cli.records"}, writers
 

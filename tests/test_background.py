@@ -48,8 +48,11 @@ def start_background(env, n: int, size: int = 3 * MB, bps: int = MB, flowing: in
 
 
 def test_twenty_previews_in_the_background(env):
-    ids = [str(t["trackId"]) for t in env.json("search", "artist", "--limit", "40")
-           if "previewUrl" in t][:20]  # fmt: skip
+    ids = [
+        str(t["trackId"])
+        for t in env.json("search", "artist", "--limit", "40")
+        if "previewUrl" in t
+    ][:20]
     assert len(ids) == 20
     # The first transfer stalls for 2 s: `download -b` must return without waiting for it
     # (its wall time is benchmark S5's business).
@@ -71,8 +74,13 @@ def test_twenty_previews_in_the_background(env):
 def test_worker_outlives_the_shell_that_started_it(env):
     env.track(1000001, size=2 * MB)
     env.server.state.throttle_bps = 2 * MB
-    shell = subprocess.run(["sh", "-c", f'"{HALFTUNES}" download -b 1000001; exit 0'],
-                           env=env.env, capture_output=True, text=True, timeout=30)  # fmt: skip
+    shell = subprocess.run(
+        ["sh", "-c", f'"{HALFTUNES}" download -b 1000001; exit 0'],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert shell.returncode == 0, shell.stderr
     assert worker_alive(env)
     waited = env.run("wait", "1000001", "--timeout", "30")
@@ -173,8 +181,13 @@ def test_finished_transfers_are_announced_once_on_a_terminal(env):
 
     def run_with_tty_stderr() -> tuple[str, str]:
         master, slave = pty.openpty()
-        proc = subprocess.Popen([HALFTUNES, "list", "--json"], stdout=subprocess.PIPE,
-                                stderr=slave, env=env.env, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [HALFTUNES, "list", "--json"],
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            env=env.env,
+            text=True,
+        )
         os.close(slave)
         out, _ = proc.communicate(timeout=30)
         return out, read_terminal(master)
@@ -211,9 +224,13 @@ print(tasks[0].state, tasks[0].record["path"])
 """
     import sys
 
-    result = subprocess.run([sys.executable, "-c", code, str(env.state_dir),
-                             str(env.download_dir)], capture_output=True, text=True,
-                            env=env.env, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(env.state_dir), str(env.download_dir)],
+        capture_output=True,
+        text=True,
+        env=env.env,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     status, path = result.stdout.split(maxsplit=1)
     assert status == "completed" and Path(path.strip()).stat().st_size == 200000
@@ -265,9 +282,11 @@ def test_a_state_file_of_format_1_is_migrated(env):
     db = sqlite3.connect(env.state_dir / "downloads.db")
     v1 = store._SCHEMA.replace("    settings TEXT,\n", "")
     db.executescript(v1.replace("    permanent INTEGER NOT NULL DEFAULT 0,\n", ""))
-    db.execute("INSERT INTO downloads (id, seq, url, path, path_key, part_path, status, "
-               "created, updated) VALUES ('u1', 1, 'https://a/b', '/x/b', '/x/b', '/x/b.part', "
-               "'paused', 0, 0)")  # fmt: skip
+    db.execute(
+        "INSERT INTO downloads (id, seq, url, path, path_key, part_path, status, "
+        "created, updated) VALUES ('u1', 1, 'https://a/b', '/x/b', '/x/b', '/x/b.part', "
+        "'paused', 0, 0)"
+    )
     db.execute("PRAGMA user_version = 1")
     db.commit()
     db.close()

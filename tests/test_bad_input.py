@@ -118,8 +118,14 @@ def test_full_disk_keeps_partial_and_record_then_resumes(env):
 
     from conftest import HALFTUNES
 
-    proc = subprocess.run([HALFTUNES, "download", str(FRESH)], env=env.env, capture_output=True,
-                          text=True, timeout=60, preexec_fn=limit_file_size)  # fmt: skip
+    proc = subprocess.run(
+        [HALFTUNES, "download", str(FRESH)],
+        env=env.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=limit_file_size,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "disk full" in proc.stderr and "Traceback" not in proc.stderr
     rec = env.state_record(FRESH)

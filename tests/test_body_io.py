@@ -70,8 +70,12 @@ def test_early_writeback_covers_each_finished_region_once_in_order(tmp_path):
         assert os.fstat(fd).st_size >= offset + length  # the bytes are in the file already
         calls.append((offset, length))
 
-    part = PartialFile(tmp_path / "w.part", checkpointer=worker, writeback=writeback,
-                       fsync=lambda fd: fsyncs.append(fd))  # fmt: skip
+    part = PartialFile(
+        tmp_path / "w.part",
+        checkpointer=worker,
+        writeback=writeback,
+        fsync=lambda fd: fsyncs.append(fd),
+    )
     part.open_at(0)
     block = b"b" * (WRITEBACK_BYTES // 4 + 1)
     for _ in range(9):
@@ -92,8 +96,12 @@ def test_early_writeback_covers_each_finished_region_once_in_order(tmp_path):
 
 def test_no_writeback_in_crash_mode(tmp_path):
     calls = []
-    part = PartialFile(tmp_path / "c.part", durable=False, checkpointer=Checkpointer("test"),
-                       writeback=lambda *a: calls.append(a))  # fmt: skip
+    part = PartialFile(
+        tmp_path / "c.part",
+        durable=False,
+        checkpointer=Checkpointer("test"),
+        writeback=lambda *a: calls.append(a),
+    )
     part.open_at(0)
     part.write(b"c" * (2 * WRITEBACK_BYTES))
     part.checkpoint()
@@ -153,8 +161,7 @@ def test_group_commit_makes_each_file_durable_before_its_final_name(env, monkeyp
         env.track(tid, size=150_000)
     result = env.run("download", *map(str, ids))
     assert result.returncode == 0, result.stderr
-    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename" and
-               _.endswith(".part")]  # fmt: skip
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename" and _.endswith(".part")]
     assert len(renames) == len(ids)
     for i in renames:
         part = events[i][1]
@@ -176,13 +183,22 @@ def test_one_bad_ending_does_not_fail_the_others_in_its_batch(env, monkeypatch):
     from halftunes_cli.runner import Runner
 
     ids = with_previews(env, 2)
-    session = Session(load_configuration({"state_dir": str(env.state_dir),
-                                          "download_dir": str(env.download_dir)}))  # fmt: skip
+    session = Session(
+        load_configuration({"state_dir": str(env.state_dir), "download_dir": str(env.download_dir)})
+    )
     owner = session.records.owner_token()
-    targets = [Target(str(t), env.track(t)["previewUrl"], str(t), lambda s, t=t: f"{t}{s}.m4a")
-               for t in ids]  # fmt: skip
-    claims = session.records.claim(targets, owner=owner, force=False, queue=False,
-                                   download_dir=env.download_dir, session_kind="default")  # fmt: skip
+    targets = [
+        Target(str(t), env.track(t)["previewUrl"], str(t), lambda s, t=t: f"{t}{s}.m4a")
+        for t in ids
+    ]
+    claims = session.records.claim(
+        targets,
+        owner=owner,
+        force=False,
+        queue=False,
+        download_dir=env.download_dir,
+        session_kind="default",
+    )
     runner = Runner(session, owner)
     runner._settler = object()  # hold the settling thread back: both endings form one batch
     futures = [runner.submit(c.record) for c in claims]

@@ -28,9 +28,24 @@ from halftunes_cli.ranges import OVERLAP_BYTES
 # locked past the busy timeout, too few file descriptors, a full state disk, fsync failing with
 # EIO, the state dir deleted under the worker, a stop racing many transfers' ends, a closed
 # progress stream.
-FAULTS = ["kill9", "sigterm", "sigint", "drop", "503", "stall", "etag", "ignore_range", "short",
-          "state_locked", "fd_limit", "state_disk_full", "fsync_eio", "state_dir_deleted",
-          "stop_race", "closed_progress"]  # fmt: skip
+FAULTS = [
+    "kill9",
+    "sigterm",
+    "sigint",
+    "drop",
+    "503",
+    "stall",
+    "etag",
+    "ignore_range",
+    "short",
+    "state_locked",
+    "fd_limit",
+    "state_disk_full",
+    "fsync_eio",
+    "state_dir_deleted",
+    "stop_race",
+    "closed_progress",
+]
 THROTTLE = 3_000_000  # bytes/s per request: a round's transfer lasts about half a second
 CHECKPOINT_BYTES = THROTTLE  # one checkpoint interval (1 s) of data
 DURABILITY = ["power-cut", "crash"]
@@ -128,12 +143,25 @@ class Round:
         else:
             r = env.run_process("download", "-b", self.rid, env=first_env, **first_kw)
             assert r.returncode in (0, 1), r.stderr  # (1: a fault hit the command itself)
-        if self.kind in ("kill9", "sigterm", "sigint", "etag", "ignore_range", "state_locked",
-                         "state_disk_full", "state_dir_deleted"):  # fmt: skip
+        if self.kind in (
+            "kill9",
+            "sigterm",
+            "sigint",
+            "etag",
+            "ignore_range",
+            "state_locked",
+            "state_disk_full",
+            "state_dir_deleted",
+        ):
             done = (lambda: proc.poll() is not None) if proc else (lambda: False)
-            env.wait_for(lambda: env.part_size(self.rid) >= at or done()
-                         or (env.state_record(self.rid) or {}).get("status") == "completed",
-                         timeout=30)  # fmt: skip
+            env.wait_for(
+                lambda: (
+                    env.part_size(self.rid) >= at
+                    or done()
+                    or (env.state_record(self.rid) or {}).get("status") == "completed"
+                ),
+                timeout=30,
+            )
             self.interrupt(proc)
         if self.kind == "closed_progress":
             assert proc.stderr.readline()  # `2>&1 | head -1`: the reader reads one line, goes
@@ -164,8 +192,10 @@ class Round:
     def _mount_small_state_disk(self) -> bool:
         """The state dir on a 1 MiB tmpfs of its own (root only): filled up mid-transfer."""
         self.env.state_dir.mkdir(parents=True, exist_ok=True)
-        made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs",
-                               str(self.env.state_dir)], capture_output=True)  # fmt: skip
+        made = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(self.env.state_dir)],
+            capture_output=True,
+        )
         self.mounted = made.returncode == 0
         return self.mounted
 
@@ -189,9 +219,12 @@ class Round:
                 env.fault(path=f"/previews/{self.tid}/", kind="ignore_range")
             return
         if self.kind == "state_locked":
-            holder = subprocess.Popen([sys.executable, "-c", HOLD_STATE,
-                                       str(env.state_dir / "downloads.db")],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+            holder = subprocess.Popen(
+                [sys.executable, "-c", HOLD_STATE, str(env.state_dir / "downloads.db")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             assert holder.stdout.readline().strip() == "held"
             time.sleep(BUSY_SECONDS * 3)  # the fault: locked three times the busy timeout
             holder.stdin.close()
@@ -256,10 +289,12 @@ class Round:
                 failures.append(f"state file moved aside: {aside}")
         if self.kind == "closed_progress" and self.resumes:
             failures.append("a closed progress stream stopped the transfer")
-        served = sum(e["bytes_sent"] for e in env.preview_requests(self.tid)
-                     if e["time"] >= self.began)  # fmt: skip
-        ranged = [e for e in env.preview_requests(self.tid)
-                  if e["time"] >= self.began and e["range"]]  # fmt: skip
+        served = sum(
+            e["bytes_sent"] for e in env.preview_requests(self.tid) if e["time"] >= self.began
+        )
+        ranged = [
+            e for e in env.preview_requests(self.tid) if e["time"] >= self.began and e["range"]
+        ]
         over = served - self.size - self.discarded
         if self.kind in PLANNED and over > CHECKPOINT_BYTES + OVERLAP_BYTES * len(ranged):
             failures.append(f"re-fetched {over} bytes over the minimum")
@@ -283,8 +318,19 @@ class Round:
 
 # Faults after which no more than a checkpoint interval may be fetched twice; after the others
 # (the state file lost, the disk lying) a restart from 0 is the right answer.
-PLANNED = {"kill9", "sigterm", "sigint", "drop", "503", "stall", "etag", "ignore_range", "short",
-           "state_locked", "closed_progress"}  # fmt: skip
+PLANNED = {
+    "kill9",
+    "sigterm",
+    "sigint",
+    "drop",
+    "503",
+    "stall",
+    "etag",
+    "ignore_range",
+    "short",
+    "state_locked",
+    "closed_progress",
+}
 
 
 class StopRaceRound:
@@ -326,8 +372,13 @@ class StopRaceRound:
         if again.returncode != 0:
             failures.append(f"download again: {again.stderr[-300:]}")
         failures += self.invariants(ids, all_done=True)
-        return {"kind": self.kind, "mode": self.mode, "over": 0, "failures": failures,
-                "action": self.action}  # fmt: skip
+        return {
+            "kind": self.kind,
+            "mode": self.mode,
+            "over": 0,
+            "failures": failures,
+            "action": self.action,
+        }
 
     def invariants(self, ids: list[str], all_done: bool = False) -> list[str]:
         env = self.env
@@ -379,8 +430,11 @@ def test_chaos_rounds(request, tmp_path, server):
         durability = DURABILITY[(i + i // len(FAULTS)) % len(DURABILITY)]
         env.env["HALFTUNES_DURABILITY"] = durability
         env.env["HALFTUNES_BUSY_TIMEOUT_SECONDS"] = str(BUSY_SECONDS)
-        game = StopRaceRound(env, 1000 + i, tracks) if kind == "stop_race" else \
-            Round(env, seed=1000 + i, kind=kind, tid=tracks[i % len(tracks)])  # fmt: skip
+        game = (
+            StopRaceRound(env, 1000 + i, tracks)
+            if kind == "stop_race"
+            else Round(env, seed=1000 + i, kind=kind, tid=tracks[i % len(tracks)])
+        )
         try:
             result = game.run()
         except Exception as exc:  # noqa: BLE001 - a round that blows up is a failure to report
@@ -399,7 +453,8 @@ def test_chaos_rounds(request, tmp_path, server):
     summary = summarize(results, elapsed, writers, audit.samples)
     print("\n" + summary)
     (Path(request.config.rootpath) / "tests" / ".chaos-summary.txt").write_text(summary) if (
-        rounds >= 100) else None  # fmt: skip
+        rounds >= 100
+    ) else None
     bad = [r for r in results if r["failures"]]
     assert not bad, json.dumps(bad, indent=1)
     assert not writers, writers[:10]
@@ -410,11 +465,14 @@ def summarize(results: list[dict], elapsed: float, writers: list[str], samples: 
     for r in results:
         by_kind[r["kind"]].append(r)
     skipped = sum(1 for r in results if r.get("skipped"))
-    lines = [f"chaos: {len(results)} rounds in {elapsed:.0f} s, "
-             f"{sum(1 for r in results if r['failures'])} failed, {skipped} skipped; "
-             f"partials with two writers at once: {len(writers)} ({samples} audits of /proc)",
-             "| fault | rounds | fg/bg | power-cut/crash | failures | max bytes over minimum "
-             "| mean over |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        f"chaos: {len(results)} rounds in {elapsed:.0f} s, "
+        f"{sum(1 for r in results if r['failures'])} failed, {skipped} skipped; "
+        f"partials with two writers at once: {len(writers)} ({samples} audits of /proc)",
+        "| fault | rounds | fg/bg | power-cut/crash | failures | max bytes over minimum "
+        "| mean over |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for kind in FAULTS:
         rs = [r for r in by_kind.get(kind, []) if not r.get("skipped")]
         if not rs:
@@ -422,9 +480,11 @@ def summarize(results: list[dict], elapsed: float, writers: list[str], samples: 
         fg = sum(1 for r in rs if r["mode"] == "fg")
         overs = [r["over"] for r in rs]
         pc = sum(1 for r in rs if r.get("durability") == "power-cut")
-        lines.append(f"| {kind} | {len(rs)} | {fg}/{len(rs) - fg} | {pc}/{len(rs) - pc} | "
-                     f"{sum(1 for r in rs if r['failures'])} | {max(overs)} | "
-                     f"{sum(overs) // len(overs)} |")  # fmt: skip
+        lines.append(
+            f"| {kind} | {len(rs)} | {fg}/{len(rs) - fg} | {pc}/{len(rs) - pc} | "
+            f"{sum(1 for r in rs if r['failures'])} | {max(overs)} | "
+            f"{sum(overs) // len(overs)} |"
+        )
     return "\n".join(lines)
 
 
@@ -460,10 +520,17 @@ def test_odd_numbers_never_crash(request, tmp_path, server):
     examples = request.config.getoption("--odd-examples")
     counter = iter(range(10**6))
 
-    @settings(max_examples=examples, deadline=None, derandomize=True,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
-    @given(where=st.sampled_from(NUMERIC_HEADERS + API_FIELDS), value=ODD_TEXT,
-           status=st.sampled_from([200, 503]))  # fmt: skip
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        where=st.sampled_from(NUMERIC_HEADERS + API_FIELDS),
+        value=ODD_TEXT,
+        status=st.sampled_from([200, 503]),
+    )
     def one(where: str, value: str, status: int) -> None:
         root = tmp_path / f"odd-{next(counter)}"
         root.mkdir()
@@ -487,8 +554,12 @@ def test_odd_numbers_never_crash(request, tmp_path, server):
                 # a header value on the wire has no line breaks or other controls but tab
                 value = "".join(c for c in value if c == "\t" or ord(c) >= 32 and c != "\x7f")
                 if status == 503:  # (no retry: a valid Retry-After of hours is honoured)
-                    env.fault(path=f"/previews/{tid}/", kind="status", status=status,
-                              **({"retry_after": value} if where == "Retry-After" else {}))  # fmt: skip
+                    env.fault(
+                        path=f"/previews/{tid}/",
+                        kind="status",
+                        status=status,
+                        **({"retry_after": value} if where == "Retry-After" else {}),
+                    )
                 else:
                     env.fault(path=f"/previews/{tid}/", kind="header", name=where, value=value)
                 result = env.run("download", str(tid), env={"HALFTUNES_RETRIES": "0"})
@@ -526,11 +597,17 @@ def test_concurrency_storm(request, env):
         while time.monotonic() < stop_at:
             cmd = rng.choice(["download", "download", "pause", "resume", "cancel", "list", "bg"])
             rid = rng.choice(ids)
-            args = {"download": ["download", rid], "pause": ["pause", rid],
-                    "resume": ["resume", rid], "cancel": ["cancel", rid],
-                    "list": ["list", "--json"], "bg": ["download", "-b", rid]}[cmd]  # fmt: skip
-            proc = subprocess.run([HALFTUNES, *args], env=env.env, capture_output=True,
-                                  text=True, timeout=120)  # fmt: skip
+            args = {
+                "download": ["download", rid],
+                "pause": ["pause", rid],
+                "resume": ["resume", rid],
+                "cancel": ["cancel", rid],
+                "list": ["list", "--json"],
+                "bg": ["download", "-b", rid],
+            }[cmd]
+            proc = subprocess.run(
+                [HALFTUNES, *args], env=env.env, capture_output=True, text=True, timeout=120
+            )
             counts[(cmd, proc.returncode)] += 1
             if "Traceback" in proc.stderr:
                 problems.append(f"{args}: traceback {proc.stderr[-500:]}")
@@ -552,8 +629,10 @@ def test_concurrency_storm(request, env):
     # settle: stop everything, then look for orphans in both directions
     assert env.run("pause", "--all").returncode == 0
     if env.worker_pid() is not None:
-        env.wait_for(lambda: not any(r["status"] in ("running", "queued")
-                                     for r in env.json("list")), timeout=30)  # fmt: skip
+        env.wait_for(
+            lambda: not any(r["status"] in ("running", "queued") for r in env.json("list")),
+            timeout=30,
+        )
     rows = env.json("list")
     parts_on_disk = (
         {str(p) for p in env.download_dir.glob("*.part")} if env.download_dir.exists() else set()

@@ -17,7 +17,11 @@ def cfg_env(tmp_path):
 def test_defaults(tmp_path):
     c = load_configuration({}, {"XDG_CONFIG_HOME": str(tmp_path)})
     assert (c.kind, c.request_timeout, c.max_connections_per_host, c.retries) == (
-        "default", 60.0, 6, 5)  # fmt: skip
+        "default",
+        60.0,
+        6,
+        5,
+    )
     assert c.resource_timeout == 7 * 24 * 3600
     assert c.cache_policy == "use-protocol" and c.allow_insecure_http is False
     assert all(v == "default" for v in c.sources.values())
@@ -58,8 +62,9 @@ def test_bad_config_file(cfg_env, text, fragment):
 
 def test_bad_env_value(tmp_path):
     with pytest.raises(ConfigError, match="HALFTUNES_REQUEST_TIMEOUT"):
-        load_configuration({}, {"XDG_CONFIG_HOME": str(tmp_path),
-                                "HALFTUNES_REQUEST_TIMEOUT": "soon"})  # fmt: skip
+        load_configuration(
+            {}, {"XDG_CONFIG_HOME": str(tmp_path), "HALFTUNES_REQUEST_TIMEOUT": "soon"}
+        )
 
 
 def test_missing_explicit_config_file(tmp_path):
@@ -102,8 +107,9 @@ def test_session_configuration_factories():
 def test_config_show_json_sources(env, tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("retries = 2\ncache_policy = 'reload-ignoring-cache'\n")
-    result = env.run("config", "show", "--json",
-                     env={"HALFTUNES_CONFIG": str(cfg), "HALFTUNES_LIMIT": "7"})  # fmt: skip
+    result = env.run(
+        "config", "show", "--json", env={"HALFTUNES_CONFIG": str(cfg), "HALFTUNES_LIMIT": "7"}
+    )
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert shown["retries"] == {"value": 2, "source": "file"}

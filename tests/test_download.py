@@ -42,8 +42,16 @@ def test_download_5mb_sha256(env):
 def test_json_output_has_the_contract_keys(env):
     records = env.json("download", str(T1), str(T2))
     assert [r["id"] for r in records] == [str(T1), str(T2)]
-    for key in ("id", "url", "path", "part_path", "status", "bytes_received", "bytes_total",
-                "error"):  # fmt: skip
+    for key in (
+        "id",
+        "url",
+        "path",
+        "part_path",
+        "status",
+        "bytes_received",
+        "bytes_total",
+        "error",
+    ):
         assert key in records[0]
     assert {r["status"] for r in records} == {"completed"}
 
@@ -96,9 +104,13 @@ def test_after_a_reboot_only_the_last_checkpoint_is_trusted(env, durability):
     import sqlite3
 
     proc = start_throttled(env, T1, 3 * MB, extra={"HALFTUNES_DURABILITY": durability})
-    env.wait_for(lambda: (env.state_record(T1)["bytes_received"] or 0) > 0
-                 and env.part_size(T1) > env.state_record(T1)["bytes_received"] + 100_000,
-                 what="a checkpoint, and bytes past it")  # fmt: skip
+    env.wait_for(
+        lambda: (
+            (env.state_record(T1)["bytes_received"] or 0) > 0
+            and env.part_size(T1) > env.state_record(T1)["bytes_received"] + 100_000
+        ),
+        what="a checkpoint, and bytes past it",
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     db = sqlite3.connect(env.state_dir / "downloads.db")
@@ -276,7 +288,9 @@ def test_usage_errors_win_over_failures_and_good_ids_still_download(env):
     status = env.run("status", "--json")  # the alias of list
     assert status.returncode == 0
     assert {r["id"]: r["status"] for r in json.loads(status.stdout)} == {
-        str(T1): "failed", str(T2): "completed"}  # fmt: skip
+        str(T1): "failed",
+        str(T2): "completed",
+    }
 
 
 def test_two_downloads_of_the_same_id_at_once(env):
@@ -331,8 +345,9 @@ def test_ephemeral_ctrl_c_discards_the_partial(env):
 
 def test_names_differing_only_in_case_get_the_track_id(env):
     # 1000001 "Better Together" and the hostile "BETTER TOGETHER" by the same artist
-    other = next(t for t in env.server.state.tracks.values()
-                 if t["trackName"] == "BETTER TOGETHER")["trackId"]  # fmt: skip
+    other = next(
+        t for t in env.server.state.tracks.values() if t["trackName"] == "BETTER TOGETHER"
+    )["trackId"]
     result = env.run("download", str(T1), str(other))
     assert result.returncode == 0, result.stderr
     paths = result.stdout.strip().split("\n")
@@ -342,8 +357,11 @@ def test_names_differing_only_in_case_get_the_track_id(env):
 
 
 def test_hostile_names_stay_inside_the_download_dir(env):
-    hostile = [t["trackId"] for t in env.server.state.tracks.values()
-               if t["collectionName"] == "Hostile Names"]  # fmt: skip
+    hostile = [
+        t["trackId"]
+        for t in env.server.state.tracks.values()
+        if t["collectionName"] == "Hostile Names"
+    ]
     result = env.run("download", *map(str, hostile))
     assert result.returncode == 0, result.stderr
     for tid, line in zip(hostile, result.stdout.strip().split("\n"), strict=True):
@@ -364,8 +382,9 @@ def test_ids_from_stdin(env):
 
 def test_bad_ids_exit_2_and_good_ones_still_download(env):
     no_preview = next(t for t in env.server.state.tracks.values() if "previewUrl" not in t)
-    result = env.run("download", "999", str(T1), "abc", str(no_preview["trackId"]),
-                     "ftp://example.com/x.mp3")  # fmt: skip
+    result = env.run(
+        "download", "999", str(T1), "abc", str(no_preview["trackId"]), "ftp://example.com/x.mp3"
+    )
     assert result.returncode == 2
     assert "no track with id 999" in result.stderr
     assert "'abc' is neither" in result.stderr
@@ -442,10 +461,14 @@ def test_a_transfer_slot_goes_on_while_the_state_file_is_busy(env):
     holder = sqlite3.connect(env.state_dir / "downloads.db", isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        env.wait_for(lambda: all(r["bytes_sent"] == 200_000 for t in ids
-                                 for r in env.preview_requests(t)) and all(
-                                     env.preview_requests(t) for t in ids), timeout=15,
-                     what="every file sent while the state file is locked")  # fmt: skip
+        env.wait_for(
+            lambda: (
+                all(r["bytes_sent"] == 200_000 for t in ids for r in env.preview_requests(t))
+                and all(env.preview_requests(t) for t in ids)
+            ),
+            timeout=15,
+            what="every file sent while the state file is locked",
+        )
         assert proc.poll() is None  # the command waits to record them
     finally:
         holder.execute("ROLLBACK")

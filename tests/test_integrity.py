@@ -43,8 +43,12 @@ sys.stdin.read()
 
 
 def hold_state_file(env: Env) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(env.state_dir / "downloads.db")],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(env.state_dir / "downloads.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -57,8 +61,11 @@ def release(proc: subprocess.Popen) -> None:
 def state_files(env: Env) -> tuple[int, list[str]]:
     """The state file's inode and every other file beside it (SQLite's -wal and -shm come
     and go: they are its business)."""
-    names = sorted(p.name for p in env.state_dir.iterdir()
-                   if p.name.startswith("downloads.db") and not p.name.endswith(("-wal", "-shm")))  # fmt: skip
+    names = sorted(
+        p.name
+        for p in env.state_dir.iterdir()
+        if p.name.startswith("downloads.db") and not p.name.endswith(("-wal", "-shm"))
+    )
     return (env.state_dir / "downloads.db").stat().st_ino, names
 
 
@@ -74,8 +81,12 @@ sys.stdin.read()
 
 
 def hold_partial(path: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -138,12 +149,23 @@ def test_a_full_state_disk_is_reported_and_the_state_file_kept(env, tmp_path):
     os.rename(env.state_dir, seed)
     env.state_dir.mkdir()
     files = {k: tmp_path / k for k in ("out", "err", "code", "ls")}
-    shell = {**env.env, "STATE": str(env.state_dir), "SEED": str(seed), "ID": str(U),
-             "DEST": str(tmp_path / "dest"), "HALFTUNES": HALFTUNES,
-             **{k.upper(): str(v) for k, v in files.items()}}  # fmt: skip
+    shell = {
+        **env.env,
+        "STATE": str(env.state_dir),
+        "SEED": str(seed),
+        "ID": str(U),
+        "DEST": str(tmp_path / "dest"),
+        "HALFTUNES": HALFTUNES,
+        **{k.upper(): str(v) for k, v in files.items()},
+    }
     try:
-        made = subprocess.run(["unshare", "-m", "sh", "-c", FULL_DISK], env=shell,
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        made = subprocess.run(
+            ["unshare", "-m", "sh", "-c", FULL_DISK],
+            env=shell,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except FileNotFoundError:
         pytest.skip("no unshare here")
     if made.returncode != 0 or not files["code"].exists():
@@ -257,9 +279,14 @@ def test_a_cancel_that_waits_for_an_owner_which_then_completes_keeps_the_record(
 
     path = env.download_dir / "song.m4a"
     env.download_dir.mkdir()
-    [claim] = owner.claim([Target("42", "http://127.0.0.1/x", "song", lambda s: "song.m4a")],
-                          owner=token, force=False, queue=False, download_dir=env.download_dir,
-                          session_kind="default")  # fmt: skip
+    [claim] = owner.claim(
+        [Target("42", "http://127.0.0.1/x", "song", lambda s: "song.m4a")],
+        owner=token,
+        force=False,
+        queue=False,
+        download_dir=env.download_dir,
+        session_kind="default",
+    )
     assert claim.outcome == "claimed"
     service = DownloadService(config)
     steering = threading.Thread(
@@ -355,8 +382,12 @@ def test_a_closed_progress_stream_never_touches_the_transfers(env, tmp_path):
         env.track(rid, size=2 * MB)
     env.server.state.throttle_bps = 4 * MB
     out = open(tmp_path / "stdout", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([HALFTUNES, "download", str(T), str(U), "--progress", "json"],
-                            stdout=out, stderr=subprocess.PIPE, env=env.env)  # fmt: skip
+    proc = subprocess.Popen(
+        [HALFTUNES, "download", str(T), str(U), "--progress", "json"],
+        stdout=out,
+        stderr=subprocess.PIPE,
+        env=env.env,
+    )
     assert proc.stderr.readline()  # `head -1`
     proc.stderr.close()
     code = proc.wait(timeout=60)
@@ -371,8 +402,12 @@ def test_both_streams_closed_still_settles_every_record(env):
     for rid in (T, U):
         env.track(rid, size=2 * MB)
     env.server.state.throttle_bps = 4 * MB
-    proc = subprocess.Popen([HALFTUNES, "download", str(T), str(U), "--progress", "json"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env.env)  # fmt: skip
+    proc = subprocess.Popen(
+        [HALFTUNES, "download", str(T), str(U), "--progress", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env.env,
+    )
     assert proc.stdout.readline()  # `2>&1 | head -1`
     proc.stdout.close()
     assert proc.wait(timeout=60) == 1  # its output could not be written
@@ -466,8 +501,7 @@ def test_wait_gives_up_when_the_worker_dies_at_start_up(env, tmp_path):
     )
     queued = env.run_process("download", "-b", str(T), env={"PYTHONPATH": str(broken)})
     assert queued.returncode == 0, queued.stderr
-    waited = env.run_process("wait", "--timeout", "60", env={"PYTHONPATH": str(broken)},
-                             timeout=90)  # fmt: skip
+    waited = env.run_process("wait", "--timeout", "60", env={"PYTHONPATH": str(broken)}, timeout=90)
     assert waited.returncode == 1, waited.stderr
     assert "worker" in waited.stderr and "start" in waited.stderr
     assert "worker.log" in waited.stderr

@@ -12,15 +12,23 @@ from halftunes_cli.itunes import ITunesClient, encode_term
 from halftunes_cli.session import Session
 
 API = "https://itunes.apple.com"
-TRACK = {"trackId": 1, "trackName": "Better Together", "artistName": "Jack Johnson",
-         "collectionName": "In Between Dreams", "previewUrl": "https://a/p.m4a",
-         "trackTimeMillis": 207679, "kind": "song", "extra": [1, 2]}  # fmt: skip
+TRACK = {
+    "trackId": 1,
+    "trackName": "Better Together",
+    "artistName": "Jack Johnson",
+    "collectionName": "In Between Dreams",
+    "previewUrl": "https://a/p.m4a",
+    "trackTimeMillis": 207679,
+    "kind": "song",
+    "extra": [1, 2],
+}
 
 
 @pytest.fixture
 def client():
-    session = Session(SessionConfiguration.ephemeral(api_url=API, retries=1,
-                                                     backoff_base_seconds=0.01))  # fmt: skip
+    session = Session(
+        SessionConfiguration.ephemeral(api_url=API, retries=1, backoff_base_seconds=0.01)
+    )
     return ITunesClient(session)
 
 
@@ -56,8 +64,11 @@ def test_search_term_survives_the_wire(client, term):
 
 @responses.activate
 def test_parses_json_whatever_the_content_type(client):
-    responses.get(f"{API}/search", body=json.dumps({"resultCount": 1, "results": [TRACK]}),
-                  content_type="text/javascript; charset=utf-8")  # fmt: skip
+    responses.get(
+        f"{API}/search",
+        body=json.dumps({"resultCount": 1, "results": [TRACK]}),
+        content_type="text/javascript; charset=utf-8",
+    )
     assert client.search("x")[0].trackId == 1
 
 
@@ -73,9 +84,15 @@ def test_rate_limit_is_explained_and_not_retried(client, status):
 
 @responses.activate
 @pytest.mark.parametrize(
-    "body", ['{"resultCount": 1, "results": [', "<html>down</html>", '{"results": {"a": 1}}',
-             "[1, 2]", '{"results": [1]}'],
-)  # fmt: skip
+    "body",
+    [
+        '{"resultCount": 1, "results": [',
+        "<html>down</html>",
+        '{"results": {"a": 1}}',
+        "[1, 2]",
+        '{"results": [1]}',
+    ],
+)
 def test_bad_bodies_are_api_errors(client, body):
     responses.get(f"{API}/search", body=body)
     with pytest.raises(ApiError):

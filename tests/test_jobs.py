@@ -16,8 +16,11 @@ ALBUM = 1469577723
 
 
 def manifests(job: Path) -> list[dict]:
-    return [json.loads(line) for p in sorted((job / "manifests").glob("*.jsonl"))
-            for line in p.read_text().splitlines()]  # fmt: skip
+    return [
+        json.loads(line)
+        for p in sorted((job / "manifests").glob("*.jsonl"))
+        for line in p.read_text().splitlines()
+    ]
 
 
 def test_a_mixed_job_and_a_rerun_that_sends_nothing(env, tmp_path):
@@ -26,13 +29,28 @@ def test_a_mixed_job_and_a_rerun_that_sends_nothing(env, tmp_path):
     lines = ["1000001", "1000002", url, "999", str(ALBUM), "1000005", "1000003"]
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     job, out = tmp_path / "job", tmp_path / "out"
-    args = ["job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P", str(out),
-            "--shard-size", "3", "--json"]  # fmt: skip
+    args = [
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(tmp_path / "in.txt"),
+        "-P",
+        str(out),
+        "--shard-size",
+        "3",
+        "--json",
+    ]
     first = env.run(*args)
     assert first.returncode == 1, first.stderr  # some items failed
     status = json.loads(first.stdout)
     assert {k: status[k] for k in ("shards", "shards_done", "items", "completed", "failed")} == {
-        "shards": 3, "shards_done": 3, "items": 7, "completed": 4, "failed": 3}  # fmt: skip
+        "shards": 3,
+        "shards_done": 3,
+        "items": 7,
+        "completed": 4,
+        "failed": 3,
+    }
     items = {m["id"]: m for m in manifests(job)}
     assert [m["line"] for m in manifests(job)] == list(range(1, 8))  # every line, in order
     for tid in (1000001, 1000002, 1000003):
@@ -59,13 +77,26 @@ def test_an_interrupted_job_continues_where_it_stopped(env, tmp_path):
         env.track(int(tid), size=1_000_000)
     (tmp_path / "in.csv").write_text("trackId,note\n" + "".join(f"{i},x\n" for i in ids))
     job, out = tmp_path / "job", tmp_path / "out"
-    args = ["job", "run", str(job), "--input", str(tmp_path / "in.csv"), "-P", str(out),
-            "--shard-size", "2"]  # fmt: skip
+    args = [
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(tmp_path / "in.csv"),
+        "-P",
+        str(out),
+        "--shard-size",
+        "2",
+    ]
     env.server.state.throttle_bps = 1_000_000
     proc = env.spawn(*args)
-    env.wait_for(lambda: (job / "manifests" / "000000.jsonl").exists()
-                 and any(p.stat().st_size > 100_000 for p in out.glob("*.part")),
-                 what="one shard done and the next under way")  # fmt: skip
+    env.wait_for(
+        lambda: (
+            (job / "manifests" / "000000.jsonl").exists()
+            and any(p.stat().st_size > 100_000 for p in out.glob("*.part"))
+        ),
+        what="one shard done and the next under way",
+    )
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
     assert proc.returncode == 130
@@ -83,17 +114,21 @@ def test_an_interrupted_job_continues_where_it_stopped(env, tmp_path):
     assert served <= 6 * 1_000_000 + running * (65536 + 1_000_000)  # overlap + one checkpoint
 
 
-@pytest.mark.parametrize("name, text, fragment", [
-    ("in.csv", "title,artist\nx,y\n", "in.csv:1: no trackId, id or url column"),
-    ("in.jsonl", '{"trackId": 1000001}\n{"trackId": \n', "in.jsonl:2: not a JSON object"),
-    ("in.txt", "1000001\nnot-an-id\n", "in.txt:2: 'not-an-id' is neither"),
-    ("in.tsv", "id\tx\n1000001\t1\n\t2\n", "in.tsv:3: no id or URL"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name, text, fragment",
+    [
+        ("in.csv", "title,artist\nx,y\n", "in.csv:1: no trackId, id or url column"),
+        ("in.jsonl", '{"trackId": 1000001}\n{"trackId": \n', "in.jsonl:2: not a JSON object"),
+        ("in.txt", "1000001\nnot-an-id\n", "in.txt:2: 'not-an-id' is neither"),
+        ("in.tsv", "id\tx\n1000001\t1\n\t2\n", "in.tsv:3: no id or URL"),
+    ],
+)
 def test_bad_input_names_the_line_and_downloads_nothing(env, tmp_path, name, text, fragment):
     (tmp_path / name).write_text(text)
     job = tmp_path / "job"
-    result = env.run("job", "run", str(job), "--input", str(tmp_path / name), "-P",
-                     str(tmp_path / "out"))  # fmt: skip
+    result = env.run(
+        "job", "run", str(job), "--input", str(tmp_path / name), "-P", str(tmp_path / "out")
+    )
     assert result.returncode == 2 and fragment in result.stderr, result.stderr
     assert not (job / "plan.json").exists() and not (tmp_path / "out").exists()
     assert not env.server.state.requests_for("/previews/")
@@ -120,9 +155,12 @@ def test_input_formats():
     for name, text in cases.items():
         (folder / name).write_text(text)
         got[name] = [(i.line, i.value) for i in read_items(folder / name)]
-    assert got == {"a.txt": [(2, "1000001"), (4, "https://x/y.m4a")],
-                   "a.csv": [(2, "1")], "a.tsv": [(2, "1000001")],
-                   "a.jsonl": [(1, "1000001"), (2, "https://x/y.m4a")]}  # fmt: skip
+    assert got == {
+        "a.txt": [(2, "1000001"), (4, "https://x/y.m4a")],
+        "a.csv": [(2, "1")],
+        "a.tsv": [(2, "1000001")],
+        "a.jsonl": [(1, "1000001"), (2, "https://x/y.m4a")],
+    }
     with pytest.raises(UsageError, match="not a readable Parquet file"):
         (folder / "a.parquet").write_bytes(b"PAR1")
         read_items(folder / "a.parquet")
@@ -152,8 +190,20 @@ def test_a_2000_item_job_on_dask(env, tmp_path):
     env.fault(path="/files/missing-", kind="status", status=404, times=-1)
     source = _big_input(env, tmp_path)
     job, out = tmp_path / "job", tmp_path / "out"
-    args = ["job", "run", str(job), "--input", str(source), "-P", str(out), "--engine", "dask",
-            "--shard-size", "250", "--json"]  # fmt: skip
+    args = [
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(source),
+        "-P",
+        str(out),
+        "--engine",
+        "dask",
+        "--shard-size",
+        "250",
+        "--json",
+    ]
     first = env.run_process(*args, timeout=240)
     assert first.returncode == 1, first.stderr[-2000:]
     status = json.loads(first.stdout)
@@ -186,8 +236,19 @@ def test_a_dask_worker_killed_mid_job(env, tmp_path):
     (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
     job, out = tmp_path / "job", tmp_path / "out"
     env.server.state.throttle_bps = 400_000
-    proc = env.spawn("job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P", str(out),
-                     "--engine", "dask", "--shard-size", "4")  # fmt: skip
+    proc = env.spawn(
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(tmp_path / "in.txt"),
+        "-P",
+        str(out),
+        "--engine",
+        "dask",
+        "--shard-size",
+        "4",
+    )
 
     def a_shard_owner() -> int | None:
         for lock in (job / "state").glob("*/owners/*.lock"):
@@ -219,19 +280,32 @@ def test_output_to_s3_on_a_local_s3_server(env, tmp_path):
     s3.start()
     try:
         host, port = s3.get_host_and_port()
-        creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                 "AWS_DEFAULT_REGION": "us-east-1",
-                 "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}"}  # fmt: skip
+        creds = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}",
+        }
         import s3fs
 
-        fs = s3fs.S3FileSystem(key="test", secret="test",
-                               endpoint_url=creds["FSSPEC_S3_ENDPOINT_URL"])  # fmt: skip
+        fs = s3fs.S3FileSystem(
+            key="test", secret="test", endpoint_url=creds["FSSPEC_S3_ENDPOINT_URL"]
+        )
         fs.mkdir("previews")
         lines = ["1000001", "1000002", f"{env.server.url}/files/s3.bin?size=300000&seed=6"]
         (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
         job = tmp_path / "job"
-        result = env.run_process("job", "run", str(job), "--input", str(tmp_path / "in.txt"),
-                                 "-P", "s3://previews/set1", "--json", env=creds)  # fmt: skip
+        result = env.run_process(
+            "job",
+            "run",
+            str(job),
+            "--input",
+            str(tmp_path / "in.txt"),
+            "-P",
+            "s3://previews/set1",
+            "--json",
+            env=creds,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         done = manifests(job)
         assert [m["status"] for m in done] == ["completed"] * 3
@@ -265,18 +339,31 @@ def test_parquet_input_and_manifests(env, tmp_path):
     import pyarrow.parquet as pq
 
     url = f"{env.server.url}/files/pq.bin?size=1000&seed=3"
-    pq.write_table(pa.table({"trackId": ["1000001", "1000002"], "note": ["a", "b"]}),
-                   tmp_path / "in.parquet")  # fmt: skip
+    pq.write_table(
+        pa.table({"trackId": ["1000001", "1000002"], "note": ["a", "b"]}), tmp_path / "in.parquet"
+    )
     pq.write_table(pa.table({"url": [url]}), tmp_path / "urls.parquet")
     for name in ("in.parquet", "urls.parquet"):
         job = tmp_path / f"job-{name}"
-        result = env.run("job", "run", str(job), "--input", str(tmp_path / name), "-P",
-                         str(tmp_path / "out"), "--json")  # fmt: skip
+        result = env.run(
+            "job",
+            "run",
+            str(job),
+            "--input",
+            str(tmp_path / name),
+            "-P",
+            str(tmp_path / "out"),
+            "--json",
+        )
         assert result.returncode == 0, result.stderr
         table = pq.read_table(job / "manifests" / "000000.parquet").to_pylist()
         assert table == manifests(job)  # the same records as the JSON Lines manifest
-    assert [m["id"] for m in pq.read_table(tmp_path / "job-in.parquet" / "manifests" /
-                                           "000000.parquet").to_pylist()] == ["1000001", "1000002"]  # fmt: skip
+    assert [
+        m["id"]
+        for m in pq.read_table(
+            tmp_path / "job-in.parquet" / "manifests" / "000000.parquet"
+        ).to_pylist()
+    ] == ["1000001", "1000002"]
     pq.write_table(pa.table({"title": ["x"]}), tmp_path / "bad.parquet")
     bad = env.run("job", "run", str(tmp_path / "job-bad"), "--input", str(tmp_path / "bad.parquet"))
     assert bad.returncode == 2 and "no trackId, id or url column" in bad.stderr
@@ -287,9 +374,21 @@ def test_one_overall_bar_on_a_terminal(env, tmp_path):
 
     urls = [f"{env.server.url}/files/b{i}.bin?size=20000&seed={i}" for i in range(6)]
     (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
-    out = run_in_pty(env, ["job", "run", str(tmp_path / "job"), "--input",
-                           str(tmp_path / "in.txt"), "-P", str(tmp_path / "out"),
-                           "--shard-size", "2"], 100)  # fmt: skip
+    out = run_in_pty(
+        env,
+        [
+            "job",
+            "run",
+            str(tmp_path / "job"),
+            "--input",
+            str(tmp_path / "in.txt"),
+            "-P",
+            str(tmp_path / "out"),
+            "--shard-size",
+            "2",
+        ],
+        100,
+    )
     assert env.last_pty_code == 0, out
     screen = "\n".join(visible_lines(out, 100))
     assert "3/3 shards" in screen and "6 items" in screen and "files/s" in screen
@@ -301,14 +400,25 @@ def test_one_name_twice_in_a_job_never_shares_a_file(env, tmp_path):
     explicit, clean = "1500000000011", "1500000000012"
     (tmp_path / "in.txt").write_text(f"{explicit}\n{clean}\n")
     job = tmp_path / "job"
-    result = env.run("job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P",
-                     str(tmp_path / "out"), "--shard-size", "1")  # fmt: skip
+    result = env.run(
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(tmp_path / "in.txt"),
+        "-P",
+        str(tmp_path / "out"),
+        "--shard-size",
+        "1",
+    )
     assert result.returncode == 0, result.stderr
     # decided in the plan, before shards run side by side on a cluster
     planned = json.loads((job / "shards" / "000001.json").read_text())[0]["name"]
     assert planned == f"The Shapes - Loud Shapes ({clean}).m4a"
     paths = {m["id"]: Path(m["path"]).name for m in manifests(job)}
-    assert paths == {explicit: "The Shapes - Loud Shapes.m4a",
-                     clean: f"The Shapes - Loud Shapes ({clean}).m4a"}  # fmt: skip
+    assert paths == {
+        explicit: "The Shapes - Loud Shapes.m4a",
+        clean: f"The Shapes - Loud Shapes ({clean}).m4a",
+    }
     for m in manifests(job):
         assert sha256_file(m["path"]) == env.expected_sha(int(m["id"]))

@@ -26,8 +26,14 @@ def readme_examples() -> list[str]:
 def test_readme_example_runs(index, tmp_path):
     code = readme_examples()[index]
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=90, env=env, cwd=tmp_path)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     if "background" in code:
         from conftest import reap_children
@@ -36,9 +42,12 @@ def test_readme_example_runs(index, tmp_path):
 
 
 def make_session(tmp_path, delegate=None, **kw):
-    return Session(SessionConfiguration.ephemeral(download_dir=tmp_path, retries=1,
-                                                  backoff_base_seconds=0.01, **kw),
-                   delegate=delegate)  # fmt: skip
+    return Session(
+        SessionConfiguration.ephemeral(
+            download_dir=tmp_path, retries=1, backoff_base_seconds=0.01, **kw
+        ),
+        delegate=delegate,
+    )
 
 
 class Recorder:
@@ -55,8 +64,9 @@ def test_data_task_calls_completion_and_delegate(server, tmp_path):
     delegate = Recorder()
     got = []
     session = make_session(tmp_path, delegate)
-    task = session.data_task(server.url + "/lookup?id=1000001",
-                             completion=lambda d, r, e: got.append((d, r, e)))  # fmt: skip
+    task = session.data_task(
+        server.url + "/lookup?id=1000001", completion=lambda d, r, e: got.append((d, r, e))
+    )
     assert task.state is TaskState.SUSPENDED and not server.state.log  # starts suspended
     task.resume()
     assert task.wait(10)
@@ -163,8 +173,15 @@ def test_netrc_is_used_by_the_default_session(env, tmp_path):
     assert result.returncode == 0, result.stderr
     state_text = b"".join(p.read_bytes() for p in env.state_dir.rglob("*") if p.is_file())
     assert b"secret" not in state_text  # credentials never land in the state
-    result = env.run("--session", "ephemeral", "download", f"{env.server.url}/auth/file.bin",
-                     "--force", "-P", str(tmp_path / "eph"))  # fmt: skip
+    result = env.run(
+        "--session",
+        "ephemeral",
+        "download",
+        f"{env.server.url}/auth/file.bin",
+        "--force",
+        "-P",
+        str(tmp_path / "eph"),
+    )
     assert result.returncode == 1 and "authentication required" in result.stderr
 
 

@@ -34,9 +34,20 @@ def test_track_filename(artist, title, url, expected):
 
 @pytest.mark.parametrize(
     "stem",
-    ["L" * 300, "é" * 300, "🎸" * 100, "a\x00b\x1fc", " ..hidden", "...", "", "CON", "com1",
-     "Bell\x07Tab\tNew\nLine", "a" * 199 + "é"],
-)  # fmt: skip
+    [
+        "L" * 300,
+        "é" * 300,
+        "🎸" * 100,
+        "a\x00b\x1fc",
+        " ..hidden",
+        "...",
+        "",
+        "CON",
+        "com1",
+        "Bell\x07Tab\tNew\nLine",
+        "a" * 199 + "é",
+    ],
+)
 def test_safe_filename_invariants(stem):
     name = safe_filename(stem, ".m4a", " (123)")
     assert len(name.encode("utf-8")) <= MAX_NAME_BYTES

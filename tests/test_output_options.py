@@ -20,8 +20,9 @@ def test_o_names_the_file_relative_to_the_folder(env, tmp_path):
 
 
 def test_a_template_makes_safe_subfolders(env):
-    hostile = next(t for t in env.server.state.tracks.values()
-                   if t["trackName"] == "../../etc/passwd")["trackId"]  # fmt: skip
+    hostile = next(
+        t for t in env.server.state.tracks.values() if t["trackName"] == "../../etc/passwd"
+    )["trackId"]
     result = env.run("download", str(T1), str(hostile), "-o", "{artist}/{album}/{title}.{ext}")
     assert result.returncode == 0, result.stderr
     first, second = (Path(p) for p in result.stdout.strip().split("\n"))

@@ -38,17 +38,32 @@ def test_parse_content_range(value, expected):
     [
         (0, '"abc"', None, {"Accept-Encoding": "identity"}),
         # the overlap: 64 KiB before the offset, or the whole of a smaller partial
-        (100, '"abc"', "Wed, 10 Nov 2004 11:33:20 GMT",
-         {"Accept-Encoding": "identity", "Range": "bytes=0-", "If-Range": '"abc"'}),
-        (100_000, '"abc"', None,
-         {"Accept-Encoding": "identity", "Range": "bytes=34464-", "If-Range": '"abc"'}),
-        (100, 'W/"weak"', "Wed, 10 Nov 2004 11:33:20 GMT",
-         {"Accept-Encoding": "identity", "Range": "bytes=0-",
-          "If-Range": "Wed, 10 Nov 2004 11:33:20 GMT"}),
+        (
+            100,
+            '"abc"',
+            "Wed, 10 Nov 2004 11:33:20 GMT",
+            {"Accept-Encoding": "identity", "Range": "bytes=0-", "If-Range": '"abc"'},
+        ),
+        (
+            100_000,
+            '"abc"',
+            None,
+            {"Accept-Encoding": "identity", "Range": "bytes=34464-", "If-Range": '"abc"'},
+        ),
+        (
+            100,
+            'W/"weak"',
+            "Wed, 10 Nov 2004 11:33:20 GMT",
+            {
+                "Accept-Encoding": "identity",
+                "Range": "bytes=0-",
+                "If-Range": "Wed, 10 Nov 2004 11:33:20 GMT",
+            },
+        ),
         (100, 'W/"weak"', None, {"Accept-Encoding": "identity"}),  # never append blindly
         (100, None, None, {"Accept-Encoding": "identity"}),
     ],
-)  # fmt: skip
+)
 def test_request_headers(offset, etag, last_modified, expected):
     assert request_headers(offset, etag, last_modified) == expected
 
@@ -98,9 +113,8 @@ def test_restart_and_refetch_explain_themselves():
 
 @pytest.mark.parametrize(
     "value, expected",
-    [("3", 3.0), ("0", 0.0), (None, None), ("soon", None),
-     ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
-)  # fmt: skip
+    [("3", 3.0), ("0", 0.0), (None, None), ("soon", None), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0)],
+)
 def test_retry_after(value, expected):
     assert parse_retry_after(value, now=1e10) == expected
 
@@ -145,9 +159,22 @@ ASCII_DIGITS = set("0123456789")
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("0", 0), (" 42\t", 42), ("007", 7), ("²", None), ("¹", None), ("١٢", None), ("٣", None),
-     ("-1", None), ("+1", None), ("1.0", None), ("1 2", None), ("", None), ("1_000", None)],
-)  # fmt: skip
+    [
+        ("0", 0),
+        (" 42\t", 42),
+        ("007", 7),
+        ("²", None),
+        ("¹", None),
+        ("١٢", None),
+        ("٣", None),
+        ("-1", None),
+        ("+1", None),
+        ("1.0", None),
+        ("1 2", None),
+        ("", None),
+        ("1_000", None),
+    ],
+)
 def test_parse_uint_takes_ascii_digits_only(text, expected):
     assert parse_uint(text) == expected
 
@@ -190,11 +217,31 @@ def test_decide_never_raises_whatever_the_headers(text, status):
     assert decide(status, headers, 0, None, ranged=False).action in set(Action)
 
 
-@given(st.dictionaries(st.sampled_from(["trackId", "collectionId", "artistId", "wrapperType",
-                                        "trackTimeMillis", "previewUrl", "collectionName",
-                                        "trackExplicitness", "kind"]),
-                       st.one_of(st.text(), st.integers(), st.floats(), st.booleans(),
-                                 st.none(), st.lists(st.integers(), max_size=2))))  # fmt: skip
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "trackId",
+                "collectionId",
+                "artistId",
+                "wrapperType",
+                "trackTimeMillis",
+                "previewUrl",
+                "collectionName",
+                "trackExplicitness",
+                "kind",
+            ]
+        ),
+        st.one_of(
+            st.text(),
+            st.integers(),
+            st.floats(),
+            st.booleans(),
+            st.none(),
+            st.lists(st.integers(), max_size=2),
+        ),
+    )
+)
 def test_any_api_object_becomes_a_track(item):
     track = Track.from_api(item)
     assert track.trackId is None or (isinstance(track.trackId, int) and track.trackId >= 0)

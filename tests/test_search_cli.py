@@ -11,8 +11,14 @@ def test_search_json_is_apples_objects(env):
     items = json.loads(result.stdout)
     assert len(items) == 5
     assert all(i["artistName"] == "Jack Johnson" for i in items)
-    for key in ("trackId", "trackName", "artistName", "collectionName", "previewUrl",
-                "trackTimeMillis"):  # fmt: skip
+    for key in (
+        "trackId",
+        "trackName",
+        "artistName",
+        "collectionName",
+        "previewUrl",
+        "trackTimeMillis",
+    ):
         assert key in items[0]
     sent = env.server.state.requests_for("/search")[-1]
     assert sent["term"] == "jack johnson"
@@ -76,21 +82,45 @@ def test_api_url_must_follow_the_plain_http_rule(env):
 
 
 def test_server_down_exits_1(env):
-    result = env.run("search", "jack", env={"HALFTUNES_API_URL": "http://127.0.0.1:9",
-                                            "HALFTUNES_RETRIES": "0"})  # fmt: skip
+    result = env.run(
+        "search", "jack", env={"HALFTUNES_API_URL": "http://127.0.0.1:9", "HALFTUNES_RETRIES": "0"}
+    )
     assert result.returncode == 1 and "could not connect" in result.stderr
 
 
 def test_help_and_version(env):
     assert env.run("--version").stdout.startswith("halftunes ")
-    for cmd in ("search", "download", "pause", "resume", "cancel", "list", "wait", "upload",
-                "play"):  # fmt: skip
+    for cmd in (
+        "search",
+        "download",
+        "pause",
+        "resume",
+        "cancel",
+        "list",
+        "wait",
+        "upload",
+        "play",
+    ):
         result = env.run(cmd, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, cmd
 
 
-COMMANDS = ["search", "download", "pause", "resume", "cancel", "clean", "list", "wait",
-            "upload", "play", "open", "config", "config show", "config path"]  # fmt: skip
+COMMANDS = [
+    "search",
+    "download",
+    "pause",
+    "resume",
+    "cancel",
+    "clean",
+    "list",
+    "wait",
+    "upload",
+    "play",
+    "open",
+    "config",
+    "config show",
+    "config path",
+]
 
 
 @pytest.mark.parametrize("command", ["", *COMMANDS])
@@ -110,10 +140,16 @@ def test_help_shows_variadic_arguments_defaults_and_exit_codes(env):
     assert "Exit status: 0 success" in top and "124" in top
 
 
-@pytest.mark.parametrize("args", [["download", "1000001", "-q"], ["list", "--no-color"],
-                                  ["list", "-v", "--json"],
-                                  ["--session", "ephemeral", "-q", "download", "1000002"],
-                                  ["--session", "default", "list", "--session", "ephemeral"]])  # fmt: skip
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["download", "1000001", "-q"],
+        ["list", "--no-color"],
+        ["list", "-v", "--json"],
+        ["--session", "ephemeral", "-q", "download", "1000002"],
+        ["--session", "default", "list", "--session", "ephemeral"],
+    ],
+)
 def test_global_options_after_the_command(env, args):
     result = env.run(*args)
     assert result.returncode == 0, result.stderr

@@ -56,7 +56,12 @@ def test_no_credentials_in_logs_or_state(env):
 
 def test_id_completion_reads_the_state_file(env):
     assert env.run("download", "1000001", "1000002").returncode == 0
-    result = env.run(env={"_HALFTUNES_COMPLETE": "complete_bash", "COMP_WORDS": "halftunes pause 10000",
-                          "COMP_CWORD": "2"})  # fmt: skip
+    result = env.run(
+        env={
+            "_HALFTUNES_COMPLETE": "complete_bash",
+            "COMP_WORDS": "halftunes pause 10000",
+            "COMP_CWORD": "2",
+        }
+    )
     assert result.returncode == 0
     assert "1000001" in result.stdout and "1000002" in result.stdout

@@ -27,9 +27,11 @@ def test_a_music_video_behind_redirects_keeps_its_extension(env):
     assert path.name == "The Shapes - Shapes in Motion (Video).m4v"
     assert sha256_file(path) == env.expected_sha(VIDEO)
     hops = [e["path"] for e in env.server.state.log if "1440000000001" in e["path"]]
-    assert hops == ["/r/2/previews/1440000000001/video.m4v",
-                    "/r/1/previews/1440000000001/video.m4v",
-                    "/previews/1440000000001/video.m4v"]  # fmt: skip
+    assert hops == [
+        "/r/2/previews/1440000000001/video.m4v",
+        "/r/1/previews/1440000000001/video.m4v",
+        "/previews/1440000000001/video.m4v",
+    ]
 
 
 def test_a_podcast_episode_is_named_after_its_show(env):

@@ -44,15 +44,20 @@ def test_task_contract_download_pause_resume(env, kind):
     env.server.state.throttle_bps = 500_000
     task.resume()
     assert task.state is TaskState.RUNNING
-    env.wait_for(lambda: (env.download_dir / "contract.bin.part").exists()
-                 and (env.download_dir / "contract.bin.part").stat().st_size > 0)  # fmt: skip
+    env.wait_for(
+        lambda: (
+            (env.download_dir / "contract.bin.part").exists()
+            and (env.download_dir / "contract.bin.part").stat().st_size > 0
+        )
+    )
     data = task.cancel_producing_resume_data()
     assert isinstance(data, ResumeData) and data.offset > 0
     assert task.state is TaskState.PAUSED
     assert ResumeData.from_bytes(data.to_bytes()) == data
     env.server.state.throttle_bps = None
-    again = session.download_task_with_resume_data(data, completion=lambda loc, resp, err:
-                                                   got.append((loc, err)))  # fmt: skip
+    again = session.download_task_with_resume_data(
+        data, completion=lambda loc, resp, err: got.append((loc, err))
+    )
     again.resume()
     assert again.wait(30)
     assert again.state is TaskState.COMPLETED and again.error is None
@@ -125,8 +130,9 @@ task.resume()
 assert task.wait(30), "not done"
 print(task.state)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env=env.env, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env.env, timeout=60
+    )
     reap_children()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "completed"

@@ -55,8 +55,11 @@ def test_list_table_keeps_id_status_progress_and_size(env, columns):
 
 def test_no_color_removes_every_colour_code(env):
     assert env.run("download", "1000001").returncode == 0
-    for args, extra in ((["--no-color", "list"], {}), (["list"], {"NO_COLOR": "1"}),
-                        (["search", "jack", "--no-color"], {})):  # fmt: skip
+    for args, extra in (
+        (["--no-color", "list"], {}),
+        (["list"], {"NO_COLOR": "1"}),
+        (["search", "jack", "--no-color"], {}),
+    ):
         out = run_in_pty(env, args, 100, extra=extra)
         assert not re.search(r"\x1b\[[0-9;]*m", out), (args, out)
     colored = run_in_pty(env, ["list"], 100)
@@ -90,8 +93,12 @@ def test_progress_json_events_for_scripts(env):
     kinds = [e["event"] for e in events]
     assert kinds[0] == "retry" and kinds[-1] == "completed" and "progress" in kinds
     assert events[0]["reason"] == "HTTP 503" and events[0]["retry_in_seconds"] == 1
-    assert events[-1] == {"id": "1000001", "event": "completed", "bytes_received": 400_000,
-                          "bytes_total": 400_000}  # fmt: skip
+    assert events[-1] == {
+        "id": "1000001",
+        "event": "completed",
+        "bytes_received": 400_000,
+        "bytes_total": 400_000,
+    }
 
 
 def test_progress_lines_for_logs(env):
@@ -146,8 +153,13 @@ def test_the_overall_line_is_redrawn_at_most_four_times_a_second():
     now = [100.0]
     delegate = ProgressDelegate(True, Console(), clock=lambda: now[0])
     delegate.on_transfers(2)
-    task = SimpleNamespace(task_identifier=1, title="a song", url="http://x/a.m4a",
-                           state="running", bytes_total=1 << 30)  # fmt: skip
+    task = SimpleNamespace(
+        task_identifier=1,
+        title="a song",
+        url="http://x/a.m4a",
+        state="running",
+        bytes_total=1 << 30,
+    )
     delegate.on_data_written(task, 1 << 20, 1 << 20, 1 << 30)
     first = delegate._overall.desc
     assert first.startswith("1.0 MiB")

@@ -13,8 +13,14 @@ from pathlib import Path
 def test_upload_put_is_intact(env, tmp_path):
     path = tmp_path / "song.bin"
     path.write_bytes(os.urandom(3_000_000))
-    result = env.run("upload", str(path), f"{env.server.url}/upload/song.bin", "--json",
-                     "--header", "X-Token: abc")  # fmt: skip
+    result = env.run(
+        "upload",
+        str(path),
+        f"{env.server.url}/upload/song.bin",
+        "--json",
+        "--header",
+        "X-Token: abc",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert out["status"] == 201 and out["bytes_sent"] == 3_000_000
@@ -60,8 +66,9 @@ assert task.error is None, task.error
 # VmHWM is this process's own peak (ru_maxrss would include the forking parent's)
 print(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM")))
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=120)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     peak_mib = int(result.stdout) / 1024
     assert peak_mib < 60, f"peak RSS {peak_mib:.1f} MiB"

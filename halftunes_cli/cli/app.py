@@ -78,8 +78,10 @@ class _Typer(typer.Typer):
         return super().command(*args, cls=cls or _Command, **kwargs)
 
 
-EPILOG = ("Exit status: 0 success; 1 an operation failed (network, server, disk, a failed "
-          "transfer); 2 bad usage or input; 124 wait --timeout expired; 130 interrupted.")  # fmt: skip
+EPILOG = (
+    "Exit status: 0 success; 1 an operation failed (network, server, disk, a failed "
+    "transfer); 2 bad usage or input; 124 wait --timeout expired; 130 interrupted."
+)
 
 app = _Typer(
     name="halftunes",
@@ -91,9 +93,13 @@ app = _Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-config_app = _Typer(help="Show the effective configuration.\n\nExamples:\n\n  halftunes config "
-                    "show\n\n  halftunes config path", no_args_is_help=True, cls=_Group,
-                    rich_markup_mode=None)  # fmt: skip
+config_app = _Typer(
+    help="Show the effective configuration.\n\nExamples:\n\n  halftunes config "
+    "show\n\n  halftunes config path",
+    no_args_is_help=True,
+    cls=_Group,
+    rich_markup_mode=None,
+)
 app.add_typer(config_app, name="config")
 
 
@@ -106,16 +112,28 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_callback(
     ctx: typer.Context,
-    session: Annotated[str | None, typer.Option(
-        "--session", help="Session configuration: default, ephemeral or background.",
-        metavar="KIND")] = None,
-    no_color: Annotated[bool, typer.Option("--no-color", help="No colours (also NO_COLOR).")] = False,
+    session: Annotated[
+        str | None,
+        typer.Option(
+            "--session",
+            help="Session configuration: default, ephemeral or background.",
+            metavar="KIND",
+        ),
+    ] = None,
+    no_color: Annotated[
+        bool, typer.Option("--no-color", help="No colours (also NO_COLOR).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose",
-                                          help="Log requests and retries.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
-) -> None:  # fmt: skip
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Log requests and retries.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
     """Search the iTunes catalog and download song previews, with pause, resume and cancel
     that survive the process (NSURLSession for the terminal).
 

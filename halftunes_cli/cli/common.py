@@ -24,14 +24,24 @@ T = TypeVar("T")
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 IdsArgument = Annotated[
     list[str] | None,
-    typer.Argument(help="Download ids (- reads them from stdin).", show_default=False,
-                   metavar="ID...", autocompletion=lambda incomplete: complete_ids(incomplete)),
-]  # fmt: skip
+    typer.Argument(
+        help="Download ids (- reads them from stdin).",
+        show_default=False,
+        metavar="ID...",
+        autocompletion=lambda incomplete: complete_ids(incomplete),
+    ),
+]
 AllOption = Annotated[bool, typer.Option("--all", help="Every download it applies to.")]
-ProgressOption = Annotated[str, typer.Option(
-    "--progress", metavar="auto|bar|line|json|none", show_default=True,
-    help="auto: bars on a terminal, nothing otherwise; line: plain lines for logs; json: "
-    "JSON Lines events on stderr.")]  # fmt: skip
+ProgressOption = Annotated[
+    str,
+    typer.Option(
+        "--progress",
+        metavar="auto|bar|line|json|none",
+        show_default=True,
+        help="auto: bars on a terminal, nothing otherwise; line: plain lines for logs; json: "
+        "JSON Lines events on stderr.",
+    ),
+]
 BackgroundOption = Annotated[
     bool, typer.Option("-b", "--background", help="Hand the transfers to the background worker.")
 ]
@@ -61,11 +71,15 @@ def app_state(ctx: typer.Context) -> AppState:
     return root.obj
 
 
-def set_up(ctx: typer.Context, session: str | None, quiet: bool, verbose: bool,
-           no_color: bool) -> AppState:  # fmt: skip
+def set_up(
+    ctx: typer.Context, session: str | None, quiet: bool, verbose: bool, no_color: bool
+) -> AppState:
     if session is not None and session not in SESSION_KINDS:
-        print(f"halftunes: error: --session must be default, ephemeral or background, "
-              f"not {session!r}", file=sys.stderr)  # fmt: skip
+        print(
+            f"halftunes: error: --session must be default, ephemeral or background, "
+            f"not {session!r}",
+            file=sys.stderr,
+        )
         raise typer.Exit(ExitStatus.USAGE)
     state = AppState(session, quiet, verbose, not no_color and not os.environ.get("NO_COLOR"))
     ctx.obj = state
@@ -125,8 +139,9 @@ def configuration(state: AppState, **flags: Any) -> SessionConfiguration:
         fail(state, exc)
 
 
-def open_service(state: AppState, config: SessionConfiguration,
-                 announce: bool = True) -> DownloadService:  # fmt: skip
+def open_service(
+    state: AppState, config: SessionConfiguration, announce: bool = True
+) -> DownloadService:
     """The command's service, after noticing dead owners and announcing, on a terminal only,
     background transfers that ended unwatched."""
     from ..service import DownloadService  # (start-up speed: the engine loads on demand)
@@ -142,8 +157,12 @@ def open_service(state: AppState, config: SessionConfiguration,
     return service
 
 
-def call_service(state: AppState, call: Callable[[DownloadService], T],
-                 config: SessionConfiguration | None = None, announce: bool = True) -> T:  # fmt: skip
+def call_service(
+    state: AppState,
+    call: Callable[[DownloadService], T],
+    config: SessionConfiguration | None = None,
+    announce: bool = True,
+) -> T:
     """Open the command's service, make its one call, close it; an error ends the command
     with its message and exit status (never a traceback)."""
     service = open_service(state, config or configuration(state), announce)
@@ -179,7 +198,10 @@ def complete_ids(incomplete: str) -> list[str]:
 
 def progress_for(state: AppState, mode: str) -> Progress:
     if mode not in PROGRESS_MODES:
-        print(f"halftunes: error: --progress must be one of {', '.join(PROGRESS_MODES)}, "
-              f"not {mode!r}", file=sys.stderr)  # fmt: skip
+        print(
+            f"halftunes: error: --progress must be one of {', '.join(PROGRESS_MODES)}, "
+            f"not {mode!r}",
+            file=sys.stderr,
+        )
         raise typer.Exit(ExitStatus.USAGE)
     return make_progress(mode, state.console, sys.stderr.isatty())

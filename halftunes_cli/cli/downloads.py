@@ -28,8 +28,14 @@ from .common import (
 )
 
 
-def _report(state: AppState, service: DownloadService, result: BatchResult, json_out: bool,
-            given: int, elapsed: float) -> None:  # fmt: skip
+def _report(
+    state: AppState,
+    service: DownloadService,
+    result: BatchResult,
+    json_out: bool,
+    given: int,
+    elapsed: float,
+) -> None:
     pairs = service.outcome_records(result)
     if json_out:
         render.print_json([record.public() for _, record in pairs])
@@ -43,8 +49,15 @@ def _report(state: AppState, service: DownloadService, result: BatchResult, json
         state.console.info(render.summary(given, [o.status for o in result.outcomes], elapsed))
 
 
-def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, background: bool,
-         progress_mode: str, **kw: Any) -> None:  # fmt: skip
+def _run(
+    ctx: typer.Context,
+    action: str,
+    ids: list[str],
+    json_out: bool,
+    background: bool,
+    progress_mode: str,
+    **kw: Any,
+) -> None:
     state = app_state(ctx)
     began = time.monotonic()
     progress = progress_for(state, progress_mode)
@@ -60,8 +73,7 @@ def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, backgr
             else:
                 result = service.resume(ids, background=background, delegate=progress, **kw)
             progress.close()
-            given = len(ids) if action == "download" or not kw.get("all_") else \
-                len(result.outcomes)  # fmt: skip
+            given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)
             _report(state, service, result, json_out, given, time.monotonic() - began)
             return result
         finally:
@@ -73,19 +85,36 @@ def _run(ctx: typer.Context, action: str, ids: list[str], json_out: bool, backgr
 @app.command()
 def download(
     ctx: typer.Context,
-    items: Annotated[list[str], typer.Argument(help="Track ids or URLs; - reads ids from stdin.",
-                                               show_default=False, metavar="ID_OR_URL...")],
+    items: Annotated[
+        list[str],
+        typer.Argument(
+            help="Track ids or URLs; - reads ids from stdin.",
+            show_default=False,
+            metavar="ID_OR_URL...",
+        ),
+    ],
     background: BackgroundOption = False,
-    output_dir: Annotated[str | None, typer.Option("-P", "--output-dir", metavar="DIR",
-                          help="Download folder (created if missing).")] = None,
-    output: Annotated[str | None, typer.Option("-o", "--output", metavar="NAME_OR_TEMPLATE",
-                      help="File name for one id, or a template with {artist} {title} {album} "
-                      "{collection} {id} {ext} ('/' makes subfolders); relative to the "
-                      "folder unless absolute.")] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "-P", "--output-dir", metavar="DIR", help="Download folder (created if missing)."
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o",
+            "--output",
+            metavar="NAME_OR_TEMPLATE",
+            help="File name for one id, or a template with {artist} {title} {album} "
+            "{collection} {id} {ext} ('/' makes subfolders); relative to the "
+            "folder unless absolute.",
+        ),
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if done.")] = False,
     json_out: JsonOption = False,
     progress: ProgressOption = "auto",
-) -> None:  # fmt: skip
+) -> None:
     """Download song previews (by trackId) or URLs, resumably.
 
     Examples:
@@ -100,8 +129,17 @@ def download(
 
       halftunes search jack johnson --json | jq '.[].trackId' | halftunes download -
     """
-    _run(ctx, "download", expand_ids(items), json_out, background, progress, force=force,
-         output_dir=output_dir, output=output)  # fmt: skip
+    _run(
+        ctx,
+        "download",
+        expand_ids(items),
+        json_out,
+        background,
+        progress,
+        force=force,
+        output_dir=output_dir,
+        output=output,
+    )
 
 
 @app.command()

@@ -13,30 +13,65 @@ from ..errors import HalftunesError
 from .app import _Group, _Typer, app
 from .common import JsonOption, app_state, configuration, exit_with, fail
 
-job_app = _Typer(help="Download lists too large for one command line, resumably, in shards.\n\n"
-                 "Examples:\n\n  halftunes job run ./job --input ids.txt -P ./previews\n\n"
-                 "  halftunes job status ./job --json", no_args_is_help=True, cls=_Group,
-                 rich_markup_mode=None)  # fmt: skip
+job_app = _Typer(
+    help="Download lists too large for one command line, resumably, in shards.\n\n"
+    "Examples:\n\n  halftunes job run ./job --input ids.txt -P ./previews\n\n"
+    "  halftunes job status ./job --json",
+    no_args_is_help=True,
+    cls=_Group,
+    rich_markup_mode=None,
+)
 app.add_typer(job_app, name="job")
 
 
 @job_app.command("run")
 def job_run(
     ctx: typer.Context,
-    job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR", help="Where the plan and the "
-                       "manifests live (created; run again to continue).")],
-    input_file: Annotated[Path, typer.Option("--input", metavar="FILE", help="One trackId or "
-                          "URL a line; CSV/TSV with a trackId, id or url column; JSON Lines.")],
-    output_dir: Annotated[str | None, typer.Option("-P", "--output-dir", metavar="DIR",
-                          help="Where the files go (default: the download dir).")] = None,
-    engine: Annotated[str, typer.Option("--engine", metavar="local|dask",
-                      help="local: this machine; dask: a Dask cluster (the dask extra).")] = "local",
-    scheduler: Annotated[str | None, typer.Option("--scheduler", metavar="ADDRESS",
-                         help="The Dask scheduler (default: a LocalCluster of 2 processes).")] = None,
-    shard_size: Annotated[int, typer.Option("--shard-size", metavar="N",
-                          help="Items per shard.")] = 1000,
+    job_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="JOB_DIR",
+            help="Where the plan and the manifests live (created; run again to continue).",
+        ),
+    ],
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input",
+            metavar="FILE",
+            help="One trackId or URL a line; CSV/TSV with a trackId, id or url column; JSON Lines.",
+        ),
+    ],
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            "-P",
+            "--output-dir",
+            metavar="DIR",
+            help="Where the files go (default: the download dir).",
+        ),
+    ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            metavar="local|dask",
+            help="local: this machine; dask: a Dask cluster (the dask extra).",
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="The Dask scheduler (default: a LocalCluster of 2 processes).",
+        ),
+    ] = None,
+    shard_size: Annotated[
+        int, typer.Option("--shard-size", metavar="N", help="Items per shard.")
+    ] = 1000,
     json_out: JsonOption = False,
-) -> None:  # fmt: skip
+) -> None:
     """Download every item of a list in shards; a manifest per finished shard.
 
     Running the same command again continues the job; on a finished job it sends nothing.
@@ -55,10 +90,17 @@ def job_run(
     config = configuration(state)
     bar = render.JobProgress(state.console, sys.stderr.isatty())
     try:
-        result = run_job(job_dir, input_file, configuration=config, output=output_dir,
-                         engine=engine, shard_size=shard_size, scheduler=scheduler,
-                         on_shard=bar.shard,
-                         on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"))  # fmt: skip
+        result = run_job(
+            job_dir,
+            input_file,
+            configuration=config,
+            output=output_dir,
+            engine=engine,
+            shard_size=shard_size,
+            scheduler=scheduler,
+            on_shard=bar.shard,
+            on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"),
+        )
     except HalftunesError as exc:
         fail(state, exc)
     except KeyboardInterrupt:
@@ -72,8 +114,11 @@ def job_run(
 
 
 @job_app.command("status")
-def job_status(ctx: typer.Context, job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR")],
-               json_out: JsonOption = False) -> None:  # fmt: skip
+def job_status(
+    ctx: typer.Context,
+    job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR")],
+    json_out: JsonOption = False,
+) -> None:
     """Counts of a job: shards (done), items, completed, failed, skipped, bytes.
 
     Example:
@@ -94,6 +139,8 @@ def _show(state, status: dict, json_out: bool) -> None:  # type: ignore[no-untyp
     if json_out:
         render.print_json(status)
         return
-    print(f"{status['shards_done']} of {status['shards']} shards done; {status['items']} items: "
-          f"{status['completed']} completed, {status['failed']} failed, {status['skipped']} "
-          f"skipped; {render.human_bytes(status['bytes'])}")  # fmt: skip
+    print(
+        f"{status['shards_done']} of {status['shards']} shards done; {status['items']} items: "
+        f"{status['completed']} completed, {status['failed']} failed, {status['skipped']} "
+        f"skipped; {render.human_bytes(status['bytes'])}"
+    )

@@ -24,9 +24,14 @@ from .common import (
     progress_for,
 )
 
-StatusOption = Annotated[list[str] | None, typer.Option(
-    "--status", metavar="STATUS", help="Only these (repeatable): queued, running, paused, "
-    "completed, failed.")]  # fmt: skip
+StatusOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--status",
+        metavar="STATUS",
+        help="Only these (repeatable): queued, running, paused, completed, failed.",
+    ),
+]
 
 
 def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> None:
@@ -36,10 +41,16 @@ def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> Non
     wanted = set(statuses or [])
     bad = wanted - {str(s) for s in RecordStatus}
     if bad:
-        fail(state, UsageError(f"--status {sorted(bad)[0]!r} is not a status",
-                               "statuses: queued, running, paused, completed, failed"))  # fmt: skip
-    records = [r for r in call_service(state, lambda s: s.list())
-               if not wanted or str(r.status) in wanted]  # fmt: skip
+        fail(
+            state,
+            UsageError(
+                f"--status {sorted(bad)[0]!r} is not a status",
+                "statuses: queued, running, paused, completed, failed",
+            ),
+        )
+    records = [
+        r for r in call_service(state, lambda s: s.list()) if not wanted or str(r.status) in wanted
+    ]
     if json_out:
         render.print_json([r.public() for r in records])
     elif not records:
@@ -73,11 +84,13 @@ def status_(ctx: typer.Context, json_out: JsonOption = False, status: StatusOpti
 def wait(
     ctx: typer.Context,
     ids: IdsArgument = None,
-    timeout: Annotated[float | None, typer.Option("--timeout", help="Give up after SECONDS "
-                       "(exit 124).", metavar="SECONDS")] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", help="Give up after SECONDS (exit 124).", metavar="SECONDS"),
+    ] = None,
     json_out: JsonOption = False,
     progress: ProgressOption = "auto",
-) -> None:  # fmt: skip
+) -> None:
     """Block until downloads are completed or failed (exit 1 if any failed).
 
     Without ids: the downloads queued or running now, and every outcome nobody has been
@@ -101,8 +114,9 @@ def wait(
         bars.on_records_ended(result.records)
         if result.timed_out:
             bars.close()
-            state.console.error(f"timed out after {timeout:g} s with {result.still_active} "
-                                "download(s) still active")  # fmt: skip
+            state.console.error(
+                f"timed out after {timeout:g} s with {result.still_active} download(s) still active"
+            )
             exit_with(ExitStatus.TIMEOUT)
     except KeyboardInterrupt:
         exit_with(ExitStatus.INTERRUPTED)
@@ -123,9 +137,11 @@ def clean(
     ctx: typer.Context,
     ids: IdsArgument = None,
     completed: Annotated[bool, typer.Option("--completed", help="Completed downloads.")] = False,
-    failed: Annotated[bool, typer.Option("--failed", help="Failed downloads (and partials).")] = False,
+    failed: Annotated[
+        bool, typer.Option("--failed", help="Failed downloads (and partials).")
+    ] = False,
     json_out: JsonOption = False,
-) -> None:  # fmt: skip
+) -> None:
     """Forget finished downloads: their records, and the partials of failed ones.
 
     Never deletes a finished file. Without --completed or --failed both kinds go.

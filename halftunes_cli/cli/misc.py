@@ -28,10 +28,16 @@ from .common import (
     progress_for,
 )
 
-IdArgument = Annotated[str, typer.Argument(metavar="ID", help="A download's id.",
-                                           autocompletion=complete_ids)]  # fmt: skip
-PLAYERS = (["ffplay", "-nodisp", "-autoexit", "-loglevel", "error"], ["mpv", "--no-video"],
-           ["afplay"], ["xdg-open"], ["open"])  # fmt: skip
+IdArgument = Annotated[
+    str, typer.Argument(metavar="ID", help="A download's id.", autocompletion=complete_ids)
+]
+PLAYERS = (
+    ["ffplay", "-nodisp", "-autoexit", "-loglevel", "error"],
+    ["mpv", "--no-video"],
+    ["afplay"],
+    ["xdg-open"],
+    ["open"],
+)
 
 
 def _headers(values: list[str]) -> dict[str, str]:
@@ -50,11 +56,12 @@ def upload(
     file: Annotated[Path, typer.Argument(help="File to send.", show_default=False)],
     url: Annotated[str, typer.Argument(help="Where to send it.", show_default=False)],
     method: Annotated[str, typer.Option("--method", help="PUT or POST.")] = "PUT",
-    header: Annotated[list[str] | None, typer.Option(
-        "--header", help="Extra header 'K: V' (repeatable).")] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("--header", help="Extra header 'K: V' (repeatable).")
+    ] = None,
     json_out: JsonOption = False,
     progress: ProgressOption = "auto",
-) -> None:  # fmt: skip
+) -> None:
     """Upload a file with PUT or POST (streamed, with progress; only PUT is retried).
 
     Example:
@@ -77,9 +84,13 @@ def upload(
         if service is not None:
             service.close()
     response = task.response
-    result = {"url": url, "file": str(file), "method": task.method,
-              "status": response.status_code if response is not None else None,
-              "bytes_sent": task.bytes_sent}  # fmt: skip
+    result = {
+        "url": url,
+        "file": str(file),
+        "method": task.method,
+        "status": response.status_code if response is not None else None,
+        "bytes_sent": task.bytes_sent,
+    }
     if json_out:
         render.print_json(result)
     else:
@@ -105,8 +116,10 @@ def play(ctx: typer.Context, id_: IdArgument) -> None:
     record = _record(ctx, id_)
     path = Path(record.path)
     if not record.is_finished_on_disk:
-        fail(state, HalftunesError(f"{id_} is not downloaded yet",
-                                   f"run `halftunes download {id_}` first"))  # fmt: skip
+        fail(
+            state,
+            HalftunesError(f"{id_} is not downloaded yet", f"run `halftunes download {id_}` first"),
+        )
     for cmd in PLAYERS:
         if shutil.which(cmd[0]):
             state.console.info(f"playing {path} with {cmd[0]}")
@@ -115,17 +128,23 @@ def play(ctx: typer.Context, id_: IdArgument) -> None:
             except KeyboardInterrupt:
                 exit_with(ExitStatus.INTERRUPTED)
             exit_with(ExitStatus.OK if code == 0 else ExitStatus.ERROR)
-    fail(state, HalftunesError("no audio player found (looked for ffplay, mpv, afplay, "
-                               "xdg-open, open)", "install ffmpeg or mpv"))  # fmt: skip
+    fail(
+        state,
+        HalftunesError(
+            "no audio player found (looked for ffplay, mpv, afplay, xdg-open, open)",
+            "install ffmpeg or mpv",
+        ),
+    )
 
 
 @app.command("open")
 def open_(
     ctx: typer.Context,
     id_: IdArgument,
-    reveal: Annotated[bool, typer.Option("--reveal",
-                                         help="Open the folder in the file manager.")] = False,
-) -> None:  # fmt: skip
+    reveal: Annotated[
+        bool, typer.Option("--reveal", help="Open the folder in the file manager.")
+    ] = False,
+) -> None:
     """Print the folder that holds a download (or open it with --reveal).
 
     Examples:

@@ -16,15 +16,23 @@ from .common import JsonOption, app_state, configuration, fail, open_service
 @app.command()
 def search(
     ctx: typer.Context,
-    term: Annotated[list[str], typer.Argument(help="Words to search for.", show_default=False,
-                                              metavar="TERM...")],
-    limit: Annotated[int | None, typer.Option(
-        "--limit", help="1 to 200 results.  [default: 25, or `limit` in the config]")] = None,
-    country: Annotated[str | None, typer.Option(
-        "--country", help="Store country code.  [default: US, or `country` in the config]")] = None,
+    term: Annotated[
+        list[str],
+        typer.Argument(help="Words to search for.", show_default=False, metavar="TERM..."),
+    ],
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", help="1 to 200 results.  [default: 25, or `limit` in the config]"),
+    ] = None,
+    country: Annotated[
+        str | None,
+        typer.Option(
+            "--country", help="Store country code.  [default: US, or `country` in the config]"
+        ),
+    ] = None,
     json_out: JsonOption = False,
     offline: Annotated[bool, typer.Option("--offline", help="Answer from the cache only.")] = False,
-) -> None:  # fmt: skip
+) -> None:
     """Search the iTunes catalog for songs.
 
     On a terminal: a table (id, E for explicit or clean editions, title, artist, album, time,

@@ -17,8 +17,7 @@ from .common import (
 )
 
 
-def _steer(ctx: typer.Context, ids: list[str], all_: bool, action: str,
-           json_out: bool) -> None:  # fmt: skip
+def _steer(ctx: typer.Context, ids: list[str], all_: bool, action: str, json_out: bool) -> None:
     from ..records import StopRequest  # (start-up speed)
 
     state = app_state(ctx)
@@ -33,8 +32,12 @@ def _steer(ctx: typer.Context, ids: list[str], all_: bool, action: str,
 
 
 @app.command()
-def pause(ctx: typer.Context, ids: IdsArgument = None, all_: AllOption = False,
-          json_out: JsonOption = False) -> None:  # fmt: skip
+def pause(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    all_: AllOption = False,
+    json_out: JsonOption = False,
+) -> None:
     """Pause downloads, also ones running in another process or the worker.
 
     Returns once the transfer has stopped and its checkpoint is saved.
@@ -49,8 +52,12 @@ def pause(ctx: typer.Context, ids: IdsArgument = None, all_: AllOption = False,
 
 
 @app.command()
-def cancel(ctx: typer.Context, ids: IdsArgument = None, all_: AllOption = False,
-           json_out: JsonOption = False) -> None:  # fmt: skip
+def cancel(
+    ctx: typer.Context,
+    ids: IdsArgument = None,
+    all_: AllOption = False,
+    json_out: JsonOption = False,
+) -> None:
     """Stop downloads and delete their partial files and records (never a finished file).
 
     --all cancels every unfinished download.

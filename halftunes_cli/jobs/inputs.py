@@ -48,11 +48,15 @@ def read_items(path: Path) -> list[Item]:
     lines = text.splitlines()
     if suffix in (".jsonl", ".ndjson") or (lines and lines[0].lstrip().startswith("{")):
         return _json_lines(lines, where)
-    if suffix in (".csv", ".tsv") or (lines and any(k in lines[0] for k in KEYS)
-                                      and ("," in lines[0] or "\t" in lines[0])):  # fmt: skip
+    if suffix in (".csv", ".tsv") or (
+        lines and any(k in lines[0] for k in KEYS) and ("," in lines[0] or "\t" in lines[0])
+    ):
         return _table(lines, where, "\t" if suffix == ".tsv" or "\t" in lines[0] else ",")
-    return [_item(n, line, where) for n, line in enumerate(lines, 1)
-            if line.strip() and not line.lstrip().startswith("#")]  # fmt: skip
+    return [
+        _item(n, line, where)
+        for n, line in enumerate(lines, 1)
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def _json_lines(lines: list[str], where: str) -> list[Item]:
@@ -84,8 +88,9 @@ def _table(lines: list[str], where: str, delimiter: str) -> list[Item]:
         if not any(cell.strip() for cell in row):
             continue
         if len(row) <= column:
-            raise UsageError(f"{where}:{n}: has {len(row)} columns, the id is in column "
-                             f"{column + 1}")  # fmt: skip
+            raise UsageError(
+                f"{where}:{n}: has {len(row)} columns, the id is in column {column + 1}"
+            )
         out.append(_item(n, row[column], where))
     return out
 
@@ -95,8 +100,9 @@ def _parquet(path: Path, where: str) -> list[Item]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
-        raise UsageError("Parquet input needs pyarrow",
-                         "pip install 'halftunes[parquet]'") from None  # fmt: skip
+        raise UsageError(
+            "Parquet input needs pyarrow", "pip install 'halftunes[parquet]'"
+        ) from None
     if not path.exists():
         raise UsageError(f"input file {path} does not exist")
     try:

@@ -101,8 +101,9 @@ class Job:
         return self.manifest_path(k).exists()
 
     # -- planning ------------------------------------------------------------------------
-    def make_plan(self, input_path: Path, output: str, shard_size: int,
-                  config: SessionConfiguration) -> dict[str, Any]:  # fmt: skip
+    def make_plan(
+        self, input_path: Path, output: str, shard_size: int, config: SessionConfiguration
+    ) -> dict[str, Any]:
         """Read the input, resolve ids (batched, paced, cached lookups) and write the shards;
         a job planned before keeps its plan (a rerun continues it)."""
         existing = self.plan()
@@ -119,15 +120,21 @@ class Job:
         shards = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         for k, shard in enumerate(shards):
             write_atomically(self.shard_path(k), json.dumps([asdict(e) for e in shard]))
-        plan = {"version": PLAN_VERSION, "input": str(input_path.absolute()),
-                "output": output.rstrip("/") if remote else str(folder),
-                "shard_size": shard_size, "items": len(entries),
-                "shards": len(shards), "created": time.time()}  # fmt: skip
+        plan = {
+            "version": PLAN_VERSION,
+            "input": str(input_path.absolute()),
+            "output": output.rstrip("/") if remote else str(folder),
+            "shard_size": shard_size,
+            "items": len(entries),
+            "shards": len(shards),
+            "created": time.time(),
+        }
         write_atomically(self.plan_path, json.dumps(plan, indent=1))
         return plan
 
-    def _resolve(self, items: list[Item], folder: Path,
-                 config: SessionConfiguration) -> list[Entry]:  # fmt: skip
+    def _resolve(
+        self, items: list[Item], folder: Path, config: SessionConfiguration
+    ) -> list[Entry]:
         spec = OutputSpec(folder)
         ids = list(dict.fromkeys(i.value for i in items if not i.is_url))
         tracks: dict[str, dict[str, Any]] = {}
@@ -159,13 +166,15 @@ class Job:
         for item in items:
             if item.is_url:
                 target = url_target(item.value, spec)
-                entries.append(Entry(item.line, target.id, item.value, unique(target),
-                                     title=target.filename))  # fmt: skip
+                entries.append(
+                    Entry(item.line, target.id, item.value, unique(target), title=target.filename)
+                )
                 continue
             raw = tracks.get(item.value)
             if raw is None:
-                entries.append(Entry(item.line, item.value, None, None,
-                                     error=f"no track with id {item.value}"))  # fmt: skip
+                entries.append(
+                    Entry(item.line, item.value, None, None, error=f"no track with id {item.value}")
+                )
                 continue
             track = Track.from_api(raw)
             try:
@@ -173,14 +182,24 @@ class Job:
             except UsageError as exc:
                 entries.append(Entry(item.line, item.value, None, None, error=str(exc)))
                 continue
-            entries.append(Entry(item.line, item.value, target.url, unique(target),
-                                 title=track.trackName, artist=track.artist_or_show,
-                                 album=track.collectionName or "", kind=track.kind))  # fmt: skip
+            entries.append(
+                Entry(
+                    item.line,
+                    item.value,
+                    target.url,
+                    unique(target),
+                    title=track.trackName,
+                    artist=track.artist_or_show,
+                    album=track.collectionName or "",
+                    kind=track.kind,
+                )
+            )
         return entries
 
     # -- one shard -------------------------------------------------------------------------
-    def run_shard(self, k: int, overrides: dict[str, Any] | None = None,
-                  delegate: Any = None) -> dict[str, int]:  # fmt: skip
+    def run_shard(
+        self, k: int, overrides: dict[str, Any] | None = None, delegate: Any = None
+    ) -> dict[str, int]:
         """Download shard k's items and write its manifest last; nothing when it exists."""
         if self.is_done(k):
             return {"skipped_shard": 1}
@@ -190,25 +209,40 @@ class Job:
         remote = plan["output"] if "://" in plan["output"] else None
         folder = self.staging if remote else Path(plan["output"])
         uploads = _Uploads(self.dir / "state" / f"{k:06d}" / "uploaded.jsonl")
-        flags = {"state_dir": str(self.dir / "state" / f"{k:06d}"), "download_dir": str(folder),
-                 "session": "default", **(overrides or {})}  # fmt: skip
+        flags = {
+            "state_dir": str(self.dir / "state" / f"{k:06d}"),
+            "download_dir": str(folder),
+            "session": "default",
+            **(overrides or {}),
+        }
         session = Session(load_configuration(flags), delegate)
         records = session.records
         started = time.monotonic()
         try:
             records.reconcile_dead_owners()  # a shard killed mid-way: its partials are paused
-            wanted = [e for e in entries if e.url is not None and e.name is not None
-                      and e.id not in uploads.done]  # fmt: skip
-            targets = [Target(e.id, e.url, e.title or e.id, _fixed_name(e.name))
-                       for e in wanted]  # fmt: skip
+            wanted = [
+                e
+                for e in entries
+                if e.url is not None and e.name is not None and e.id not in uploads.done
+            ]
+            targets = [Target(e.id, e.url, e.title or e.id, _fixed_name(e.name)) for e in wanted]
             owner = records.owner_token()
-            claims = records.claim(targets, owner=owner, force=False, queue=False,
-                                   download_dir=folder, session_kind="default")  # fmt: skip
+            claims = records.claim(
+                targets,
+                owner=owner,
+                force=False,
+                queue=False,
+                download_dir=folder,
+                session_kind="default",
+            )
             runner = Runner(session, owner)
             runner.start_control()
             try:
-                futures = [runner.submit(c.record) for c in claims
-                           if c.outcome == "claimed" and c.record is not None]  # fmt: skip
+                futures = [
+                    runner.submit(c.record)
+                    for c in claims
+                    if c.outcome == "claimed" and c.record is not None
+                ]
                 for future in futures:
                     future.result()
             except KeyboardInterrupt:
@@ -220,8 +254,11 @@ class Job:
             for e in entries:
                 line = self._manifest_line(e, records.get(e.id), started)
                 if remote is not None:
-                    line = uploads.upload(e.id, line, remote) if e.id not in uploads.done \
-                        else {**line, **uploads.done[e.id], "status": "completed", "error": None}  # fmt: skip
+                    line = (
+                        uploads.upload(e.id, line, remote)
+                        if e.id not in uploads.done
+                        else {**line, **uploads.done[e.id], "status": "completed", "error": None}
+                    )
                 lines.append(line)
         finally:
             session.close()
@@ -235,18 +272,32 @@ class Job:
 
     @staticmethod
     def _manifest_line(entry: Entry, record: Any, started: float) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": entry.id, "url": entry.url, "path": None,
-                               "status": "failed", "bytes": 0, "sha256": None,
-                               "http_status": None, "error": entry.error,
-                               "elapsed": round(time.monotonic() - started, 3), "line": entry.line,
-                               "title": entry.title, "artist": entry.artist,
-                               "album": entry.album, "kind": entry.kind}  # fmt: skip
+        out: dict[str, Any] = {
+            "id": entry.id,
+            "url": entry.url,
+            "path": None,
+            "status": "failed",
+            "bytes": 0,
+            "sha256": None,
+            "http_status": None,
+            "error": entry.error,
+            "elapsed": round(time.monotonic() - started, 3),
+            "line": entry.line,
+            "title": entry.title,
+            "artist": entry.artist,
+            "album": entry.album,
+            "kind": entry.kind,
+        }
         if record is None:
             return out
         out["path"] = record.path
         if record.status is RecordStatus.COMPLETED and Path(record.path).exists():
-            out.update(status="completed", bytes=os.path.getsize(record.path),
-                       sha256=_sha256(Path(record.path)), error=None)  # fmt: skip
+            out.update(
+                status="completed",
+                bytes=os.path.getsize(record.path),
+                sha256=_sha256(Path(record.path)),
+                error=None,
+            )
         else:
             out["error"] = record.error or f"ended {record.status}"
             if record.error and "HTTP " in record.error:
@@ -258,8 +309,10 @@ class Job:
     def status(self) -> dict[str, Any]:
         plan = self.plan()
         if plan is None:
-            raise UsageError(f"{self.dir} is not a job dir (no plan.json)",
-                             "start one with `halftunes job run JOB_DIR --input FILE`")  # fmt: skip
+            raise UsageError(
+                f"{self.dir} is not a job dir (no plan.json)",
+                "start one with `halftunes job run JOB_DIR --input FILE`",
+            )
         counts = {"completed": 0, "failed": 0, "skipped": 0}
         done, nbytes = 0, 0
         for k in range(plan["shards"]):
@@ -271,16 +324,23 @@ class Job:
                 item = json.loads(line)
                 counts[item["status"]] = counts.get(item["status"], 0) + 1
                 nbytes += item.get("bytes") or 0
-        return {"shards": plan["shards"], "shards_done": done, "items": plan["items"],
-                **counts, "bytes": nbytes, "output": plan["output"]}  # fmt: skip
+        return {
+            "shards": plan["shards"],
+            "shards_done": done,
+            "items": plan["items"],
+            **counts,
+            "bytes": nbytes,
+            "output": plan["output"],
+        }
 
 
 LOOKUP_BATCH = 150  # ids per lookup call
 RATE_LIMIT_WAITS = (15.0, 30.0, 60.0, 120.0, 240.0)  # seconds, then give up
 
 
-def _lookup_patiently(client: ITunesClient, ids: list[str],
-                      sleep: Callable[[float], None] = time.sleep) -> list[Track]:  # fmt: skip
+def _lookup_patiently(
+    client: ITunesClient, ids: list[str], sleep: Callable[[float], None] = time.sleep
+) -> list[Track]:
     """One lookup call; Apple's rate limit (403/429) slows the job down instead of failing it."""
     for wait in (*RATE_LIMIT_WAITS, None):
         try:
@@ -296,8 +356,9 @@ def _lookup_patiently(client: ITunesClient, ids: list[str],
 ShardDone = Callable[[int, dict[str, int], int], None]  # (shard, its counts, shards in the job)
 
 
-def run_local(job: Job, overrides: dict[str, Any] | None = None,
-              on_shard: ShardDone | None = None) -> None:  # fmt: skip
+def run_local(
+    job: Job, overrides: dict[str, Any] | None = None, on_shard: ShardDone | None = None
+) -> None:
     """The local engine: the shards one after the other, each with up to
     max_connections_per_host transfers at once (the same engine as `download`)."""
     plan = job.plan()
@@ -326,9 +387,13 @@ def _shard_task(job_dir: str, k: int, overrides: dict[str, Any]) -> tuple[int, d
     return k, Job(Path(job_dir)).run_shard(k, overrides)
 
 
-def run_dask(job: Job, overrides: dict[str, Any] | None = None, scheduler: str | None = None,
-             on_shard: ShardDone | None = None,
-             on_dashboard: Callable[[str], None] | None = None) -> None:  # fmt: skip
+def run_dask(
+    job: Job,
+    overrides: dict[str, Any] | None = None,
+    scheduler: str | None = None,
+    on_shard: ShardDone | None = None,
+    on_dashboard: Callable[[str], None] | None = None,
+) -> None:
     """The Dask engine: each unfinished shard is one task on the cluster at `scheduler`, or on
     a LocalCluster of two worker processes. Dask reschedules the shard of a worker that dies;
     its replacement finds the dead owner's records paused and resumes their partials."""
@@ -340,20 +405,28 @@ def run_dask(job: Job, overrides: dict[str, Any] | None = None, scheduler: str |
     try:
         from distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise UsageError("--engine dask needs Dask distributed",
-                         "pip install 'halftunes[dask]'") from None  # fmt: skip
+        raise UsageError(
+            "--engine dask needs Dask distributed", "pip install 'halftunes[dask]'"
+        ) from None
     cluster = None
     if scheduler is None:
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                               dashboard_address=":0")  # fmt: skip
+        cluster = LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+        )
         client = Client(cluster)
     else:
         client = Client(scheduler)
     try:
         if on_dashboard is not None and client.dashboard_link:
             on_dashboard(client.dashboard_link)
-        futures = client.map(_shard_task, [str(job.dir)] * len(todo), todo,
-                             [overrides or {}] * len(todo), pure=False, retries=3)  # fmt: skip
+        futures = client.map(
+            _shard_task,
+            [str(job.dir)] * len(todo),
+            todo,
+            [overrides or {}] * len(todo),
+            pure=False,
+            retries=3,
+        )
         for _, (k, counts) in as_completed(futures, with_results=True):
             if on_shard is not None:
                 on_shard(k, counts, plan["shards"])
@@ -370,8 +443,10 @@ def _filesystem(url: str) -> Any:
 
         return fsspec.filesystem(url.split("://", 1)[0])
     except ImportError as exc:
-        raise UsageError(f"output {url!r} needs fsspec and its driver ({exc.name})",
-                         "pip install 'halftunes[s3]'") from None  # fmt: skip
+        raise UsageError(
+            f"output {url!r} needs fsspec and its driver ({exc.name})",
+            "pip install 'halftunes[s3]'",
+        ) from None
     except ValueError as exc:
         raise UsageError(f"output {url!r}: {exc}") from exc
 

@@ -40,15 +40,17 @@ class TaskState(enum.StrEnum):
 
 TRANSITIONS: dict[TaskState, frozenset[TaskState]] = {
     TaskState.SUSPENDED: frozenset({TaskState.RUNNING, TaskState.CANCELLED}),
-    TaskState.RUNNING: frozenset({TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED,
-                                  TaskState.CANCELLED}),
+    TaskState.RUNNING: frozenset(
+        {TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
+    ),
     TaskState.PAUSED: frozenset(),
     TaskState.COMPLETED: frozenset(),
     TaskState.FAILED: frozenset(),
     TaskState.CANCELLED: frozenset(),
-}  # fmt: skip
-FINAL_STATES = frozenset({TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED,
-                          TaskState.CANCELLED})  # fmt: skip
+}
+FINAL_STATES = frozenset(
+    {TaskState.PAUSED, TaskState.COMPLETED, TaskState.FAILED, TaskState.CANCELLED}
+)
 
 
 class TaskHost(Protocol):
@@ -90,16 +92,18 @@ class Task:
     def _move(self, new: TaskState) -> None:
         with self._state_lock:
             if new not in TRANSITIONS[self.state]:
-                raise IllegalTransition(f"task {self.task_identifier}: {self.state} -> "
-                                        f"{new} is not allowed")  # fmt: skip
+                raise IllegalTransition(
+                    f"task {self.task_identifier}: {self.state} -> {new} is not allowed"
+                )
             self.state = new
 
     # -- public ----------------------------------------------------------------------------
     def resume(self) -> Task:
         """Start the task (NSURLSessionTask.resume). A finished task cannot be resumed."""
         self._move(TaskState.RUNNING)
-        self._thread = threading.Thread(target=self._main, name=f"task-{self.task_identifier}",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._main, name=f"task-{self.task_identifier}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -129,8 +133,14 @@ class Task:
             return None
 
     def _callback_failed(self, name: str, exc: BaseException) -> None:
-        log.warning("task %s: %s raised %s: %s", self.task_identifier, name,
-                    type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))  # fmt: skip
+        log.warning(
+            "task %s: %s raised %s: %s",
+            self.task_identifier,
+            name,
+            type(exc).__name__,
+            exc,
+            exc_info=log.isEnabledFor(logging.DEBUG),
+        )
         if self.callback_error is None:
             self.callback_error = exc
 
@@ -163,8 +173,7 @@ class Task:
         self._request.abort()
         abort(self._live_response)  # a custom protocol handler's response
 
-    def _send_once(self, method: str, headers: dict[str, str] | None = None,
-                   **kw: Any) -> Any:  # fmt: skip
+    def _send_once(self, method: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
         """One exchange through the session's client, stoppable by request_stop."""
         self._check_stop()
         self._request = RequestHandle()
@@ -182,9 +191,14 @@ class Task:
         if sleep_unless_stopped(seconds, self._stop):
             self._check_stop()
 
-    def _send(self, method: str, headers: dict[str, str] | None = None, *,
-              data_factory: Callable[[], Any] | None = None,
-              retry_statuses: frozenset[int] = RETRYABLE_STATUSES) -> requests.Response:  # fmt: skip
+    def _send(
+        self,
+        method: str,
+        headers: dict[str, str] | None = None,
+        *,
+        data_factory: Callable[[], Any] | None = None,
+        retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
+    ) -> requests.Response:
         """Send with the retry policy; only idempotent methods are ever sent twice."""
         import requests
 
@@ -202,9 +216,12 @@ class Task:
                 self._check_stop()
                 error = translate_request_error(exc, self.url)
                 failures += 1
-                if (isinstance(exc, requests.exceptions.SSLError) or not idempotent
-                        or policy.gives_up_after(failures)
-                        or self.is_hopeless(error, failures)):  # fmt: skip
+                if (
+                    isinstance(exc, requests.exceptions.SSLError)
+                    or not idempotent
+                    or policy.gives_up_after(failures)
+                    or self.is_hopeless(error, failures)
+                ):
                     raise error from exc
                 wait = policy.delay_seconds(failures)
                 log.info("retry %d of %s in %.1fs after %s", failures, self.url, wait, error)
@@ -228,8 +245,13 @@ class Task:
                 if not policy.gives_up_after(failures):
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     wait = policy.delay_seconds(failures, retry_after)
-                    log.info("retry %d of %s in %.1fs after HTTP %d", failures, self.url, wait,
-                             response.status_code)  # fmt: skip
+                    log.info(
+                        "retry %d of %s in %.1fs after HTTP %d",
+                        failures,
+                        self.url,
+                        wait,
+                        response.status_code,
+                    )
                     self._tell("on_retry", wait, f"HTTP {response.status_code}")
                     response.close()
                     self._back_off(wait)
@@ -240,8 +262,11 @@ class Task:
         """A host that was never reached in this task (refused, unknown) gets two attempts,
         not the whole policy: a dead address should fail in a second, not in a minute. Once
         it has answered, a refusal or reset is a restart or a blip: the policy applies."""
-        return bool(getattr(error, "is_unreachable", False)) and not self.has_reached_host \
-            and failures >= 2  # fmt: skip
+        return (
+            bool(getattr(error, "is_unreachable", False))
+            and not self.has_reached_host
+            and failures >= 2
+        )
 
     def _main(self) -> None:
         self._guarded(self._execute)
@@ -282,8 +307,13 @@ class Task:
 
     def _fail(self, exc: HalftunesError) -> None:
         if self.state in FINAL_STATES:  # ended already: a later error changes nothing
-            log.error("task %s: error after it ended %s: %s", self.task_identifier,
-                      self.state, exc, exc_info=True)  # fmt: skip
+            log.error(
+                "task %s: error after it ended %s: %s",
+                self.task_identifier,
+                self.state,
+                exc,
+                exc_info=True,
+            )
             return
         self.error = exc
         self._move(TaskState.FAILED)

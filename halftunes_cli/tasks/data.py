@@ -10,9 +10,14 @@ from .base import Task, TaskHost, TaskState
 
 
 class DataTask(Task):
-    def __init__(self, session: TaskHost, url: str, completion: Callable | None = None,
-                 retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
-                 max_bytes: int = 64 << 20):  # fmt: skip
+    def __init__(
+        self,
+        session: TaskHost,
+        url: str,
+        completion: Callable | None = None,
+        retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
+        max_bytes: int = 64 << 20,
+    ):
         super().__init__(session, url, completion)
         self.data: bytes | None = None
         self.retry_statuses = retry_statuses
@@ -27,8 +32,10 @@ class DataTask(Task):
                 self._check_stop()
                 body += chunk
                 if len(body) > self.max_bytes:
-                    raise TransferError(f"response from {self.url} is larger than "
-                                        f"{self.max_bytes} bytes; refusing to buffer it")  # fmt: skip
+                    raise TransferError(
+                        f"response from {self.url} is larger than "
+                        f"{self.max_bytes} bytes; refusing to buffer it"
+                    )
         self.data = bytes(body)
         self._tell("on_data_received", self.data)
         self._move(TaskState.COMPLETED)

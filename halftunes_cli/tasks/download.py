@@ -141,8 +141,14 @@ class DownloadTask(Task):
             self.last_modified = resume_data.last_modified
         cfg = session.configuration
         self.checkpointer = shared_checkpointer()
-        self.partial = PartialFile(part_path, synced, mode=cfg.file_mode, durable=cfg.is_durable,
-                                   checkpointer=self.checkpointer, writeback=start_writeback)  # fmt: skip
+        self.partial = PartialFile(
+            part_path,
+            synced,
+            mode=cfg.file_mode,
+            durable=cfg.is_durable,
+            checkpointer=self.checkpointer,
+            writeback=start_writeback,
+        )
 
     # -- public ----------------------------------------------------------------------------
     @property
@@ -181,10 +187,14 @@ class DownloadTask(Task):
 
     def resume_data(self) -> ResumeData:
         return ResumeData(
-            url=self.url, destination=str(self.destination), part_path=str(self.part_path),
-            offset=self.partial.synced, bytes_total=self.bytes_total, etag=self.etag,
+            url=self.url,
+            destination=str(self.destination),
+            part_path=str(self.part_path),
+            offset=self.partial.synced,
+            bytes_total=self.bytes_total,
+            etag=self.etag,
             last_modified=self.last_modified,
-        )  # fmt: skip
+        )
 
     # -- the engine ------------------------------------------------------------------------
     def _execute(self) -> None:
@@ -201,8 +211,10 @@ class DownloadTask(Task):
         while True:
             self._check_stop()
             if time.monotonic() > deadline:
-                raise TransferError(f"resource timeout ({cfg.resource_timeout:.0f}s) reached "
-                                    f"for {self.url}", "resume it later with `halftunes resume`")  # fmt: skip
+                raise TransferError(
+                    f"resource timeout ({cfg.resource_timeout:.0f}s) reached for {self.url}",
+                    "resume it later with `halftunes resume`",
+                )
             headers = ranges.request_headers(offset, self.etag, self.last_modified)
             if offset > 0 and "Range" not in headers:
                 self._note("no ETag or Last-Modified to check the partial against: restarting")
@@ -224,8 +236,9 @@ class DownloadTask(Task):
                 raise self._last_error or TransferError(f"giving up on {self.url}")
             wait = policy.delay_seconds(max(failures, 1), self._retry_after)
             reason = _short_reason(self._last_error)
-            log.info("retrying %s from byte %d in %.1fs (%s)", self.url, offset, wait,
-                     self._last_error)  # fmt: skip
+            log.info(
+                "retrying %s from byte %d in %.1fs (%s)", self.url, offset, wait, self._last_error
+            )
             self._tell("on_retry", wait, reason)
             self._back_off(wait)
 
@@ -257,8 +270,14 @@ class DownloadTask(Task):
                 raise authentication_required(self.url)
             ranged = "Range" in headers
             start = ranges.resume_start(offset) if ranged else 0
-            decision = ranges.decide(response.status_code, response.headers, start,
-                                     self.bytes_total, have=offset, ranged=ranged)  # fmt: skip
+            decision = ranges.decide(
+                response.status_code,
+                response.headers,
+                start,
+                self.bytes_total,
+                have=offset,
+                ranged=ranged,
+            )
             action = decision.action
             if action is Action.FAIL:
                 status = response.status_code
@@ -268,8 +287,9 @@ class DownloadTask(Task):
                     hint = f"the partial ({offset} bytes) is kept; `halftunes resume` tries again"
                 else:
                     hint = "`halftunes resume` tries again"
-                raise HTTPStatusError(status, self.url, hint,
-                                      retry_after=response.headers.get("Retry-After"))  # fmt: skip
+                raise HTTPStatusError(
+                    status, self.url, hint, retry_after=response.headers.get("Retry-After")
+                )
             if action is Action.RETRY:
                 self._retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 if response.status_code in RETRYABLE_STATUSES:
@@ -311,8 +331,10 @@ class DownloadTask(Task):
                 self._stream(response, offset, start)
             except _OverlapMismatch:
                 self._check_stop()
-                self._note("the server's copy changed (the bytes before the resume point "
-                           "differ): restarting from 0")  # fmt: skip
+                self._note(
+                    "the server's copy changed (the bytes before the resume point "
+                    "differ): restarting from 0"
+                )
                 self.partial.truncate(0)
                 self.bytes_total = self.etag = self.last_modified = None
                 return False, "again"
@@ -320,8 +342,11 @@ class DownloadTask(Task):
                 self._check_stop()
                 self._last_error = TransferError(str(exc))
                 return self.bytes_received > offset, "retry"
-            except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
-                    OSError) as exc:  # fmt: skip
+            except (
+                requests.exceptions.RequestException,
+                urllib3.exceptions.HTTPError,
+                OSError,
+            ) as exc:
                 # the connection broke mid-body (a failed write is a DiskError, not OSError)
                 self._check_stop()
                 self._last_error = translate_request_error(exc, self.url)
@@ -335,8 +360,10 @@ class DownloadTask(Task):
                 )
                 return self.bytes_received > offset, "retry"
             if self.requires_content and self.bytes_received == 0:
-                raise TransferError(f"the server sent an empty file for {self.url}",
-                                    "a preview has sound in it: try again later")  # fmt: skip
+                raise TransferError(
+                    f"the server sent an empty file for {self.url}",
+                    "a preview has sound in it: try again later",
+                )
             self._finish(total)
             return True, "done"
 
@@ -349,12 +376,16 @@ class DownloadTask(Task):
             self.content_encoding = None
             return
         if encoding not in DECODABLE:
-            raise TransferError(f"{self.url}: the server sent the file encoded as "
-                                f"{encoding!r} although halftunes asked for no encoding",
-                                "halftunes decodes gzip and deflate only")  # fmt: skip
+            raise TransferError(
+                f"{self.url}: the server sent the file encoded as "
+                f"{encoding!r} although halftunes asked for no encoding",
+                "halftunes decodes gzip and deflate only",
+            )
         if self.content_encoding != encoding:
-            self._note(f"the server compressed the file ({encoding}) although halftunes asked "
-                       "for no encoding: it is decoded when complete")  # fmt: skip
+            self._note(
+                f"the server compressed the file ({encoding}) although halftunes asked "
+                "for no encoding: it is decoded when complete"
+            )
         self.content_encoding = encoding
 
     def _note(self, message: str) -> None:
@@ -445,8 +476,9 @@ class DownloadTask(Task):
                     self._journal()
                 partial.close()
 
-    def _verify_overlap(self, readinto: Callable[[memoryview], int], view: memoryview,
-                        expected: bytes) -> None:  # fmt: skip
+    def _verify_overlap(
+        self, readinto: Callable[[memoryview], int], view: memoryview, expected: bytes
+    ) -> None:
         seen = 0
         while seen < len(expected):
             self._check_stop()

@@ -39,13 +39,18 @@ class PartialFile:
     `release`: another process that wants to write it is refused (`PartialBusy`). A failed
     fsync is an error (`DiskError`), never a checkpoint."""
 
-    def __init__(self, path: Path, synced: int = 0,
-                 clock: Callable[[], float] = time.monotonic,
-                 checkpoint_seconds: float = CHECKPOINT_SECONDS,
-                 mode: int | None = None, durable: bool = True,
-                 fsync: Callable[[int], None] | None = None,
-                 checkpointer: Checkpointer | None = None,
-                 writeback: Callable[[int, int, int], None] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        path: Path,
+        synced: int = 0,
+        clock: Callable[[], float] = time.monotonic,
+        checkpoint_seconds: float = CHECKPOINT_SECONDS,
+        mode: int | None = None,
+        durable: bool = True,
+        fsync: Callable[[int], None] | None = None,
+        checkpointer: Checkpointer | None = None,
+        writeback: Callable[[int, int, int], None] | None = None,
+    ):
         """`mode`: the permission bits of a file this creates (None: the umask decides).
         `durable` False (durability = crash): never fsync.
         `checkpointer` and `writeback(fd, offset, length)` (power-cut only): each finished
@@ -97,8 +102,10 @@ class PartialFile:
         held, opened = os.fstat(self._owner.fd or 0), os.fstat(f.fileno())
         if (held.st_dev, held.st_ino) != (opened.st_dev, opened.st_ino):
             f.close()
-            raise DiskError(f"{self.path} was replaced by another program while halftunes "
-                            "wrote it", "`halftunes resume` starts it again")  # fmt: skip
+            raise DiskError(
+                f"{self.path} was replaced by another program while halftunes wrote it",
+                "`halftunes resume` starts it again",
+            )
         return f
 
     def starting_offset(self, bytes_total: int | None) -> int:
@@ -235,8 +242,9 @@ class PartialFile:
         self._last_checkpoint = self._clock()
         return self.synced
 
-    def checkpoint_async(self, checkpointer: Checkpointer,
-                         then: Callable[[int], object] | None = None) -> None:  # fmt: skip
+    def checkpoint_async(
+        self, checkpointer: Checkpointer, then: Callable[[int], object] | None = None
+    ) -> None:
         """Have the checkpointer fsync what is written so far, then move `synced` up to it
         and call `then(synced)`: the receiving thread goes on writing meanwhile. One
         checkpoint per partial at a time; a call while one is under way does nothing."""
@@ -283,8 +291,9 @@ class PartialFile:
             self.length = os.fstat(self._file.fileno()).st_size
 
     # -- the end -----------------------------------------------------------------------------
-    def finish(self, destination: Path, bytes_total: int | None,
-               content_encoding: str | None = None) -> int:  # fmt: skip
+    def finish(
+        self, destination: Path, bytes_total: int | None, content_encoding: str | None = None
+    ) -> int:
         """Check the size, then rename to the final name; returns the file's size.
 
         The data was fsynced at the last checkpoint, before the rename, so the final name can
@@ -296,23 +305,27 @@ class PartialFile:
         we wrote; the lock is given up after it."""
         self.close()
         if not self.acquire(create=False) or not self._owner.is_current():
-            raise DiskError(f"{self.path} was moved or replaced by another program while "
-                            "halftunes wrote it", "`halftunes resume` starts it again")  # fmt: skip
+            raise DiskError(
+                f"{self.path} was moved or replaced by another program while halftunes wrote it",
+                "`halftunes resume` starts it again",
+            )
         try:
             size = os.fstat(self._owner.fd or 0).st_size
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
         if bytes_total is not None and size != bytes_total:
-            raise TransferError(f"{destination.name}: size check failed "
-                                f"({size} of {bytes_total} bytes)")  # fmt: skip
+            raise TransferError(
+                f"{destination.name}: size check failed ({size} of {bytes_total} bytes)"
+            )
         if content_encoding is not None:
             self._decode(destination, content_encoding)
         else:
             try:
                 os.replace(self.path, destination)
             except OSError as exc:
-                raise DiskError(f"cannot move the finished file to {destination}: "
-                                f"{exc.strerror}") from exc  # fmt: skip
+                raise DiskError(
+                    f"cannot move the finished file to {destination}: {exc.strerror}"
+                ) from exc
         self.length = self.synced = size
         self._owner.release()
         return size
@@ -347,8 +360,9 @@ class PartialFile:
                 decoding.unlink()
             if isinstance(exc, OSError) and not isinstance(exc, gzip.BadGzipFile):
                 raise disk_error(exc, destination) from exc
-            raise TransferError(f"{destination.name}: the server's {content_encoding} body "
-                                f"does not decode ({exc})") from exc  # fmt: skip
+            raise TransferError(
+                f"{destination.name}: the server's {content_encoding} body does not decode ({exc})"
+            ) from exc
         with contextlib.suppress(OSError):
             self.path.unlink()
 

@@ -41,8 +41,15 @@ class _CountingFile:
 
 
 class UploadTask(Task):
-    def __init__(self, session: TaskHost, url: str, file_path: Path, method: str = "PUT",
-                 headers: dict[str, str] | None = None, completion: Callable | None = None):  # fmt: skip
+    def __init__(
+        self,
+        session: TaskHost,
+        url: str,
+        file_path: Path,
+        method: str = "PUT",
+        headers: dict[str, str] | None = None,
+        completion: Callable | None = None,
+    ):
         super().__init__(session, url, completion)
         method = method.upper()
         if method not in ("PUT", "POST"):

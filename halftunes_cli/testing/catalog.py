@@ -64,27 +64,48 @@ MODIFIED_NOW = -1.0  # a `CatalogState.mtimes` value: the file changes every sec
 # -- the catalog -------------------------------------------------------------------------------
 
 _ARTISTS = {
-    "Jack Johnson": ("In Between Dreams", [
-        "Better Together", "Banana Pancakes", "Upside Down", "Sitting, Waiting, Wishing",
-        "Good People", "Do You Remember", "Constellations", "Never Know", "Breakdown",
-        "Taylor", "Flake", "Bubble Toes", "Times Like These", "If I Had Eyes",
-    ]),
+    "Jack Johnson": (
+        "In Between Dreams",
+        [
+            "Better Together",
+            "Banana Pancakes",
+            "Upside Down",
+            "Sitting, Waiting, Wishing",
+            "Good People",
+            "Do You Remember",
+            "Constellations",
+            "Never Know",
+            "Breakdown",
+            "Taylor",
+            "Flake",
+            "Bubble Toes",
+            "Times Like These",
+            "If I Had Eyes",
+        ],
+    ),
     "Ocean Parade": ("Salt & Light", ["Tide Pools", "Harbour Lights", "Rope Swing", "Undertow"]),
     "The Quiet Foxes": ("Paper Lanterns", ["Ember", "Northbound", "Sleepwalker", "Paper Moon"]),
     "王菲": ("菲靡靡之音", ["红豆", "容易受伤的女人", "但愿人长久"]),
     "Los Días Claros": ("Canciones de Ayer", ["Mañana", "Corazón Partido", "Año Nuevo"]),
     "DJ 🎧 Emoji": ("🔥 Hits 🔥", ["🎸 Guitar Hero", "Dance 💃 Floor", "🌙 Night Drive"]),
-    'Quote "Band"': ("It's \"Fine\"", ['She Said "Hi"', "Don't Stop", "Rock 'n' Roll"]),
+    'Quote "Band"': ('It\'s "Fine"', ['She Said "Hi"', "Don't Stop", "Rock 'n' Roll"]),
     "AC/DC Tribute": ("Either/Or", ["Highway/Heaven", "Back\\Slash", "A:B|C?"]),
     "Plus & Hash": ("C# Major + More", ["Rock & Roll #1", "1+1=2", "50% Off"]),
-}  # fmt: skip
+}
 
 _HOSTILE = [
-    ("..", ".."), ("Unknown", "../../etc/passwd"), ("CON", "CON"), ("NUL", "nul.txt"),
-    ("Long", "L" * 300), ("Ctrl", "Bell\x07Tab\tNew\nLine"), ("RTL", "evil\u202egpj.exe"),
-    ("Dots...", "Trailing dots..."), ("Space ", " Spaces "), ("com1", "com1.mp3"),
+    ("..", ".."),
+    ("Unknown", "../../etc/passwd"),
+    ("CON", "CON"),
+    ("NUL", "nul.txt"),
+    ("Long", "L" * 300),
+    ("Ctrl", "Bell\x07Tab\tNew\nLine"),
+    ("RTL", "evil\u202egpj.exe"),
+    ("Dots...", "Trailing dots..."),
+    ("Space ", " Spaces "),
+    ("com1", "com1.mp3"),
     ("Jack Johnson", "BETTER TOGETHER"),
-]  # fmt: skip
+]
 
 
 def build_shapes(base_url: str) -> tuple[dict[int, dict], list[dict]]:
@@ -92,38 +113,89 @@ def build_shapes(base_url: str) -> tuple[dict[int, dict], list[dict]]:
     ones (music video, podcast episode, audiobook, explicit / clean / standard editions, a
     quoted id) by id, and albums and artists, which are not downloadable."""
     b = base_url
-    song = {"wrapperType": "track", "kind": "song", "artistName": "The Shapes",
-            "collectionName": "Shapes", "country": "USA", "currency": "USD"}  # fmt: skip
+    song = {
+        "wrapperType": "track",
+        "kind": "song",
+        "artistName": "The Shapes",
+        "collectionName": "Shapes",
+        "country": "USA",
+        "currency": "USD",
+    }
     downloadable = [
-        {**song, "kind": "music-video", "trackId": 1440000000001,
-         "trackName": "Shapes in Motion (Video)", "trackTimeMillis": 245123.0,
-         "trackExplicitness": "notExplicit",
-         "previewUrl": f"{b}/r/2/previews/1440000000001/video.m4v"},
-        {"wrapperType": "podcastEpisode", "kind": "podcast-episode", "trackId": 1000000000002,
-         "collectionName": "Shapes Weekly", "trackName": "Finneas", "trackTimeMillis": 1800000,
-         "previewUrl": f"{b}/previews/1000000000002/episode.mp3"},
-        {"wrapperType": "audiobook", "collectionId": 1234567890123, "artistName": "Jane Reader",
-         "collectionName": "The Long Walk of Shapes (Unabridged)",
-         "previewUrl": f"{b}/previews/1234567890123/sample.m4a"},
-        {**song, "trackId": 1500000000011, "trackName": "Loud Shapes",
-         "collectionName": "Shapes (Deluxe)", "trackExplicitness": "explicit",
-         "previewUrl": f"{b}/previews/1500000000011/preview.m4a"},
-        {**song, "trackId": 1500000000012, "trackName": "Loud Shapes",
-         "collectionName": "Shapes (Clean)", "trackExplicitness": "cleaned",
-         "previewUrl": f"{b}/previews/1500000000012/preview.m4a"},
-        {**song, "trackId": 1500000000013, "trackName": "Loud Shapes",
-         "collectionName": "Shapes", "trackExplicitness": "notExplicit",
-         "previewUrl": f"{b}/previews/1500000000013/preview.m4a"},
-        {**song, "trackId": "1500000000014", "trackName": "Quoted Id Shapes",
-         "trackTimeMillis": "199999.5",
-         "previewUrl": f"{b}/previews/1500000000014/preview.m4a"},
-    ]  # fmt: skip
+        {
+            **song,
+            "kind": "music-video",
+            "trackId": 1440000000001,
+            "trackName": "Shapes in Motion (Video)",
+            "trackTimeMillis": 245123.0,
+            "trackExplicitness": "notExplicit",
+            "previewUrl": f"{b}/r/2/previews/1440000000001/video.m4v",
+        },
+        {
+            "wrapperType": "podcastEpisode",
+            "kind": "podcast-episode",
+            "trackId": 1000000000002,
+            "collectionName": "Shapes Weekly",
+            "trackName": "Finneas",
+            "trackTimeMillis": 1800000,
+            "previewUrl": f"{b}/previews/1000000000002/episode.mp3",
+        },
+        {
+            "wrapperType": "audiobook",
+            "collectionId": 1234567890123,
+            "artistName": "Jane Reader",
+            "collectionName": "The Long Walk of Shapes (Unabridged)",
+            "previewUrl": f"{b}/previews/1234567890123/sample.m4a",
+        },
+        {
+            **song,
+            "trackId": 1500000000011,
+            "trackName": "Loud Shapes",
+            "collectionName": "Shapes (Deluxe)",
+            "trackExplicitness": "explicit",
+            "previewUrl": f"{b}/previews/1500000000011/preview.m4a",
+        },
+        {
+            **song,
+            "trackId": 1500000000012,
+            "trackName": "Loud Shapes",
+            "collectionName": "Shapes (Clean)",
+            "trackExplicitness": "cleaned",
+            "previewUrl": f"{b}/previews/1500000000012/preview.m4a",
+        },
+        {
+            **song,
+            "trackId": 1500000000013,
+            "trackName": "Loud Shapes",
+            "collectionName": "Shapes",
+            "trackExplicitness": "notExplicit",
+            "previewUrl": f"{b}/previews/1500000000013/preview.m4a",
+        },
+        {
+            **song,
+            "trackId": "1500000000014",
+            "trackName": "Quoted Id Shapes",
+            "trackTimeMillis": "199999.5",
+            "previewUrl": f"{b}/previews/1500000000014/preview.m4a",
+        },
+    ]
     others = [
-        {"wrapperType": "collection", "collectionType": "Album", "collectionId": 1469577723,
-         "artistName": "The Shapes", "collectionName": "Shapes (Deluxe)", "trackCount": 12},
-        {"wrapperType": "artist", "artistType": "Artist", "artistId": 909253,
-         "artistName": "The Shapes", "primaryGenreName": "Pop"},
-    ]  # fmt: skip
+        {
+            "wrapperType": "collection",
+            "collectionType": "Album",
+            "collectionId": 1469577723,
+            "artistName": "The Shapes",
+            "collectionName": "Shapes (Deluxe)",
+            "trackCount": 12,
+        },
+        {
+            "wrapperType": "artist",
+            "artistType": "Artist",
+            "artistId": 909253,
+            "artistName": "The Shapes",
+            "primaryGenreName": "Pop",
+        },
+    ]
     by_id = {}
     for item in downloadable:
         ident = item.get("trackId") or item["collectionId"]
@@ -188,8 +260,13 @@ def build_tracks(
 class CatalogState:
     """Everything the server knows; tests reach it directly when the server runs in-process."""
 
-    def __init__(self, base_url: str, preview_size: int | None = None, count: int = 300,
-                 preview_base: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        base_url: str,
+        preview_size: int | None = None,
+        count: int = 300,
+        preview_base: str | None = None,
+    ):
         self.base_url = base_url
         self.tracks = build_tracks(base_url, count, preview_base)
         self.shapes, self.others = build_shapes(base_url)
@@ -429,8 +506,9 @@ class _Handler(BaseHTTPRequestHandler):
                 f"/r/{int(hops) - 1}/{rest}" if hops.isdigit() and int(hops) > 1 else f"/{rest}"
             )
             query = urlsplit(self.path).query
-            return self._send_bytes(entry, 302, b"", "text/plain",
-                                    {"Location": target + (f"?{query}" if query else "")})  # fmt: skip
+            return self._send_bytes(
+                entry, 302, b"", "text/plain", {"Location": target + (f"?{query}" if query else "")}
+            )
         self._send_json(entry, 404, {"errorMessage": "not found"})
 
     def do_PUT(self) -> None:
@@ -457,8 +535,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(entry, 200, {"resultCount": "x", "results": {"a": 1}})
             return True
         if fault["kind"] == "results":
-            self._send_json(entry, 200, {"resultCount": len(fault["results"]),
-                                         "results": fault["results"]})  # fmt: skip
+            self._send_json(
+                entry, 200, {"resultCount": len(fault["results"]), "results": fault["results"]}
+            )
             return True
         return False
 
@@ -477,8 +556,9 @@ class _Handler(BaseHTTPRequestHandler):
         results = []
         st = self.state
         for t in [*st.tracks.values(), *st.shapes.values(), *st.others]:
-            hay = " ".join(str(t.get(k, "")) for k in ("artistName", "trackName",
-                                                        "collectionName")).lower()  # fmt: skip
+            hay = " ".join(
+                str(t.get(k, "")) for k in ("artistName", "trackName", "collectionName")
+            ).lower()
             if words and all(w in hay for w in words):
                 results.append(t)
         results = results[:limit]
@@ -499,8 +579,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _preview(self, entry: dict, path: str, fault: dict | None) -> None:
         part = path[len("/previews/") :].split("/", 1)[0].split(".", 1)[0]
-        if not part.isdigit() or (int(part) not in self.state.tracks
-                                  and int(part) not in self.state.shapes):  # fmt: skip
+        if not part.isdigit() or (
+            int(part) not in self.state.tracks and int(part) not in self.state.shapes
+        ):
             return self._send_json(entry, 404, {"errorMessage": "no such preview"})
         track_id = int(part)
         st = self.state
@@ -515,8 +596,9 @@ class _Handler(BaseHTTPRequestHandler):
 
             encoded = gzip.compress(body_slice(st.seed_of(track_id), 0, size), mtime=0)
             size = len(encoded)
-        self._serve_body(entry, st.seed_of(track_id), size, etag, mtime, fault, "audio/mp4",
-                         encoded)  # fmt: skip
+        self._serve_body(
+            entry, st.seed_of(track_id), size, etag, mtime, fault, "audio/mp4", encoded
+        )
 
     def _file(self, entry: dict, path: str, fault: dict | None) -> None:
         query = parse_qs(urlsplit(self.path).query)
@@ -535,9 +617,12 @@ class _Handler(BaseHTTPRequestHandler):
         expected = "Basic " + base64.b64encode(b"user:secret").decode()
         if self.headers.get("Authorization") != expected:
             return self._send_bytes(
-                entry, 401, b"auth required", "text/plain",
+                entry,
+                401,
+                b"auth required",
+                "text/plain",
                 {"WWW-Authenticate": 'Basic realm="halftunes"'},
-            )  # fmt: skip
+            )
         self._serve_body(entry, 99, 10_000, '"auth-1"', None, None, "application/octet-stream")
 
     def _serve_body(self, entry, seed, size, etag, mtime, fault, ctype, encoded=None) -> None:
@@ -710,8 +795,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send_json(entry, 200, dict(st.uploads), "application/json")
         if path.startswith("/_admin/track/"):
             tid = int(path.rsplit("/", 1)[-1])
-            info = {"size": st.size_of(tid), "sha256": st.sha256_of(tid),
-                    "version": st.versions.get(tid, 1)}  # fmt: skip
+            info = {
+                "size": st.size_of(tid),
+                "sha256": st.sha256_of(tid),
+                "version": st.versions.get(tid, 1),
+            }
             return self._send_json(entry, 200, info, "application/json")
         self._send_json(entry, 404, {"errorMessage": "unknown admin path"})
 
@@ -759,8 +847,14 @@ class _QuietServer(ThreadingHTTPServer):
 class CatalogServer:
     """The server on 127.0.0.1; `start()` runs it in a thread, `url` is its base URL."""
 
-    def __init__(self, port: int = 0, preview_size: int | None = None, count: int = 300,
-                 preview_base: str | None = None, state: CatalogState | None = None):  # fmt: skip
+    def __init__(
+        self,
+        port: int = 0,
+        preview_size: int | None = None,
+        count: int = 300,
+        preview_base: str | None = None,
+        state: CatalogState | None = None,
+    ):
         """`state`: another server's catalog, to serve it again (a restart on its port)."""
         handler = type("Handler", (_Handler,), {})
         self.httpd = _QuietServer(("127.0.0.1", port), handler)
@@ -773,8 +867,7 @@ class CatalogServer:
 
     def start(self) -> CatalogServer:
         # A short poll interval: stop() returns within 50 ms instead of serve_forever's 0.5 s.
-        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,),
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
         return self
 
@@ -813,14 +906,22 @@ def write_previews(state: CatalogState, root: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m halftunes_cli.catalog", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m halftunes_cli.catalog",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--preview-size", type=int, default=None, help="bytes per preview")
     parser.add_argument("--throttle", type=int, default=None, help="bytes per second per request")
     parser.add_argument("--count", type=int, default=300, help="tracks in the catalog")
-    parser.add_argument("--first-byte-delay", type=float, default=0.0, metavar="SECONDS",
-                        help="wait before each response (a long-distance link)")  # fmt: skip
+    parser.add_argument(
+        "--first-byte-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait before each response (a long-distance link)",
+    )
     parser.add_argument(
         "--preview-base",
         default=None,
