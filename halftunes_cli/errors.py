@@ -19,16 +19,16 @@
     ├── IllegalTransition          a lifecycle move the tables do not allow (also a bug)
     └── Cancelled                  a task was cancelled or paused (not shown to users)
 
-Lower-layer errors (requests and urllib3, OSError, sqlite3) become members of this tree in
-`translate_request_error`, `disk_error` and `state_error` below, and nowhere else; each keeps
-the original as its `__cause__` (raise ... from exc) so `-v` can show it.
+Lower-layer errors become members of this tree at one place each, keeping the original as
+their `__cause__` (raise ... from exc) so `-v` can show it: requests, urllib3 and
+http.client in `transport.map_error` (the transport raises nothing else), OSError in
+`disk_error` and sqlite3 in `state_error` below.
 """
 
 from __future__ import annotations
 
 import enum
 import errno
-import re
 
 
 class ExitStatus(enum.IntEnum):
@@ -87,9 +87,11 @@ class OfflineMissError(HalftunesError):
 class TransferError(HalftunesError):
     # Set where the cause is known: `is_permanent` (trying again will not help: 404, 410, a
     # 403 that is no rate limit, an unknown host), `is_unreachable` (refused, unknown host:
-    # worth one more attempt at most).
+    # worth one more attempt at most, unless the host answered before), `is_retryable`
+    # (False: never tried again in this command, e.g. a failed TLS verification).
     is_permanent = False
     is_unreachable = False
+    is_retryable = True
 
 
 class HTTPStatusError(TransferError):
@@ -146,46 +148,6 @@ def internal_error(exc: BaseException) -> InternalError:
         f"internal error: {type(exc).__name__}: {exc}",
         "this is a bug in halftunes; run again with -v for the traceback and report it",
     )
-    error.__cause__ = exc
-    return error
-
-
-# -- the translation boundary -----------------------------------------------------------------
-def translate_request_error(exc: BaseException, url: str) -> HalftunesError:
-    """requests / urllib3 / socket errors become ours; the original stays as __cause__."""
-    import requests
-    import urllib3
-
-    if isinstance(exc, HalftunesError):
-        return exc
-    url = shorten_url(url)
-    error: HalftunesError
-    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
-        error = TransferError(f"timed out reading from {url}", "the server stalled")
-    elif isinstance(exc, urllib3.exceptions.HTTPError):
-        error = TransferError(f"connection to {url} broke: {_root_reason(exc)}")
-    elif isinstance(exc, requests.exceptions.SSLError):
-        error = TransferError(
-            f"TLS verification failed for {url}",
-            "for a private CA set REQUESTS_CA_BUNDLE to its certificate file",
-        )
-    elif isinstance(exc, requests.exceptions.Timeout):
-        error = TransferError(f"timed out talking to {url}", "the server stalled; try again later")
-    elif isinstance(exc, requests.exceptions.ConnectionError):
-        reason = _root_reason(exc)
-        error = TransferError(f"could not connect to {url}: {reason}")
-        error.is_unreachable = reason in (REFUSED, UNKNOWN_HOST)
-        error.is_permanent = reason == UNKNOWN_HOST
-    elif isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
-        error = UnsupportedURLError(f"invalid URL {url!r}")
-    elif isinstance(exc, requests.exceptions.InvalidSchema):
-        error = UnsupportedURLError(f"unsupported URL scheme in {url!r}")
-    elif isinstance(exc, requests.exceptions.RequestException):
-        error = TransferError(f"request to {url} failed: {_root_reason(exc)}")
-    elif isinstance(exc, OSError):
-        error = TransferError(f"I/O error for {url}: {exc.strerror or exc}")
-    else:
-        return internal_error(exc)
     error.__cause__ = exc
     return error
 
@@ -271,35 +233,3 @@ def _cannot_open_reason() -> str:
 def shorten_url(url: str, limit: int = 100) -> str:
     """A URL as a message shows it: a lookup of 150 ids is not worth 1,500 characters."""
     return url if len(url) <= limit else url[: limit - 1] + "…"
-
-
-REFUSED = "connection refused (nothing listens there)"
-UNKNOWN_HOST = "host not found (DNS)"
-
-
-def _root_reason(exc: BaseException) -> str:
-    """The innermost cause, said as a person would (no `[Errno -2]`)."""
-    import socket
-
-    seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
-    text = str(seen) or type(seen).__name__
-    if (
-        isinstance(seen, socket.gaierror)
-        or "Name or service not known" in text
-        or "nodename nor servname" in text
-        or "Failed to resolve" in text
-    ):
-        return UNKNOWN_HOST
-    if isinstance(seen, ConnectionRefusedError) or "Connection refused" in text:
-        return REFUSED
-    if isinstance(seen, ConnectionResetError) or "Connection reset" in text:
-        return "the connection was reset"
-    if isinstance(seen, TimeoutError) or "timed out" in text:
-        return "timed out"
-    text = _ERRNO.sub("", text).strip()
-    return text if len(text) < 160 else text[:157] + "..."
-
-
-_ERRNO = re.compile(r"\[Errno -?\d+\]\s*")

@@ -15,12 +15,14 @@ from urllib.parse import quote_plus, urlencode
 from .config import SessionConfiguration
 from .errors import ApiError, OfflineMissError, RateLimitedError, TransferError, UsageError
 from .headers import parse_decimal, parse_retry_after, parse_uint
+from .retry import RetryLoop, RetryPolicy
 
 # Apple documents roughly 20 calls a minute; a burst of 20 then one every 3 s.
 RATE_CAPACITY = 20.0
 RATE_PER_SECOND = 20.0 / 60.0
 SEARCH_CACHE_SECONDS = 3600.0
 RATE_RETRY_MAX_SECONDS = 10.0  # a rate limit that asks for longer is reported, not waited
+RATE_LIMITED = RetryPolicy(retries=1)  # a rate limit with a short Retry-After: once more
 
 
 def _as_id(value: Any) -> int | None:
@@ -246,22 +248,22 @@ class ITunesClient:
 
     def _fetch(self, url: str) -> tuple[int, bytes, Any]:
         """One paced call; a 403/429 with a Retry-After of at most 10 s is tried once more."""
-        for attempt in (1, 2):
+        for attempt in RetryLoop(RATE_LIMITED, what=url):
             self._pace()
             status, data, headers = self.session.fetch(
                 url, retry_statuses=frozenset({500, 502, 503, 504}), max_bytes=16 << 20
             )
             if status not in (403, 429):
                 return status, data, headers
-            wait = parse_retry_after(headers.get("Retry-After"))
-            if attempt == 1 and wait is not None and wait <= RATE_RETRY_MAX_SECONDS:
-                time.sleep(wait)
-                continue
-            raise RateLimitedError(
+            error = RateLimitedError(
                 f"the iTunes API refused the call (HTTP {status}): rate limited",
                 "Apple allows about 20 calls a minute; wait a minute and try again",
             )
-        raise AssertionError("unreachable")
+            wait = parse_retry_after(headers.get("Retry-After"))
+            if wait is None or wait > RATE_RETRY_MAX_SECONDS or not attempt.may_retry(error):
+                raise error
+            attempt.failed(error, retry_after=wait)
+        raise AssertionError("the retry loop ends by a return or an error")
 
     def _pace(self) -> None:
         store = self._store

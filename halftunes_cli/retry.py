@@ -1,26 +1,53 @@
-"""The one retry policy: which answers are transient, jittered exponential back-off, Retry-After.
+"""The one retry policy and the one retry loop: which answers are transient, jittered
+exponential back-off, Retry-After, when to give up.
 
-Data, upload and download tasks all ask this policy how long to wait and sleep through it;
-a stop request (pause, cancel) interrupts the sleep at once.
+Every caller that tries again (data, upload and download tasks, the iTunes client, the job
+planner's lookups) writes only what one attempt is:
+
+    for attempt in RetryLoop(policy, what=url, stop=stop_event, on_retry=tell):
+        try:
+            return send()
+        except TransferError as error:
+            attempt.failed(error)
+
+and the loop decides the rest: count the failure (an attempt that made progress starts the
+count again), give up (raise the error) or log, tell `on_retry(wait_seconds, reason)` and
+sleep, which a stop request (pause, cancel) cuts short. An iteration that reports no
+failure and does not leave the loop simply goes again at once (a restart from 0).
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .errors import HTTPStatusError
 from .headers import parse_retry_after
 
-__all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "parse_retry_after", "sleep_unless_stopped"]
+__all__ = [
+    "RETRYABLE_STATUSES",
+    "Attempt",
+    "RetryLoop",
+    "RetryPolicy",
+    "parse_retry_after",
+    "sleep_unless_stopped",
+]
+
+log = logging.getLogger(__name__)
 
 # 408 and 429 are the client-side statuses worth another try; the rest are server trouble.
 RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 # A server may ask for a long pause; we honour it up to this many seconds per wait.
 RETRY_AFTER_CAP_SECONDS = 120.0
+
+# A host never reached in this transfer (refused, unknown) gets this many attempts, not the
+# whole policy: a dead address should fail in a second, not in a minute.
+UNREACHED_HOST_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -57,3 +84,85 @@ def sleep_unless_stopped(seconds: float, stop: threading.Event | None) -> bool:
         time.sleep(seconds)
         return False
     return stop.wait(seconds)
+
+
+def short_reason(error: BaseException | None) -> str:
+    """What made a retry necessary, in a few words (for a progress bar)."""
+    if isinstance(error, HTTPStatusError):
+        return f"HTTP {error.status}"
+    text = str(error or "error")
+    return text.rsplit(": ", 1)[-1] if ": " in text else text
+
+
+class Attempt:
+    """One try. Tell the loop how it failed with `failed`; ask `may_retry` beforehand when a
+    caller would rather keep a last answer than raise (a data task's last 503)."""
+
+    def __init__(self, loop: RetryLoop, number: int):
+        self._loop = loop
+        self.number = number
+        self.error: BaseException | None = None
+        self.retry_after: float | None = None
+        self.progressed = False
+
+    def failed(
+        self, error: BaseException, *, retry_after: float | None = None, progressed: bool = False
+    ) -> None:
+        """This attempt failed with `error`; `progressed`: it brought new ground (the count of
+        failures starts again); `retry_after`: the server's own wait, in seconds."""
+        self.error = error
+        self.retry_after = retry_after
+        self.progressed = progressed
+
+    def may_retry(self, error: BaseException) -> bool:
+        """Would a failure with `error` now leave another attempt?"""
+        return not self._loop.gives_up(error, self._loop.failures + 1)
+
+
+class RetryLoop:
+    """The loop around attempts: see the module's docstring."""
+
+    def __init__(
+        self,
+        policy: RetryPolicy,
+        *,
+        what: str,
+        stop: threading.Event | None = None,
+        on_retry: Callable[[float, str], object] | None = None,
+        has_reached_host: Callable[[], bool] = lambda: True,
+        sleep: Callable[[float], object] | None = None,
+    ):
+        """`stop` cuts a wait short; `sleep` replaces the waiting (tests, a fake clock)."""
+        self.policy = policy
+        self.what = what
+        self.stop = stop
+        self.on_retry = on_retry
+        self.has_reached_host = has_reached_host
+        self.sleep = sleep
+        self.failures = 0  # in a row, without progress
+
+    def gives_up(self, error: BaseException, failures: int) -> bool:
+        if self.policy.gives_up_after(failures):
+            return True
+        unreached = bool(getattr(error, "is_unreachable", False)) and not self.has_reached_host()
+        return unreached and failures >= UNREACHED_HOST_ATTEMPTS
+
+    def __iter__(self) -> Iterator[Attempt]:
+        number = 0
+        while True:
+            number += 1
+            attempt = Attempt(self, number)
+            yield attempt
+            if attempt.error is None:
+                continue  # no failure said: go again at once (a clean restart)
+            self.failures = 0 if attempt.progressed else self.failures + 1
+            if self.gives_up(attempt.error, self.failures):
+                raise attempt.error
+            wait = self.policy.delay_seconds(max(self.failures, 1), attempt.retry_after)
+            log.info("retry %d of %s in %.1fs after %s", number, self.what, wait, attempt.error)
+            if self.on_retry is not None:
+                self.on_retry(wait, short_reason(attempt.error))
+            if self.sleep is not None:
+                self.sleep(wait)
+            else:
+                sleep_unless_stopped(wait, self.stop)  # (a stop: the caller's next check ends it)

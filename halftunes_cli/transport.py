@@ -1,7 +1,14 @@
-"""The HTTP client: one pooled requests session with checked redirects, cookies, abort.
+"""The HTTP client: one pooled requests session with checked redirects, cookies, abort, and
+the one place where requests', urllib3's and http.client's exceptions become ours.
 
-Every request of every task goes through `HttpClient.send`, the one I/O seam. It sends once:
-retrying is the task's business, by the policy in `retry`.
+Every request of every task goes through `HttpClient.send`, the one I/O seam, and every body
+is read through `body_reader` or `iter_body`: none of them lets a lower-layer exception out
+(`map_error`, as httpx's `map_httpcore_exceptions` wraps both the send and the body). It
+sends once: retrying is the caller's business, by the loop in `retry`.
+
+The body reader uses two private attributes of urllib3 2 (`HTTPResponse._fp`, the
+http.client response below it, and that one's `_close_conn`): pyproject pins urllib3 to
+2.x, and tests/test_body_io.py runs against the oldest and newest 2.x in CI.
 """
 
 from __future__ import annotations
@@ -11,13 +18,20 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from ._version import __version__
 from .config import SessionConfiguration
+from .errors import (
+    HalftunesError,
+    TransferError,
+    UnsupportedURLError,
+    internal_error,
+    shorten_url,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -215,6 +229,8 @@ class HttpClient:
                 allow_redirects=True,
                 **{"auth": auth, **extra},
             )
+        except _lower_layer_errors() as exc:
+            raise map_error(exc, url) from exc
         finally:
             _current.handle = None
         log.debug("< %s %s %s", response.status_code, response.reason or "", response.url)
@@ -266,21 +282,16 @@ def abort(response: Any) -> None:
     """Shut a response's socket from another thread: a blocked read returns at once."""
     if response is None:
         return
-    raw = getattr(response, "raw", None)
-    for getter in (
-        lambda: raw._connection.sock,  # urllib3 2
-        lambda: raw._fp.fp.raw._sock,  # http.client below it
-    ):
-        with contextlib.suppress(Exception):
-            sock = getter()
-            if sock is not None:
-                _shut(sock)
-                return
+    connection = getattr(getattr(response, "raw", None), "connection", None)  # urllib3 2
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        _shut(sock)
 
 
-def body_reader(raw: Any) -> Callable[[memoryview], int]:
+def body_reader(raw: Any, url: str) -> Callable[[memoryview], int]:
     """`readinto(view) -> n`: what has arrived of the body, up to len(view) bytes, undecoded
-    (byte ranges count encoded bytes), into the caller's buffer; 0 at the end.
+    (byte ranges count encoded bytes), into the caller's buffer; 0 at the end. A broken
+    connection raises TransferError (`map_error`).
 
     For a plain (not chunked) HTTP/1.1 body the bytes go from the socket straight into the
     caller's reused buffer, one receive call per read: no new bytes object (and no fresh
@@ -298,9 +309,120 @@ def body_reader(raw: Any) -> Callable[[memoryview], int]:
             and hasattr(inner.fp, "readinto1")
             and raw.tell() == 0
         ):
-            return _DirectBody(raw, inner).readinto
-        return _copying(lambda n: raw.read1(n, decode_content=False))
-    return _copying(raw.read)  # a custom protocol handler's file-like body
+            read = _DirectBody(raw, inner).readinto
+        else:
+            read = _copying(lambda n: raw.read1(n, decode_content=False))
+    else:
+        read = _copying(raw.read)  # a custom protocol handler's file-like body
+    errors = _lower_layer_errors()
+
+    def readinto(view: memoryview) -> int:
+        try:
+            return read(view)
+        except errors as exc:
+            raise map_error(exc, url) from exc
+
+    return readinto
+
+
+def iter_body(response: Any, chunk_bytes: int, url: str) -> Iterator[bytes]:
+    """The body in chunks (decoded as the server encoded it); a broken connection raises
+    TransferError."""
+    errors = _lower_layer_errors()
+    chunks = response.iter_content(chunk_bytes)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except errors as exc:
+            raise map_error(exc, url) from exc
+        yield chunk
+
+
+def _lower_layer_errors() -> tuple[type[BaseException], ...]:
+    """What requests, urllib3, http.client and sockets raise (requests' own errors are
+    OSErrors too)."""
+    import http.client
+
+    import urllib3
+
+    return (OSError, urllib3.exceptions.HTTPError, http.client.HTTPException)
+
+
+# -- the translation boundary -----------------------------------------------------------------
+REFUSED = "connection refused (nothing listens there)"
+UNKNOWN_HOST = "host not found (DNS)"
+
+
+def map_error(exc: BaseException, url: str) -> HalftunesError:
+    """A requests / urllib3 / http.client / socket error as ours, the original its cause."""
+    import http.client
+
+    import requests
+    import urllib3
+
+    if isinstance(exc, HalftunesError):
+        return exc
+    url = shorten_url(url)
+    error: HalftunesError
+    if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
+        error = TransferError(f"timed out reading from {url}", "the server stalled")
+    elif isinstance(exc, urllib3.exceptions.HTTPError):
+        error = TransferError(f"connection to {url} broke: {_root_reason(exc)}")
+    elif isinstance(exc, requests.exceptions.SSLError):
+        error = TransferError(
+            f"TLS verification failed for {url}",
+            "for a private CA set REQUESTS_CA_BUNDLE to its certificate file",
+        )
+        error.is_retryable = False
+    elif isinstance(exc, requests.exceptions.Timeout):
+        error = TransferError(f"timed out talking to {url}", "the server stalled; try again later")
+    elif isinstance(exc, requests.exceptions.ConnectionError):
+        reason = _root_reason(exc)
+        error = TransferError(f"could not connect to {url}: {reason}")
+        error.is_unreachable = reason in (REFUSED, UNKNOWN_HOST)
+        error.is_permanent = reason == UNKNOWN_HOST
+    elif isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
+        error = UnsupportedURLError(f"invalid URL {url!r}")
+    elif isinstance(exc, requests.exceptions.InvalidSchema):
+        error = UnsupportedURLError(f"unsupported URL scheme in {url!r}")
+    elif isinstance(exc, requests.exceptions.RequestException):
+        error = TransferError(f"request to {url} failed: {_root_reason(exc)}")
+    elif isinstance(exc, http.client.HTTPException):
+        error = TransferError(f"connection to {url} broke: {_root_reason(exc)}")
+    elif isinstance(exc, OSError):
+        error = TransferError(f"I/O error for {url}: {exc.strerror or exc}")
+    else:
+        return internal_error(exc)
+    error.__cause__ = exc
+    return error
+
+
+def _root_reason(exc: BaseException) -> str:
+    """The innermost cause, said as a person would (no `[Errno -2]`)."""
+    import re
+    import socket
+
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    text = str(seen) or type(seen).__name__
+    if (
+        isinstance(seen, socket.gaierror)
+        or "Name or service not known" in text
+        or "nodename nor servname" in text
+        or "Failed to resolve" in text
+    ):
+        return UNKNOWN_HOST
+    if isinstance(seen, ConnectionRefusedError) or "Connection refused" in text:
+        return REFUSED
+    if isinstance(seen, ConnectionResetError) or "Connection reset" in text:
+        return "the connection was reset"
+    if isinstance(seen, TimeoutError) or "timed out" in text:
+        return "timed out"
+    text = re.sub(r"\[Errno -?\d+\]\s*", "", text).strip()
+    return text if len(text) < 160 else text[:157] + "..."
 
 
 def _copying(read: Callable[[int], bytes]) -> Callable[[memoryview], int]:

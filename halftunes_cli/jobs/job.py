@@ -29,6 +29,7 @@ from ..config import SessionConfiguration, load_configuration
 from ..errors import HalftunesError, RateLimitedError, UsageError
 from ..itunes import ITunesClient, Track
 from ..records import RecordStatus, Target
+from ..retry import RetryLoop, RetryPolicy
 from ..runner import Runner
 from ..session import Session
 from ..targets import OutputSpec, target_for_track, url_target
@@ -335,22 +336,20 @@ class Job:
 
 
 LOOKUP_BATCH = 150  # ids per lookup call
-RATE_LIMIT_WAITS = (15.0, 30.0, 60.0, 120.0, 240.0)  # seconds, then give up
+# Apple's rate limit slows a job's lookups down: 15, 30, 60, 120, 240 s, then it gives up.
+RATE_LIMITED_LOOKUPS = RetryPolicy(retries=5, base_seconds=15, max_seconds=240, jitter=lambda: 1.0)
 
 
 def _lookup_patiently(
-    client: ITunesClient, ids: list[str], sleep: Callable[[float], None] = time.sleep
+    client: ITunesClient, ids: list[str], sleep: Callable[[float], object] = time.sleep
 ) -> list[Track]:
     """One lookup call; Apple's rate limit (403/429) slows the job down instead of failing it."""
-    for wait in (*RATE_LIMIT_WAITS, None):
+    for attempt in RetryLoop(RATE_LIMITED_LOOKUPS, what="an iTunes lookup", sleep=sleep):
         try:
             return client.lookup(ids)
-        except RateLimitedError:
-            if wait is None:
-                raise
-            log.info("the iTunes API asks to slow down: waiting %.0f s", wait)
-            sleep(wait)
-    raise AssertionError("unreachable")
+        except RateLimitedError as exc:
+            attempt.failed(exc)
+    raise AssertionError("the retry loop ends by a return or an error")
 
 
 ShardDone = Callable[[int, dict[str, int], int], None]  # (shard, its counts, shards in the job)

@@ -1,5 +1,5 @@
-"""The task lifecycle (NSURLSessionTask): states, allowed moves, threads, stop requests, and the
-retrying send that data and upload tasks share."""
+"""The task lifecycle (NSURLSessionTask): states, allowed moves, threads, stop requests,
+callbacks that cannot hurt the transfer, and the retrying send data and upload tasks share."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from ..config import SessionConfiguration
 from ..errors import (
     Cancelled,
     HalftunesError,
+    HTTPStatusError,
     IllegalTransition,
+    TransferError,
     authentication_required,
     disk_error,
-    translate_request_error,
+    internal_error,
 )
-from ..retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after, sleep_unless_stopped
+from ..retry import RETRYABLE_STATUSES, RetryLoop, RetryPolicy, parse_retry_after
 from ..transport import HttpClient, RequestHandle, abort
 
 if TYPE_CHECKING:
@@ -186,10 +188,16 @@ class Task:
         if self._stop.is_set():
             raise Cancelled(self._stop_reason or "cancel")
 
-    def _back_off(self, seconds: float) -> None:
-        """Wait before the next attempt; a stop request ends the wait and the task."""
-        if sleep_unless_stopped(seconds, self._stop):
-            self._check_stop()
+    def _retries(self) -> RetryLoop:
+        """This task's retry loop: the session's policy, stopped by a stop request, heard by
+        the delegate (`on_retry`), and the rule for hosts this task never reached."""
+        return RetryLoop(
+            self.session.retry_policy,
+            what=self.url,
+            stop=self._stop,
+            on_retry=lambda wait, reason: self._tell("on_retry", wait, reason),
+            has_reached_host=lambda: self.has_reached_host,
+        )
 
     def _send(
         self,
@@ -199,34 +207,21 @@ class Task:
         data_factory: Callable[[], Any] | None = None,
         retry_statuses: frozenset[int] = RETRYABLE_STATUSES,
     ) -> requests.Response:
-        """Send with the retry policy; only idempotent methods are ever sent twice."""
-        import requests
-
-        policy = self.session.retry_policy
+        """Send with the retry loop; only idempotent methods are ever sent twice. A retryable
+        status that has used up its retries is returned, for the caller to judge."""
         idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
-        failures = 0
         auth = None
         challenged = False
-        while True:
+        for attempt in self._retries():
             self._check_stop()
             try:
                 data = data_factory() if data_factory is not None else None
                 response = self._send_once(method, headers, data=data, auth=auth)
-            except requests.exceptions.RequestException as exc:
+            except TransferError as error:
                 self._check_stop()
-                error = translate_request_error(exc, self.url)
-                failures += 1
-                if (
-                    isinstance(exc, requests.exceptions.SSLError)
-                    or not idempotent
-                    or policy.gives_up_after(failures)
-                    or self.is_hopeless(error, failures)
-                ):
-                    raise error from exc
-                wait = policy.delay_seconds(failures)
-                log.info("retry %d of %s in %.1fs after %s", failures, self.url, wait, error)
-                self._tell("on_retry", wait, str(error).rsplit(": ", 1)[-1])
-                self._back_off(wait)
+                if not (idempotent and error.is_retryable):
+                    raise
+                attempt.failed(error)
                 continue
             self.has_reached_host = True
             self._live_response = response
@@ -236,37 +231,18 @@ class Task:
                 if answer is not None:
                     response.close()
                     auth = answer
-                    continue
+                    continue  # at once, with the credentials
             if response.status_code == 401:
                 response.close()
                 raise authentication_required(self.url)
-            if response.status_code in retry_statuses and idempotent:
-                failures += 1
-                if not policy.gives_up_after(failures):
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    wait = policy.delay_seconds(failures, retry_after)
-                    log.info(
-                        "retry %d of %s in %.1fs after HTTP %d",
-                        failures,
-                        self.url,
-                        wait,
-                        response.status_code,
-                    )
-                    self._tell("on_retry", wait, f"HTTP {response.status_code}")
-                    response.close()
-                    self._back_off(wait)
-                    continue
+            status = HTTPStatusError(response.status_code, self.url)
+            if response.status_code in retry_statuses and idempotent and attempt.may_retry(status):
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                response.close()
+                attempt.failed(status, retry_after=retry_after)
+                continue
             return response
-
-    def is_hopeless(self, error: BaseException | None, failures: int) -> bool:
-        """A host that was never reached in this task (refused, unknown) gets two attempts,
-        not the whole policy: a dead address should fail in a second, not in a minute. Once
-        it has answered, a refusal or reset is a restart or a blip: the policy applies."""
-        return (
-            bool(getattr(error, "is_unreachable", False))
-            and not self.has_reached_host
-            and failures >= 2
-        )
+        raise AssertionError("the retry loop ends by a return or an error")
 
     def _main(self) -> None:
         self._guarded(self._execute)
@@ -280,14 +256,11 @@ class Task:
             self._on_stopped()
         except HalftunesError as exc:
             self._fail(exc)
-        except OSError as exc:
-            if _is_network_error(exc):
-                self._fail(translate_request_error(exc, self.url))
-            else:
-                self._fail(disk_error(exc, getattr(self, "part_path", None)))
+        except OSError as exc:  # (the transport raises only our errors: this is the disk)
+            self._fail(disk_error(exc, getattr(self, "part_path", None)))
         except Exception as exc:  # a bug must still end the task, never hang a waiter
             log.debug("task %s ended by an unexpected error", self.task_identifier, exc_info=True)
-            self._fail(translate_request_error(exc, self.url))
+            self._fail(internal_error(exc))
         finally:
             self._live_response = None
             if not self._handed_off:
@@ -330,10 +303,3 @@ class Task:
     def _call_completion(self) -> None:
         # data and upload tasks: completion(data, response, error)
         self.completion(getattr(self, "data", None), self.response, self.error)  # type: ignore[misc]
-
-
-def _is_network_error(exc: OSError) -> bool:
-    """requests' errors derive from OSError (IOError); they are the network's, not the disk's."""
-    import requests
-
-    return isinstance(exc, requests.exceptions.RequestException)

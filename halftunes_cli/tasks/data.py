@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from ..errors import TransferError
 from ..retry import RETRYABLE_STATUSES
+from ..transport import iter_body
 from .base import Task, TaskHost, TaskState
 
 
@@ -28,7 +29,7 @@ class DataTask(Task):
         self.response = response
         body = bytearray()
         with response:
-            for chunk in response.iter_content(64 * 1024):
+            for chunk in iter_body(response, 64 * 1024, self.url):
                 self._check_stop()
                 body += chunk
                 if len(body) > self.max_bytes:

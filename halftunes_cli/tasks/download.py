@@ -3,6 +3,7 @@ If-Range by the decisions of `ranges`, and rename when the size checks out."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import time
@@ -19,7 +20,6 @@ from ..errors import (
     UsageError,
     authentication_required,
     disk_error,
-    translate_request_error,
 )
 from ..naming import url_filename
 from ..ranges import Action
@@ -72,12 +72,20 @@ class Journal(Protocol):
 DECODABLE = ("gzip", "x-gzip", "deflate")
 
 
-def _short_reason(error: HalftunesError | None) -> str:
-    """What made a retry necessary, in a few words (for a progress bar)."""
-    if isinstance(error, HTTPStatusError):
-        return f"HTTP {error.status}"
-    text = str(error or "error")
-    return text.rsplit(": ", 1)[-1] if ": " in text else text
+class _Step(enum.Enum):
+    """How one attempt ended, for the loop around it."""
+
+    DONE = "done"  # completed (or handed to the group commit)
+    AGAIN = "again"  # go again at once (restarted from 0, or with credentials)
+    RETRY = "retry"  # a failure: the retry loop decides (back off, or give up)
+
+
+@dataclass(frozen=True)
+class _Result:
+    step: _Step
+    error: TransferError | None = None
+    retry_after: float | None = None
+    progressed: bool = False  # bytes flowed in this attempt
 
 
 class _BodyError(Exception):
@@ -118,8 +126,6 @@ class DownloadTask(Task):
         self.title: str | None = None
         self.content_encoding: str | None = None  # set when a server compresses regardless
         self._auth: Any = None  # credentials from on_challenge, once given
-        self._last_error: HalftunesError | None = None
-        self._retry_after: float | None = None
         self._body_ended = False  # the whole body was read
         # Set once the whole body is in the partial and no stop came first: from then on the
         # download completes, and a pause or cancel that arrives changes nothing.
@@ -198,174 +204,157 @@ class DownloadTask(Task):
 
     # -- the engine ------------------------------------------------------------------------
     def _execute(self) -> None:
-        cfg = self.session.configuration
-        policy = self.session.retry_policy
         try:
             self.destination.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise disk_error(exc, self.destination.parent) from exc
         offset = self.partial.starting_offset(self.bytes_total)
-        deadline = time.monotonic() + cfg.resource_timeout
-        failures = 0
+        deadline = time.monotonic() + self.session.configuration.resource_timeout
         high_water = offset
-        while True:
+        for attempt in self._retries():
             self._check_stop()
-            if time.monotonic() > deadline:
-                raise TransferError(
-                    f"resource timeout ({cfg.resource_timeout:.0f}s) reached for {self.url}",
-                    "resume it later with `halftunes resume`",
-                )
-            headers = ranges.request_headers(offset, self.etag, self.last_modified)
-            if offset > 0 and "Range" not in headers:
-                self._note("no ETag or Last-Modified to check the partial against: restarting")
-                offset = self.partial.truncate(0)
-            progressed, outcome = self._attempt(offset, headers)
+            self._check_deadline(deadline)
+            result = self._attempt(self._restart_if_unverifiable(offset))
             offset = self.bytes_received
-            if outcome == "done":
+            if result.step is _Step.DONE:
                 return
-            if outcome == "again":
-                continue  # a clean restart from 0, asked for at once
-            # Only new ground counts as progress: a server that keeps breaking the same way
-            # (and sends us back to byte 0) must still run out of retries.
-            if progressed and self.bytes_received > high_water:
-                high_water = self.bytes_received
-                failures = 0
-            else:
-                failures += 1
-            if policy.gives_up_after(failures) or self.is_hopeless(self._last_error, failures):
-                raise self._last_error or TransferError(f"giving up on {self.url}")
-            wait = policy.delay_seconds(max(failures, 1), self._retry_after)
-            reason = _short_reason(self._last_error)
-            log.info(
-                "retrying %s from byte %d in %.1fs (%s)", self.url, offset, wait, self._last_error
+            if result.step is _Step.RETRY:
+                # Only new ground counts as progress: a server that keeps breaking the same
+                # way (and sends us back to byte 0) must still run out of retries.
+                progressed = result.progressed and offset > high_water
+                high_water = max(high_water, offset)
+                assert result.error is not None
+                attempt.failed(result.error, retry_after=result.retry_after, progressed=progressed)
+
+    def _check_deadline(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            timeout = self.session.configuration.resource_timeout
+            raise TransferError(
+                f"resource timeout ({timeout:.0f}s) reached for {self.url}",
+                "resume it later with `halftunes resume`",
             )
-            self._tell("on_retry", wait, reason)
-            self._back_off(wait)
 
-    def _attempt(self, offset: int, headers: dict[str, str]) -> tuple[bool, str]:
-        """One request with `offset` bytes in hand. Returns (did bytes flow?, outcome):
-        'done', 'retry' (after a back-off) or 'again' (at once: restarted from 0)."""
-        import requests
-        import urllib3
+    def _restart_if_unverifiable(self, offset: int) -> int:
+        """Bytes in hand with no validator to check them against are never appended to."""
+        if offset > 0 and ranges.validator_for(self.etag, self.last_modified) is None:
+            self._note("no ETag or Last-Modified to check the partial against: restarting")
+            return self.partial.truncate(0)
+        return offset
 
-        self._retry_after = None
+    def _attempt(self, offset: int) -> _Result:
+        """One request with `offset` bytes in hand, and what came of it."""
+        headers = ranges.request_headers(offset, self.etag, self.last_modified)
         try:
             response = self._send_once("GET", headers, auth=self._auth)
-        except requests.exceptions.RequestException as exc:
+        except TransferError as error:
             self._check_stop()
-            error = translate_request_error(exc, self.url)
-            if isinstance(exc, requests.exceptions.SSLError) or isinstance(error, UsageError):
-                raise error from exc
-            self._last_error = error
-            return False, "retry"
+            if not error.is_retryable:
+                raise
+            return _Result(_Step.RETRY, error)
         self.response = response
         self._live_response = response
         self.has_reached_host = True
         with response:
-            if response.status_code == 401:
-                answer = self._tell("on_challenge", response)
-                if answer is not None and self._auth is None:
-                    self._auth = answer
-                    return True, "retry"
-                raise authentication_required(self.url)
-            ranged = "Range" in headers
-            start = ranges.resume_start(offset) if ranged else 0
-            decision = ranges.decide(
-                response.status_code,
-                response.headers,
-                start,
-                self.bytes_total,
-                have=offset,
-                ranged=ranged,
+            return self._answer(response, offset, "Range" in headers)
+
+    def _answer(self, response: Any, offset: int, ranged: bool) -> _Result:
+        """Act on the status and headers of an answer (the decisions of `ranges`)."""
+        if response.status_code == 401:
+            answer = self._tell("on_challenge", response)
+            if answer is not None and self._auth is None:
+                self._auth = answer
+                return _Result(_Step.AGAIN)  # at once, with the credentials
+            raise authentication_required(self.url)
+        start = ranges.resume_start(offset) if ranged else 0
+        decision = ranges.decide(
+            response.status_code, response.headers, start, self.bytes_total, offset, ranged
+        )
+        action = decision.action
+        if action is Action.FAIL:
+            raise self._status_error(response, offset)
+        if action is Action.RETRY:
+            if response.status_code in RETRYABLE_STATUSES:
+                error: TransferError = HTTPStatusError(response.status_code, self.url)
+            else:  # a malformed answer: the server's fault, tried again as a 5xx is
+                error = TransferError(f"{decision.reason} for {self.url}")
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return _Result(_Step.RETRY, error, retry_after)
+        if action is Action.COMPLETE:
+            if not self._commit():
+                self._check_stop()
+            self._finish(decision.total)
+            return _Result(_Step.DONE)
+        if action is Action.REFETCH:
+            self._note(decision.reason)
+            self.partial.truncate(0)
+            self.bytes_total = None
+            return _Result(_Step.RETRY, TransferError(f"{self.url}: {decision.reason}"))
+        if action is Action.RESTART:
+            self._note(decision.reason)
+            offset = self.partial.truncate(0)
+            start = 0
+        if action is Action.RESTART or offset == 0:
+            self.etag, self.last_modified = ranges.trusted_validators(response.headers)
+        self._check_encoding(response.headers)
+        validators = (self.etag, self.last_modified, self.bytes_total)
+        self.bytes_total = decision.total
+        if self.journal is not None and validators != (
+            self.etag,
+            self.last_modified,
+            self.bytes_total,
+        ):
+            # Record the validators before the first checkpoint (a crash before it must
+            # still be resumable with If-Range), on the checkpointer's queue, which runs
+            # it ahead of that checkpoint: the receiving thread does not wait for it. Were
+            # it lost to a crash, the resume would find no validator and start from 0.
+            self.checkpointer.submit(self._journal_validators)
+        return self._receive(response, offset, start)
+
+    def _status_error(self, response: Any, offset: int) -> HTTPStatusError:
+        status = response.status_code
+        if status in (404, 410):
+            hint = "the server does not have it (any more): check the id or URL"
+        elif offset > 0:
+            hint = f"the partial ({offset} bytes) is kept; `halftunes resume` tries again"
+        else:
+            hint = "`halftunes resume` tries again"
+        return HTTPStatusError(status, self.url, hint, response.headers.get("Retry-After"))
+
+    def _receive(self, response: Any, offset: int, start: int) -> _Result:
+        """The body into the partial, and what the end of it means."""
+        try:
+            self._stream(response, offset, start)
+        except _OverlapMismatch:
+            self._check_stop()
+            self._note(
+                "the server's copy changed (the bytes before the resume point "
+                "differ): restarting from 0"
             )
-            action = decision.action
-            if action is Action.FAIL:
-                status = response.status_code
-                if status in (404, 410):
-                    hint = "the server does not have it (any more): check the id or URL"
-                elif offset > 0:
-                    hint = f"the partial ({offset} bytes) is kept; `halftunes resume` tries again"
-                else:
-                    hint = "`halftunes resume` tries again"
-                raise HTTPStatusError(
-                    status, self.url, hint, retry_after=response.headers.get("Retry-After")
-                )
-            if action is Action.RETRY:
-                self._retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                if response.status_code in RETRYABLE_STATUSES:
-                    self._last_error = HTTPStatusError(response.status_code, self.url)
-                else:  # a malformed answer: the server's fault, tried again as a 5xx is
-                    self._last_error = TransferError(f"{decision.reason} for {self.url}")
-                return False, "retry"
-            if action is Action.COMPLETE:
-                if not self._commit():
-                    self._check_stop()
-                self._finish(decision.total)
-                return True, "done"
-            if action is Action.REFETCH:
-                self._note(decision.reason)
-                self.partial.truncate(0)
-                self.bytes_total = None
-                self._last_error = TransferError(f"{self.url}: {decision.reason}")
-                return False, "retry"
-            if action is Action.RESTART:
-                self._note(decision.reason)
-                offset = self.partial.truncate(0)
-                start = 0
-            if action is Action.RESTART or offset == 0:
-                self.etag, self.last_modified = ranges.trusted_validators(response.headers)
-            self._check_encoding(response.headers)
-            validators = (self.etag, self.last_modified, self.bytes_total)
-            self.bytes_total = decision.total
-            if self.journal is not None and validators != (
-                self.etag,
-                self.last_modified,
-                self.bytes_total,
-            ):
-                # Record the validators before the first checkpoint (a crash before it must
-                # still be resumable with If-Range), on the checkpointer's queue, which runs
-                # it ahead of that checkpoint: the receiving thread does not wait for it. Were
-                # it lost to a crash, the resume would find no validator and start from 0.
-                self.checkpointer.submit(self._journal_validators)
-            try:
-                self._stream(response, offset, start)
-            except _OverlapMismatch:
-                self._check_stop()
-                self._note(
-                    "the server's copy changed (the bytes before the resume point "
-                    "differ): restarting from 0"
-                )
-                self.partial.truncate(0)
-                self.bytes_total = self.etag = self.last_modified = None
-                return False, "again"
-            except (_BodyError, PartialShrank) as exc:
-                self._check_stop()
-                self._last_error = TransferError(str(exc))
-                return self.bytes_received > offset, "retry"
-            except (
-                requests.exceptions.RequestException,
-                urllib3.exceptions.HTTPError,
-                OSError,
-            ) as exc:
-                # the connection broke mid-body (a failed write is a DiskError, not OSError)
-                self._check_stop()
-                self._last_error = translate_request_error(exc, self.url)
-                return self.bytes_received > offset, "retry"
-            if not self._committed:
-                self._check_stop()
-            total = self.bytes_total
-            if total is not None and self.bytes_received < total:
-                self._last_error = TransferError(
-                    f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
-                )
-                return self.bytes_received > offset, "retry"
-            if self.requires_content and self.bytes_received == 0:
-                raise TransferError(
-                    f"the server sent an empty file for {self.url}",
-                    "a preview has sound in it: try again later",
-                )
-            self._finish(total)
-            return True, "done"
+            self.partial.truncate(0)
+            self.bytes_total = self.etag = self.last_modified = None
+            return _Result(_Step.AGAIN)
+        except (_BodyError, PartialShrank) as exc:
+            self._check_stop()
+            error = TransferError(str(exc))
+            return _Result(_Step.RETRY, error, progressed=self.bytes_received > offset)
+        except TransferError as error:  # the connection broke mid-body
+            self._check_stop()
+            return _Result(_Step.RETRY, error, progressed=self.bytes_received > offset)
+        if not self._committed:
+            self._check_stop()
+        total = self.bytes_total
+        if total is not None and self.bytes_received < total:
+            error = TransferError(
+                f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
+            )
+            return _Result(_Step.RETRY, error, progressed=self.bytes_received > offset)
+        if self.requires_content and self.bytes_received == 0:
+            raise TransferError(
+                f"the server sent an empty file for {self.url}",
+                "a preview has sound in it: try again later",
+            )
+        self._finish(total)
+        return _Result(_Step.DONE)
 
     def _check_encoding(self, headers: Any) -> None:
         """We ask for identity; a server that compresses anyway gets its body decoded at the
@@ -433,7 +422,7 @@ class DownloadTask(Task):
     def _stream(self, response: Any, offset: int, start: int) -> None:
         """Write the body at `offset`; its first `offset - start` bytes are the overlap, which
         must equal the partial's before a single byte is appended."""
-        readinto = body_reader(response.raw)
+        readinto = body_reader(response.raw, self.url)
         view = memoryview(bytearray(CHUNK_BYTES))  # one buffer for the whole body
         partial = self.partial
         partial.open_at(offset)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HTTPStatusError, UsageError
+from ..transport import iter_body
 from .base import Task, TaskHost, TaskState
 
 # An upload's answer is kept up to this size (a status page, a JSON receipt); the rest of a
@@ -75,7 +76,7 @@ class UploadTask(Task):
         self.response = response
         answer = bytearray()  # the server's answer, bounded as a data task's is
         with response:
-            for chunk in response.iter_content(64 * 1024):
+            for chunk in iter_body(response, 64 * 1024, self.url):
                 answer += chunk[: REPLY_MAX_BYTES - len(answer)]
                 if len(answer) >= REPLY_MAX_BYTES:
                     break  # (closing drops the rest with the connection)
