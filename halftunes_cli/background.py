@@ -21,9 +21,8 @@ from .records import (
     Records,
     RecordStatus,
     StopRequest,
-    check_download_dir,
-    target_for_url,
 )
+from .targets import check_download_dir, url_record_id, url_target
 from .tasks import ResumeData, Task, TaskState
 
 WORKER_PID = "worker.pid"
@@ -111,7 +110,7 @@ class BackgroundDownloadTask(Task):
         super().__init__(session, url, completion)
         session.configuration.check_url(url)
         self.destination = Path(destination) if destination else None
-        self.record_id = record_id or target_for_url(url).id
+        self.record_id = record_id or url_record_id(url)
         self._started = record_id is not None  # a reattached task is already under way
         self._reported = False
 
@@ -187,7 +186,8 @@ class BackgroundDownloadTask(Task):
         )
         if record is None:
             name = self.destination.name if self.destination else None
-            self.records.claim([target_for_url(self.url, self.record_id, name)], **kwargs)
+            target = url_target(self.url, record_id=self.record_id, filename=name)
+            self.records.claim([target], **kwargs)
         elif record.status in (RecordStatus.PAUSED, RecordStatus.FAILED):
             self.records.claim([record], **kwargs)
         self.records.tag_session(self.record_id, cfg.identifier)

@@ -16,7 +16,6 @@ from typing import Any
 
 from .errors import (
     AlreadyRunningError,
-    DiskError,
     IllegalTransition,
     unknown_download,
 )
@@ -24,7 +23,6 @@ from .liveness import (
     MemoryOwner,
     OwnerLock,
     PartialBusy,
-    PartialLock,
     boot_id,
     is_lock_held,
     is_partial_busy,
@@ -32,8 +30,8 @@ from .liveness import (
     owner_lock_path,
     remove_partial,
 )
-from .naming import safe_filename, url_filename
 from .store import Row, Store
+from .targets import Target
 
 
 class RecordStatus(enum.StrEnum):
@@ -149,47 +147,6 @@ class DownloadRecord:
 
 
 @dataclass
-class Target:
-    """Something to download that may not have a record yet: a track's preview or a URL."""
-
-    id: str
-    url: str
-    title: str
-    namer: Callable[[str], str]  # suffix -> safe file name
-
-    @property
-    def filename(self) -> str:
-        return self.namer("")
-
-
-def is_url_record_id(record_id: str) -> bool:
-    """A URL download's id (`u` and hex digits); a track's is a number."""
-    return record_id.startswith("u")
-
-
-def url_record_id(url: str) -> str:
-    """A URL download's id: stable, short, and never a number (numbers are track ids)."""
-    import hashlib  # (start-up speed: only URL downloads need it)
-
-    return "u" + hashlib.sha256(url.encode()).hexdigest()[:10]
-
-
-def target_for_url(url: str, record_id: str | None = None, filename: str | None = None) -> Target:
-    """A URL download, named after the URL's last path segment (or `filename`)."""
-    if filename:
-        stem, ext = os.path.splitext(filename)
-        return Target(
-            record_id or url_record_id(url),
-            url,
-            url,
-            lambda suffix: safe_filename(stem, ext, suffix),
-        )
-    return Target(
-        record_id or url_record_id(url), url, url, lambda suffix: url_filename(url, suffix)
-    )
-
-
-@dataclass
 class Claim:
     """What claiming one target or record gave: it is ours to run (`claimed`), handed to the
     worker (`queued`), already done (`skipped`), or someone else's right now (`refused`)."""
@@ -227,12 +184,19 @@ class Settlement:
     permanent: bool = False
 
 
+RecoverPartial = Callable[[str, int, bool, "int | None"], int]
+
+
 class Records:
     """The repository of download records in one state dir (or in memory, for ephemeral)."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, recover_partial: RecoverPartial | None = None):
+        """`recover_partial(path, checkpoint, same_boot, bytes_total) -> trusted length` repairs
+        the partial of a transfer whose owner died (tasks.partial.recover_partial); without
+        it the checkpoint is taken as it is."""
         self.store = store
         self.state_dir = store.state_dir
+        self.recover_partial = recover_partial
         self._owner: OwnerLock | MemoryOwner | None = None
         self._boot = boot_id()
 
@@ -693,41 +657,14 @@ class Records:
         return fixed
 
     def _recover_partial(self, row: Row) -> int:
-        """How many bytes of the partial may be trusted after its owner stopped.
-
-        Same boot: everything the dead process wrote is in the page cache, so the partial's
-        length is right; fsync it now and that length becomes the checkpoint. Another boot
-        (power cut, reboot): only the last checkpoint was on disk; cut the partial back to it.
-        """
-        part = row["part_path"]
+        """How many bytes of a partial whose owner stopped may be trusted: the record says
+        which (its checkpoint, its boot), the partial's keeper (`recover_partial`, given by
+        the session: the file work is not the records') makes it so."""
         checkpoint = int(row["bytes_received"] or 0)
-        lock = PartialLock(part)  # the one writer's right, taken for the repair
-        try:
-            if not lock.acquire(create=False):
-                return 0
-        except PartialBusy:
-            return checkpoint  # a live process writes it after all: not ours to touch
-        except OSError:
-            return 0
-        try:
-            size = os.fstat(lock.fd or 0).st_size
-            same_boot = self._boot is not None and row.get("boot_id") == self._boot
-            total = row.get("bytes_total")
-            if same_boot and (total is None or size <= total):
-                with contextlib.suppress(OSError), open(part, "rb+") as f:
-                    os.fsync(f.fileno())
-                    return size
-            # Another boot, or the fsync failed: only the last checkpoint may be trusted (a
-            # resume never appends past what the record says).
-            keep = min(checkpoint, size)
-            with contextlib.suppress(OSError), open(part, "rb+") as f:
-                f.truncate(keep)
-                os.fsync(f.fileno())
-            return keep
-        except OSError:
-            return 0
-        finally:
-            lock.release()
+        if self.recover_partial is None:
+            return checkpoint
+        same_boot = self._boot is not None and row.get("boot_id") == self._boot
+        return self.recover_partial(row["part_path"], checkpoint, same_boot, row["bytes_total"])
 
 
 class _DirListing:
@@ -749,21 +686,3 @@ class _DirListing:
 
     def add(self, path: Path) -> None:
         self._load(path.parent).add(path.name.casefold())
-
-
-def check_download_dir(path: Path) -> Path:
-    """Create a missing download dir (as wget -P does); refuse one we cannot write to."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        raise DiskError(f"download dir {path} exists and is not a directory") from None
-    except OSError as exc:
-        raise DiskError(
-            f"cannot create download dir {path}: {exc.strerror}",
-            "choose another folder with -o DIR",
-        ) from exc
-    if not path.is_dir():
-        raise DiskError(f"download dir {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DiskError(f"download dir {path} is not writable", "choose another folder with -o DIR")
-    return path

@@ -16,9 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import HalftunesError
-from .records import DownloadRecord, Records, Settlement, is_url_record_id
+from .records import DownloadRecord, Records, Settlement
 from .session import Session
 from .store import StateFileReplaced
+from .targets import is_url_record_id
 from .tasks import DownloadTask, ResumeData
 from .tasks.partial import sync_group
 

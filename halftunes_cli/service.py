@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,13 +35,11 @@ from .records import (
     Records,
     RecordStatus,
     StopRequest,
-    Target,
-    check_download_dir,
 )
 from .runner import Outcome, Runner
 from .session import Session
 from .store import Store, state_file_exists
-from .targets import OutputSpec, target_for_track, url_target
+from .targets import OutputSpec, Target, check_download_dir, target_for_track, url_target
 
 
 class Reporter(Protocol):
@@ -73,6 +71,41 @@ def worse(code: int, other: int) -> int:
     """The exit status of two outcomes together: 2 wins over 1; an interruption over both."""
     rank = {0: 0, 1: 1, 2: 2, 130: 3, 143: 3}
     return other if rank.get(other, 1) > rank.get(code, 1) else code
+
+
+class Interruption:
+    """A stop asked of a running command by its process edge (the command line's Ctrl-C and
+    SIGTERM handlers; the service installs none). While transfers run, the service has armed
+    it with what stops them; the edge decides what a request means before and after."""
+
+    def __init__(self) -> None:
+        self.exit_code: int = ExitStatus.INTERRUPTED
+        self._requested = threading.Event()
+        self._stop: Callable[[], None] | None = None
+
+    @property
+    def is_armed(self) -> bool:
+        return self._stop is not None
+
+    @property
+    def is_requested(self) -> bool:
+        return self._requested.is_set()
+
+    def arm(self, stop: Callable[[], None]) -> None:
+        self._stop = stop
+        if self.is_requested:
+            stop()
+
+    def disarm(self) -> None:
+        self._stop = None
+
+    def request(self, exit_code: int) -> None:
+        """Stop the transfers at a checkpoint; the command ends with `exit_code`."""
+        if not self.is_requested:
+            self.exit_code = exit_code
+            self._requested.set()
+        if self._stop is not None:
+            self._stop()
 
 
 @dataclass
@@ -164,6 +197,7 @@ class DownloadService:
         delegate: Any = None,
         output_dir: str | None = None,
         output: str | None = None,
+        interruption: Interruption | None = None,
     ) -> BatchResult:
         result = BatchResult(background=background)
         try:
@@ -172,21 +206,28 @@ class DownloadService:
                 raise UsageError("nothing to download", "give track ids, URLs, or - for stdin")
             spec = self.output_spec(len(items), output_dir, output)
             entries = self._resolve(items, result, spec)
-            self._claim_and_run(entries, force, background, result, delegate, spec.folder)
+            self._claim_and_run(
+                entries, force, background, result, delegate, spec.folder, interruption
+            )
         except HalftunesError as exc:
             self._error(result, exc)
         return result
 
     def resume(
-        self, ids: list[str], *, all_: bool = False, background: bool = False, delegate: Any = None
+        self,
+        ids: list[str],
+        *,
+        all_: bool = False,
+        background: bool = False,
+        delegate: Any = None,
+        interruption: Interruption | None = None,
     ) -> BatchResult:
         result = BatchResult(background=background)
         try:
             self._check_background(background)
             entries = self._resume_entries(ids, all_, result)
-            self._claim_and_run(
-                entries, False, background, result, delegate, self.output_spec(0, None, None).folder
-            )
+            folder = self.output_spec(0, None, None).folder
+            self._claim_and_run(entries, False, background, result, delegate, folder, interruption)
         except HalftunesError as exc:
             self._error(result, exc)
         return result
@@ -342,6 +383,7 @@ class DownloadService:
         result: BatchResult,
         delegate: Any,
         folder: Path,
+        interruption: Interruption | None,
     ) -> None:
         background = background or self.configuration.is_background
         result.background = background
@@ -381,53 +423,37 @@ class DownloadService:
                     "worker; `halftunes wait` waits for them"
                 )
             return
-        self._run_foreground(runnable, result, delegate)
+        self._run_foreground(runnable, result, delegate, interruption)
 
     def _run_foreground(
-        self, runnable: list[DownloadRecord], result: BatchResult, delegate: Any
+        self,
+        runnable: list[DownloadRecord],
+        result: BatchResult,
+        delegate: Any,
+        interruption: Interruption | None,
     ) -> None:
-        """Run here; Ctrl-C and SIGTERM pause every transfer at a checkpoint (cancel them in
-        the ephemeral session), and the command ends with 130 / 143."""
+        """Run here. An interruption (the process edge's Ctrl-C or SIGTERM) pauses every
+        transfer at a checkpoint (cancels them in the ephemeral session), and the command
+        ends with the interruption's exit status (130 / 143)."""
         if not runnable:
             return
         self.session.delegate = delegate
         self.session.call_delegate("on_transfers", len(runnable))
         runner = Runner(self.session, self.records.owner_token())
         runner.start_control()
-        futures: list = []
-        interrupted: list[int] = []
-
-        def on_term(signum: int, frame: object) -> None:  # noqa: ARG001
-            interrupted.append(ExitStatus.TERMINATED)
-            raise KeyboardInterrupt
-
-        is_main = threading.current_thread() is threading.main_thread()
-        previous = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
-        if is_main:
-            signal.signal(signal.SIGTERM, on_term)
+        futures: list[Future[Outcome]] = []
+        interruption = interruption or Interruption()
+        reason = "cancel" if self.configuration.is_ephemeral else "pause"
+        interruption.arm(lambda: runner.stop_all(reason))
         try:
-            for record in runnable:
-                futures.append(runner.submit(record))
-            pending = set(futures)
-            while pending:
-                _, pending = wait_futures(pending, timeout=0.2)
-        except KeyboardInterrupt:
-            if is_main:
-                # A second Ctrl-C ends the process at once: what is on disk is trusted by the
-                # next command (same boot), so nothing is lost. SIGTERM waits for the pause.
-                signal.signal(signal.SIGINT, self._exit_now)
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            runner.stop_all("cancel" if self.configuration.is_ephemeral else "pause")
+            futures += [runner.submit(record) for record in runnable]
             wait_futures(futures)
-            interrupted.append(ExitStatus.INTERRUPTED)
         finally:
+            interruption.disarm()
             runner.shutdown()
             self.session.http.close()
             self.session.call_delegate("on_all_finished")
-            if is_main:  # whatever happened: the caller's handlers are the caller's again
-                for signum, handler in zip((signal.SIGINT, signal.SIGTERM), previous, strict=True):
-                    if handler is not None:  # (None: set outside Python, cannot be put back)
-                        signal.signal(signum, handler)
+        interrupted = interruption.is_requested
         for future in futures:
             outcome: Outcome = future.result()
             result.outcomes.append(outcome)
@@ -452,13 +478,7 @@ class DownloadService:
                         f"interrupted: paused {len(paused)} download(s); "
                         f"`halftunes resume {' '.join(paused)}` continues"
                     )
-            result.exit_code = worse(result.exit_code, interrupted[0])
-
-    def _exit_now(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        self.reporter.info(
-            "interrupted again: exiting now; `halftunes resume` continues from what is on disk"
-        )
-        os._exit(ExitStatus.INTERRUPTED)
+            result.exit_code = worse(result.exit_code, interruption.exit_code)
 
     def outcome_records(self, result: BatchResult) -> list[tuple[Outcome, DownloadRecord]]:
         """Each outcome with its record as the state file has it now (for the report)."""

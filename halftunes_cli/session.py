@@ -15,6 +15,7 @@ from .records import Records
 from .retry import RetryPolicy
 from .store import Store
 from .tasks import DataTask, DownloadTask, ResumeData, Task, UploadTask
+from .tasks.partial import recover_partial
 from .transport import HttpClient
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class Session:
             if self._records is None:
                 cfg = self.configuration
                 state_dir = Path(cfg.state_dir) if cfg.persists_state else None
-                self._records = Records(Store(state_dir))
+                self._records = Records(Store(state_dir), recover_partial)
             return self._records
 
     @property

@@ -1,16 +1,43 @@
-"""What to download and under which name: targets for tracks and URLs, and where -P / -o put
-them. Shared by the service (`download`) and catalog-scale jobs."""
+"""What to download and where: `Target` (a track's preview or a URL, with how to name it),
+the one factory each for tracks and URLs, where -P / -o put them, and the download folder's
+check. Shared by the service (`download`), the background session and catalog-scale jobs;
+records take targets to create their rows."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import DiskError, UsageError
 from .itunes import Track
-from .naming import extension_from_url, fill_template, track_filename, url_filename
-from .records import Target, target_for_url
+from .naming import extension_from_url, fill_template, safe_filename, track_filename, url_filename
+
+
+@dataclass
+class Target:
+    """Something to download that may not have a record yet: a track's preview or a URL."""
+
+    id: str
+    url: str
+    title: str
+    namer: Callable[[str], str]  # suffix -> safe file name
+
+    @property
+    def filename(self) -> str:
+        return self.namer("")
+
+
+def is_url_record_id(record_id: str) -> bool:
+    """A URL download's id (`u` and hex digits); a track's is a number."""
+    return record_id.startswith("u")
+
+
+def url_record_id(url: str) -> str:
+    """A URL download's id: stable, short, and never a number (numbers are track ids)."""
+    return "u" + hashlib.sha256(url.encode()).hexdigest()[:10]
 
 
 @dataclass
@@ -64,8 +91,27 @@ def target_for_track(track: Track, output: OutputSpec | None = None) -> Target:
     return output.apply(target, fields)
 
 
-def url_target(url: str, output: OutputSpec | None = None) -> Target:
-    target = target_for_url(url)
+def url_target(
+    url: str,
+    output: OutputSpec | None = None,
+    *,
+    record_id: str | None = None,
+    filename: str | None = None,
+) -> Target:
+    """A URL download, named after the URL's last path segment (or `filename`), placed by
+    `output` (-P / -o) when given."""
+    if filename:
+        stem, ext = os.path.splitext(filename)
+        target = Target(
+            record_id or url_record_id(url),
+            url,
+            url,
+            lambda suffix: safe_filename(stem, ext, suffix),
+        )
+    else:
+        target = Target(
+            record_id or url_record_id(url), url, url, lambda suffix: url_filename(url, suffix)
+        )
     if output is None:
         return target
     stem, ext = os.path.splitext(url_filename(url))
@@ -78,3 +124,21 @@ def url_target(url: str, output: OutputSpec | None = None) -> Target:
         "ext": ext.lstrip("."),
     }
     return output.apply(target, fields)
+
+
+def check_download_dir(path: Path) -> Path:
+    """Create a missing download dir (as wget -P does); refuse one we cannot write to."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise DiskError(f"download dir {path} exists and is not a directory") from None
+    except OSError as exc:
+        raise DiskError(
+            f"cannot create download dir {path}: {exc.strerror}",
+            "choose another folder with -o DIR",
+        ) from exc
+    if not path.is_dir():
+        raise DiskError(f"download dir {path} is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DiskError(f"download dir {path} is not writable", "choose another folder with -o DIR")
+    return path

@@ -179,8 +179,9 @@ def test_one_bad_ending_does_not_fail_the_others_in_its_batch(env, monkeypatch):
 
     from halftunes_cli import Session
     from halftunes_cli.config import load_configuration
-    from halftunes_cli.records import Records, Target
+    from halftunes_cli.records import Records
     from halftunes_cli.runner import Runner
+    from halftunes_cli.targets import Target
 
     ids = with_previews(env, 2)
     session = Session(

@@ -275,7 +275,7 @@ def test_a_cancel_that_waits_for_an_owner_which_then_completes_keeps_the_record(
     config = SessionConfiguration.default(state_dir=env.state_dir, download_dir=env.download_dir)
     owner = Records(store.Store(env.state_dir))
     token = owner.owner_token()  # a live owner: this test
-    from halftunes_cli.records import Target
+    from halftunes_cli.targets import Target
 
     path = env.download_dir / "song.m4a"
     env.download_dir.mkdir()
@@ -573,3 +573,18 @@ def test_an_upload_reads_at_most_a_bounded_answer(server, tmp_path):
     assert task.state is TaskState.COMPLETED and task.response.status_code == 201
     assert len(task.data) == 1 << 20
     assert peak < 8 << 20, peak
+
+
+def test_a_bug_anywhere_is_one_line_and_exit_1_with_the_traceback_under_v(env, monkeypatch):
+    def broken(self):
+        raise ValueError("a bug of ours")
+
+    monkeypatch.setattr(DownloadService, "list", broken)
+    result = env.run("list")  # (in-process: a traceback would be raised here, failing the test)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "halftunes: error: internal error: ValueError: a bug of ours",
+        "  hint: this is a bug in halftunes; run again with -v for the traceback and report it",
+    ]
+    verbose = env.run("-v", "list")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr

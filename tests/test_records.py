@@ -15,10 +15,11 @@ from halftunes_cli.records import (
     RecordStatus,
     Settlement,
     StopRequest,
-    Target,
     check_transition,
 )
 from halftunes_cli.store import Store
+from halftunes_cli.targets import Target
+from halftunes_cli.tasks.partial import recover_partial
 
 S = RecordStatus
 
@@ -153,7 +154,7 @@ def test_a_dead_owner_is_reconciled_to_paused_at_the_partials_length(tmp_path):
     first.store.close()
     os.close(first._owner._fd)  # the owner "dies": its lock goes, its lock file stays
     first._owner._fd = None
-    second = Records(Store(state))
+    second = Records(Store(state), recover_partial)  # (the session gives it the partials' keeper)
     fixed = second.reconcile_dead_owners()
     assert [r.id for r in fixed] == ["1"]
     record = second.get("1")

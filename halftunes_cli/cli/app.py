@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
-from typing import Annotated
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Annotated, Any
 
 import click
 import typer
@@ -12,7 +16,11 @@ from typer.core import TyperCommand, TyperGroup
 
 from .._version import __version__
 from ..errors import ExitStatus
-from .common import set_up
+from .common import app_state, fail, set_up
+
+if TYPE_CHECKING:
+    from ..render import Console
+    from ..service import Interruption
 
 GLOBAL_FLAGS = {"--no-color", "-q", "--quiet", "-v", "--verbose"}
 GLOBAL_WITH_VALUE = {"--session"}
@@ -69,6 +77,19 @@ class _Group(TyperGroup):
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         return super().parse_args(ctx, hoist_global_options(list(args)))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """The final catch-all: an exception that no command turned into an exit status (a
+        bug) is said as one line and a hint, exit 1, its traceback under -v; never a raw
+        traceback."""
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except BrokenPipeError:
+            raise  # stdout's reader went away: `main` ends the process quietly
+        except Exception as exc:  # noqa: BLE001 - this is the boundary that catches them all
+            fail(app_state(ctx), exc)
 
 
 class _Typer(typer.Typer):
@@ -152,6 +173,49 @@ def main_callback(
     set_up(ctx, session, quiet, verbose, no_color)
 
 
+@contextlib.contextmanager
+def interruptible(console: Console) -> Iterator[Interruption]:
+    """The process's Ctrl-C and SIGTERM, while a command runs transfers here.
+
+    While the service has transfers running (the interruption is armed), the first Ctrl-C or
+    SIGTERM pauses them all at a checkpoint and the command ends with 130 / 143; a second
+    Ctrl-C ends the process at once (what is on disk is trusted by the next command on the
+    same boot, so nothing is lost), a second SIGTERM waits for the pause. Before and after,
+    Ctrl-C interrupts as usual and SIGTERM ends the command with 143. The handlers that were
+    there before are put back, whatever happens."""
+    from ..service import Interruption  # (start-up speed: the engine loads on demand)
+
+    interruption = Interruption()
+    if threading.current_thread() is not threading.main_thread():
+        yield interruption  # (signals reach the main thread only: nothing to handle here)
+        return
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if interruption.is_requested:
+            console.info(
+                "interrupted again: exiting now; `halftunes resume` continues from what is on disk"
+            )
+            os._exit(ExitStatus.INTERRUPTED)
+        if not interruption.is_armed:
+            raise KeyboardInterrupt
+        interruption.request(ExitStatus.INTERRUPTED)
+
+    def on_terminate(signum: int, frame: object) -> None:
+        if not interruption.is_armed and not interruption.is_requested:
+            raise SystemExit(ExitStatus.TERMINATED)
+        interruption.request(ExitStatus.TERMINATED)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_terminate)
+    try:
+        yield interruption
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:  # (None: set outside Python, cannot be put back)
+                signal.signal(sig, handler)
+
+
 def main() -> None:
     try:
         app(prog_name="halftunes")
@@ -160,8 +224,6 @@ def main() -> None:
     except BrokenPipeError:
         # stdout's reader went away (`| head -1`): the data could not be written. Whatever
         # ran has settled; point stdout at nothing so that the exit's flush is quiet too.
-        import os
-
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(ExitStatus.ERROR)

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from ..service import BatchResult, DownloadService
 
 from .. import render
-from .app import app
+from .app import app, interruptible
 from .common import (
     AllOption,
     AppState,
@@ -68,10 +68,11 @@ def _run(
 
     def run(service: DownloadService) -> BatchResult:
         try:
-            if action == "download":
-                result = service.download(ids, background=background, delegate=progress, **kw)
-            else:
-                result = service.resume(ids, background=background, delegate=progress, **kw)
+            with interruptible(state.console) as interruption:
+                call = service.download if action == "download" else service.resume
+                result = call(
+                    ids, background=background, delegate=progress, interruption=interruption, **kw
+                )
             progress.close()
             given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)
             _report(state, service, result, json_out, given, time.monotonic() - began)

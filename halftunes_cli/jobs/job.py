@@ -28,11 +28,11 @@ from typing import Any
 from ..config import SessionConfiguration, load_configuration
 from ..errors import HalftunesError, RateLimitedError, UsageError
 from ..itunes import ITunesClient, Track
-from ..records import RecordStatus, Target
+from ..records import RecordStatus
 from ..retry import RetryLoop, RetryPolicy
 from ..runner import Runner
 from ..session import Session
-from ..targets import OutputSpec, target_for_track, url_target
+from ..targets import OutputSpec, Target, target_for_track, url_target
 from .inputs import Item, read_items
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import DiskError, TransferError, disk_error
-from ..liveness import PartialLock
+from ..liveness import PartialBusy, PartialLock
 from .checkpointer import MAX_DIRTY_BYTES, Checkpointer
 
 CHECKPOINT_SECONDS = 1.0
@@ -374,6 +374,39 @@ class PartialFile:
             if self._owner.is_held or self.acquire(create=False):
                 self.path.unlink()
         self._owner.release()
+
+
+def recover_partial(path: str, checkpoint: int, same_boot: bool, bytes_total: int | None) -> int:
+    """How many bytes of a partial may be trusted after its owner stopped, made true.
+
+    Same boot: everything the dead process wrote is in the page cache, so the partial's
+    length is right; fsync it now and that length becomes the checkpoint. Another boot
+    (power cut, reboot), or an fsync that fails: only the last checkpoint was surely on disk;
+    cut the partial back to it. A partial that a live process writes after all is left alone
+    (its checkpoint is what the record keeps). Done as the partial's writer (its lock)."""
+    lock = PartialLock(path)
+    try:
+        if not lock.acquire(create=False):
+            return 0
+    except PartialBusy:
+        return checkpoint
+    except OSError:
+        return 0
+    try:
+        size = os.fstat(lock.fd or 0).st_size
+        if same_boot and (bytes_total is None or size <= bytes_total):
+            with contextlib.suppress(OSError), open(path, "rb+") as f:
+                os.fsync(f.fileno())
+                return size
+        keep = min(checkpoint, size)
+        with contextlib.suppress(OSError), open(path, "rb+") as f:
+            f.truncate(keep)
+            os.fsync(f.fileno())
+        return keep
+    except OSError:
+        return 0
+    finally:
+        lock.release()
 
 
 def sync_group(partials: list[PartialFile]) -> dict[Path, OSError]:
