@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import transfer_settings
-from .errors import HalftunesError, TransferError, UnknownIdError
+from .errors import HalftunesError, StateError, TransferError, UnknownIdError
 from .liveness import WORKER_LOCK
 from .records import (
     DownloadRecord,
@@ -45,10 +46,26 @@ def ensure_worker(state_dir: Path) -> bool:
 
     The worker lock is taken here and its descriptor handed to the child, so the lock is
     held without a gap from this moment on: ten racing callers start exactly one worker.
+    A worker that cannot be started (its lock or log is not a plain file, no descriptors
+    left) is a StateError that says which.
     """
     state_dir = Path(state_dir)
+    try:
+        return _start_worker(state_dir)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if exc.errno in (errno.EISDIR, errno.ELOOP, errno.ENOTDIR, errno.ENXIO):
+            reason = f"{exc.filename} is not a plain file"
+        raise StateError(
+            f"cannot start the background worker: {reason}",
+            f"nothing is lost: the downloads stay queued; fix {state_dir}, then `halftunes wait`",
+        ) from exc
+
+
+def _start_worker(state_dir: Path) -> bool:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(state_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    nofollow = os.O_NOFOLLOW  # (a symlink here is nothing we made: never write through it)
+    fd = os.open(state_dir / WORKER_LOCK, os.O_RDWR | os.O_CREAT | nofollow, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -57,7 +74,7 @@ def ensure_worker(state_dir: Path) -> bool:
     try:
         log_path = state_dir / WORKER_LOG
         rotate_log(log_path)
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | nofollow, 0o600)
         try:
             subprocess.Popen(
                 [

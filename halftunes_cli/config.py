@@ -46,8 +46,8 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "session": ((str,), "one of default, ephemeral, background"),
     "download_dir": ((str,), "a path"),
     "state_dir": ((str,), "a path"),
-    "request_timeout": ((int, float), "a number of seconds > 0"),
-    "resource_timeout": ((int, float), "a number of seconds > 0"),
+    "request_timeout": ((int, float), "a number of seconds > 0, at most 86400 (a day)"),
+    "resource_timeout": ((int, float), "a number of seconds > 0, at most 315360000 (ten years)"),
     "max_connections_per_host": ((int,), "an integer from 1 to 64"),
     "retries": ((int,), "an integer from 0 to 100"),
     "cache_policy": ((str,), "one of " + ", ".join(CACHE_POLICIES)),
@@ -59,6 +59,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "durability": ((str,), "power-cut or crash"),
 }
 DURABILITY = ("power-cut", "crash")
+TIMEOUT_LIMITS = {"request_timeout": 86_400.0, "resource_timeout": 315_360_000.0}
 CONFIG_KEYS = tuple(_KEYS)
 
 
@@ -243,7 +244,8 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
     elif key == "cache_policy":
         bad = value not in CACHE_POLICIES
     elif key in ("request_timeout", "resource_timeout"):
-        bad = not value > 0
+        # (the clock and the sockets cannot wait past what time_t holds; nobody needs to)
+        bad = not 0 < value <= TIMEOUT_LIMITS[key]
     elif key == "max_connections_per_host":
         bad = not 1 <= value <= 64
     elif key == "retries":

@@ -208,7 +208,7 @@ def state_error(exc: BaseException, path: object, busy_seconds: float = 30.0) ->
         )
     elif code == SQLITE_CANTOPEN:
         error = StateError(
-            f"cannot open state file {where} ({_cannot_open_reason()})",
+            f"cannot open state file {where} ({_cannot_open_reason(path)})",
             "check the folder's permissions, the disk, and `ulimit -n`",
         )
     else:
@@ -217,8 +217,8 @@ def state_error(exc: BaseException, path: object, busy_seconds: float = 30.0) ->
     return error
 
 
-def _cannot_open_reason() -> str:
-    """SQLite says only "unable to open database file"; the commonest cause can be told."""
+def _cannot_open_reason(path: object) -> str:
+    """SQLite says only "unable to open database file"; the commonest causes can be told."""
     import os
 
     try:
@@ -227,6 +227,14 @@ def _cannot_open_reason() -> str:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             return "too many open files"
         return exc.strerror or str(exc)
+    folder = os.path.dirname(str(path)) or "."
+    try:
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "its file system is read-only"
+    except OSError:
+        pass
+    if not os.access(folder, os.W_OK):
+        return "its folder is not writable"
     return "unable to open database file"
 
 

@@ -34,6 +34,9 @@ def _as_id(value: Any) -> int | None:
     return parse_uint(value)  # some answers quote their ids
 
 
+MAX_MILLIS = 10**10  # 115 days: longer is no preview's track (a number gone wrong)
+
+
 def _as_millis(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -41,7 +44,7 @@ def _as_millis(value: Any) -> int | None:
         number: float | None = value
     else:
         number = parse_decimal(value)
-    if number is None or not math.isfinite(number) or number < 0:
+    if number is None or not math.isfinite(number) or not 0 <= number <= MAX_MILLIS:
         return None
     return int(number)
 

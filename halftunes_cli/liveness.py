@@ -9,6 +9,7 @@ nobody reaps, so a held lock is the proof of life. Pids alone are reused, and zo
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -31,10 +32,12 @@ def boot_id() -> str | None:
 def is_lock_held(path: Path) -> bool:
     """True when some live process holds an flock on `path`."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    except OSError:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return False  # no lock file (a folder or a dangling link is none): nobody holds it
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink: nothing of ours holds a lock there
+            return False
         return True  # cannot tell: assume alive rather than steal a live transfer
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

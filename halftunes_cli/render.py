@@ -46,6 +46,14 @@ def percent(received: int | None, total: int | None) -> str:
     return f"{100.0 * (received or 0) / total:.1f}%"
 
 
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (False when it is closed, or gone)."""
+    try:
+        return sys.stderr is not None and bool(sys.stderr.isatty())
+    except (OSError, ValueError):
+        return False
+
+
 class SideChannel:
     """stderr as progress and messages use it: a side channel. A write that fails (the
     reader went away, EPIPE; a full disk under a redirect) turns this channel off and is
@@ -59,17 +67,19 @@ class SideChannel:
         return sys.stderr  # looked up at each write: a test runner may swap it
 
     def write(self, text: str) -> int:
-        if not self.is_broken:
+        target = self.target
+        if not self.is_broken and target is not None:  # (None: started with stderr closed)
             try:
-                return self.target.write(text)
+                return int(target.write(text))
             except (OSError, ValueError) as exc:  # ValueError: the stream was closed
                 self._broke(exc)
         return len(text)
 
     def flush(self) -> None:
-        if not self.is_broken:
+        target = self.target
+        if not self.is_broken and target is not None:
             try:
-                self.target.flush()
+                target.flush()
             except (OSError, ValueError) as exc:
                 self._broke(exc)
 
@@ -82,10 +92,7 @@ class SideChannel:
         )
 
     def isatty(self) -> bool:
-        try:
-            return bool(self.target.isatty())
-        except (OSError, ValueError):
-            return False
+        return stderr_is_terminal()
 
     def fileno(self) -> int:
         return int(self.target.fileno())

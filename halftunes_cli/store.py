@@ -68,6 +68,12 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 Row = dict[str, Any]
+# What every format (1 and later) has: a `downloads` table without them is someone else's.
+_FORMAT_1_COLUMNS = frozenset(
+    "id seq url path path_key part_path status bytes_received bytes_total etag last_modified "
+    "error owner owner_pid session session_id title boot_id request announced created "
+    "updated".split()
+)
 
 
 class StateFileReplaced(StateError):
@@ -174,6 +180,8 @@ class Store:
         path = self.path
         if path.is_dir():
             self._move_aside("it is a directory")
+        if path.is_symlink() and not path.exists():
+            self._move_aside("it is a symbolic link to nothing")  # (never create its target)
         try:
             if path.stat().st_size == 0:
                 self._move_aside("it is empty")
@@ -182,8 +190,13 @@ class Store:
         conn = None
         busy = BUSY_TIMEOUT_SECONDS
         try:
+            # mode=rw: opening never creates a file (only `_create` does, beside, then links)
             conn = sqlite3.connect(
-                path, timeout=busy, check_same_thread=False, isolation_level=None
+                path.absolute().as_uri() + "?mode=rw",
+                uri=True,
+                timeout=busy,
+                check_same_thread=False,
+                isolation_level=None,
             )
             conn.row_factory = sqlite3.Row
             identity = os.stat(path)
@@ -199,6 +212,9 @@ class Store:
             names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
             if "downloads" not in names or version not in (SCHEMA_VERSION, *_MIGRATIONS):
                 raise _NotAStateFile("not a halftunes state file")
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(downloads)")}
+            if not columns >= _FORMAT_1_COLUMNS:
+                raise _NotAStateFile("not a halftunes state file (other columns)")
             if version != SCHEMA_VERSION:
                 self._migrate(conn)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -265,23 +281,36 @@ class Store:
             conn = self.conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.DatabaseError as exc:
+            except sqlite3.Error as exc:
                 raise self._db_error(exc) from exc
             try:
                 self.verify_identity()
                 yield conn
+            except sqlite3.Error as exc:  # a statement of the body: ours to say
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise self._db_error(exc) from exc
             except BaseException:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
                 raise
             else:
                 try:
                     conn.execute("COMMIT")
-                except sqlite3.DatabaseError as exc:
-                    with contextlib.suppress(sqlite3.DatabaseError):
+                except sqlite3.Error as exc:
+                    with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
                     raise self._db_error(exc) from exc
 
-    def _db_error(self, exc: sqlite3.DatabaseError) -> StateError:
+    def _db_error(self, exc: sqlite3.Error) -> StateError:
+        """A failed statement said as ours. One that finds the file corrupt moves it aside
+        (as opening it would have): the next command starts clean."""
+        if self.path is not None and is_corrupt_state(exc):
+            self.close()
+            try:
+                self._move_aside(str(exc))
+            except StateError as error:
+                return error
         return state_error(exc, self.path, BUSY_TIMEOUT_SECONDS)
 
     def verify_identity(self) -> None:
@@ -309,7 +338,7 @@ class Store:
                 conn = self.conn
                 self.verify_identity()
                 return [dict(r) for r in conn.execute(sql, params)]
-            except sqlite3.DatabaseError as exc:
+            except sqlite3.Error as exc:
                 raise self._db_error(exc) from exc
 
     # -- download records (rows; `records` owns what they mean) -------------------------------

@@ -44,6 +44,12 @@ def _become_subreaper() -> None:
 
 _become_subreaper()
 
+# Started as a shell's background job, this process (and every command it runs) would ignore
+# Ctrl-C: a Python handler here is reset to the default in each child at exec, so the tests
+# of Ctrl-C mean what they say however the suite was started.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 def sha256_file(path: Path | str) -> str:
     h = hashlib.sha256()
@@ -241,6 +247,14 @@ class LockWatch:
             os.close(self.fd)
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:200]
+    except OSError:
+        return "?"
+
+
 class WriterAudit:
     """Watches, from outside, which processes hold a `.part` file open for writing: every few
     milliseconds it reads /proc/<pid>/fd and fdinfo of every process. Two processes with one
@@ -271,31 +285,75 @@ class WriterAudit:
             self.samples += 1
             for inode, pids in self.writers().items():
                 if len(pids) > 1:
-                    self.violations.append(f"inode {inode}: written by pids {sorted(pids)}")
+                    self.violations.append(
+                        f"inode {inode}: written by "
+                        + "; ".join(f"{pid} {_cmdline(pid)}" for pid in sorted(pids))
+                    )
 
     @staticmethod
     def writers() -> dict[tuple[int, int], set[int]]:
-        found: dict[tuple[int, int], set[int]] = {}
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        """(device, inode) -> the processes of this test run (descendants of this process)
+        that hold that partial open for writing right now. A file deleted and another made
+        with the same inode between two reads would look like one: a pair is reported only
+        when both descriptors still name the same path and inode when read again."""
+        candidates: dict[tuple[int, int], dict[int, tuple[str, str]]] = {}
+        for pid in _descendants(os.getpid()):
             fd_dir = f"/proc/{pid}/fd"
             try:
                 fds = os.listdir(fd_dir)
             except OSError:
                 continue
             for fd in fds:
+                link = f"{fd_dir}/{fd}"
                 try:
-                    if ".part" not in os.readlink(f"{fd_dir}/{fd}"):
+                    target = os.readlink(link)
+                    if ".part" not in target:
                         continue
                     with open(f"/proc/{pid}/fdinfo/{fd}") as info:
                         flags = int(info.read().split("flags:")[1].split()[0], 8)
-                    st = os.stat(f"{fd_dir}/{fd}")
+                    st = os.stat(link)
                 except (OSError, IndexError, ValueError):
                     continue
                 if flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR):
-                    found.setdefault((st.st_dev, st.st_ino), set()).add(int(pid))
+                    candidates.setdefault((st.st_dev, st.st_ino), {})[pid] = (link, target)
+        found: dict[tuple[int, int], set[int]] = {}
+        for inode, holders in candidates.items():
+            if len(holders) < 2:
+                found[inode] = set(holders)
+                continue
+            confirmed = set()
+            for pid, (link, target) in holders.items():
+                try:
+                    st = os.stat(link)
+                    if os.readlink(link) == target and (st.st_dev, st.st_ino) == inode:
+                        confirmed.add(pid)
+                except OSError:
+                    pass
+            if len({holders[p][1] for p in confirmed}) <= 1:
+                found[inode] = confirmed
         return found
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below `root` (orphaned workers are re-parented to us: we reap them)."""
+    parents: dict[int, int] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parents.items():
+        children.setdefault(ppid, []).append(pid)
+    out, stack = {root}, [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in out:
+                out.add(child)
+                stack.append(child)
+    return out
 
 
 def corrupt_state(state_dir: Path, kind: str) -> None:

@@ -331,6 +331,22 @@ def test_sigint_pauses_and_exits_130(env):
     assert sha256_file(rec["path"]) == env.expected_sha(T1)
 
 
+def test_an_ignored_sigint_stays_ignored(env):
+    # A shell's background job (`halftunes download ID &`) starts with SIGINT ignored, so
+    # that Ctrl-C at the terminal does not stop it: halftunes keeps it so.
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    env.track(T1, size=2 * MB)
+    env.server.state.throttle_bps = 2 * MB
+    proc = env.spawn("download", str(T1), preexec_fn=ignore_sigint)
+    env.wait_for(lambda: env.part_size(T1) > 100_000)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert sha256_file(out.strip()) == env.expected_sha(T1)
+
+
 def test_ephemeral_ctrl_c_discards_the_partial(env):
     env.track(T1, size=3 * MB)
     env.server.state.throttle_bps = 1_000_000

@@ -588,3 +588,86 @@ def test_a_bug_anywhere_is_one_line_and_exit_1_with_the_traceback_under_v(env, m
     ]
     verbose = env.run("-v", "list")
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+# -- found by an attack run on the first fixes ------------------------------------------------
+def test_a_timeout_too_large_for_the_clock_is_bad_input(env):
+    for value in ("1e10", "1e300"):
+        result = env.run("download", str(T), env={"HALFTUNES_REQUEST_TIMEOUT": value})
+        assert result.returncode == 2 and "request_timeout" in result.stderr, result.stderr
+    assert env.state_record(str(T)) is None
+
+
+def test_a_bug_in_a_transfer_shows_its_traceback_under_v(env, monkeypatch):
+    def broken_send(*args, **kwargs):
+        raise TypeError("transport bug")
+
+    monkeypatch.setattr("halftunes_cli.transport.HttpClient.send", broken_send)
+    result = env.run("-v", "download", str(T))
+    assert result.returncode == 1 and "internal error: TypeError: transport bug" in result.stderr
+    assert "Traceback" in result.stderr and "broken_send" in result.stderr
+
+
+def corrupt_a_page(env: Env) -> None:
+    """Spoil the downloads table's page (page 2) past its first bytes: the file's header
+    stays valid, and SQLite says "malformed" only when a query reaches the page."""
+    db = env.state_dir / "downloads.db"
+    assert not Path(str(db) + "-wal").exists() or Path(str(db) + "-wal").stat().st_size == 0
+    with open(db, "r+b") as f:
+        f.seek(4096 + 8)
+        f.write(b"\xff" * 4088)
+
+
+def test_a_state_file_found_corrupt_in_use_is_moved_aside(env):
+    assert env.run("download", str(T)).returncode == 0
+    corrupt_a_page(env)
+    first = env.run("download", str(U))
+    assert first.returncode == 1 and "moved it aside" in first.stderr, first.stderr
+    assert [p.name for p in env.state_dir.glob("downloads.db.corrupt-*")]
+    again = env.run("download", str(U))  # a clean state file: it works again
+    assert again.returncode == 0, again.stderr
+    finished(env, U)
+
+
+def test_a_database_with_our_name_but_other_columns_is_not_ours(env):
+    import sqlite3
+
+    env.state_dir.mkdir()
+    conn = sqlite3.connect(env.state_dir / "downloads.db")
+    conn.execute("CREATE TABLE downloads (id TEXT PRIMARY KEY, whatever TEXT)")
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    result = env.run("list")
+    assert result.returncode == 1 and "moved it aside" in result.stderr, result.stderr
+    assert env.run("list").returncode == 0
+
+
+@pytest.mark.parametrize("spoil", ["worker.lock", "worker.log"])
+def test_a_worker_file_that_is_a_folder_is_one_line_and_wait_ends(env, spoil):
+    assert env.run("list").returncode == 0
+    (env.state_dir / spoil).mkdir()
+    queued = env.run("download", "-b", str(T))
+    assert queued.returncode == 1 and "background worker" in queued.stderr, queued.stderr
+    assert len(queued.stderr.strip().splitlines()) <= 3
+    waited = env.run("wait", "--timeout", "20")
+    assert waited.returncode == 1, waited.stderr  # not 124: it says why instead of waiting
+
+
+def test_a_dangling_symlink_as_state_file_creates_nothing_where_it_points(env, tmp_path):
+    env.state_dir.mkdir()
+    target = tmp_path / "nowhere" / "x.db"
+    (tmp_path / "nowhere").mkdir()
+    (env.state_dir / "downloads.db").symlink_to(target)
+    result = env.run("list")
+    assert result.returncode == 1 and "moved it aside" in result.stderr, result.stderr
+    assert not target.exists()
+
+
+def test_a_closed_stderr_does_not_stop_a_download(env):
+    def close_stderr() -> None:
+        os.close(2)
+
+    result = env.run_process("download", str(T), preexec_fn=close_stderr)
+    assert result.returncode == 0
+    finished(env, T)

@@ -206,8 +206,9 @@ def interruptible(console: Console) -> Iterator[Interruption]:
         interruption.request(ExitStatus.TERMINATED)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, on_interrupt)
-    signal.signal(signal.SIGTERM, on_terminate)
+    for sig, handler in ((signal.SIGINT, on_interrupt), (signal.SIGTERM, on_terminate)):
+        if previous[sig] is not signal.SIG_IGN:  # (ignored, as for a shell's `&` job: stays so)
+            signal.signal(sig, handler)
     try:
         yield interruption
     finally:

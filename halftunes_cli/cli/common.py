@@ -13,7 +13,14 @@ import typer
 
 from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
 from ..errors import ExitStatus, HalftunesError, internal_error
-from ..render import PROGRESS_MODES, Console, ConsoleReporter, Progress, make_progress
+from ..render import (
+    PROGRESS_MODES,
+    Console,
+    ConsoleReporter,
+    Progress,
+    make_progress,
+    stderr_is_terminal,
+)
 
 if TYPE_CHECKING:
     from ..service import DownloadService
@@ -74,14 +81,10 @@ def app_state(ctx: typer.Context) -> AppState:
 def set_up(
     ctx: typer.Context, session: str | None, quiet: bool, verbose: bool, no_color: bool
 ) -> AppState:
-    if session is not None and session not in SESSION_KINDS:
-        print(
-            f"halftunes: error: --session must be default, ephemeral or background, "
-            f"not {session!r}",
-            file=sys.stderr,
-        )
-        raise typer.Exit(ExitStatus.USAGE)
     state = AppState(session, quiet, verbose, not no_color and not os.environ.get("NO_COLOR"))
+    if session is not None and session not in SESSION_KINDS:
+        state.console.error(f"--session must be default, ephemeral or background, not {session!r}")
+        raise typer.Exit(ExitStatus.USAGE)
     ctx.obj = state
     if verbose or "logging" in sys.modules:  # (logging loads only when it is needed)
         _log_to_stderr(state.console if verbose else None)
@@ -99,10 +102,19 @@ def _log_to_stderr(console: Console | None) -> None:
     if console is None:
         logger.setLevel(logging.WARNING)
         return
-    handler = logging.Handler(logging.DEBUG)
-    handler.is_halftunes_console = True  # type: ignore[attr-defined]
-    handler.emit = lambda record: console.debug(record.getMessage())  # type: ignore[method-assign]
-    logger.addHandler(handler)
+
+    class ConsoleLog(logging.Handler):
+        """Log records as dim lines on stderr; a record's traceback under it."""
+
+        is_halftunes_console = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            text = record.getMessage()
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            console.debug(text)
+
+    logger.addHandler(ConsoleLog(logging.DEBUG))
     logger.setLevel(logging.DEBUG)
 
 
@@ -116,7 +128,7 @@ def fail(state: AppState, exc: BaseException) -> NoReturn:
         if state.verbose:
             import traceback
 
-            traceback.print_exception(exc, file=sys.stderr)
+            traceback.print_exception(exc, file=state.console.stream)
         exc = internal_error(exc)
     assert isinstance(exc, HalftunesError)
     if state.verbose and exc.__cause__ is not None:
@@ -149,7 +161,7 @@ def open_service(
     service = DownloadService(config, ConsoleReporter(state.console))
     try:
         service.recover()
-        if announce and sys.stderr.isatty():
+        if announce and stderr_is_terminal():
             state.console.announce(service.announcements())
     except HalftunesError as exc:
         service.close()
@@ -198,10 +210,6 @@ def complete_ids(incomplete: str) -> list[str]:
 
 def progress_for(state: AppState, mode: str) -> Progress:
     if mode not in PROGRESS_MODES:
-        print(
-            f"halftunes: error: --progress must be one of {', '.join(PROGRESS_MODES)}, "
-            f"not {mode!r}",
-            file=sys.stderr,
-        )
+        state.console.error(f"--progress must be one of {', '.join(PROGRESS_MODES)}, not {mode!r}")
         raise typer.Exit(ExitStatus.USAGE)
-    return make_progress(mode, state.console, sys.stderr.isatty())
+    return make_progress(mode, state.console, stderr_is_terminal())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -88,7 +87,7 @@ def job_run(
 
     state = app_state(ctx)
     config = configuration(state)
-    bar = render.JobProgress(state.console, sys.stderr.isatty())
+    bar = render.JobProgress(state.console, render.stderr_is_terminal())
     try:
         result = run_job(
             job_dir,

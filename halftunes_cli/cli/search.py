@@ -50,7 +50,7 @@ def search(
     service = open_service(state, config)
     spinner = None
     try:
-        if sys.stderr.isatty() and not json_out and not state.quiet:
+        if render.stderr_is_terminal() and not json_out and not state.quiet:
             spinner = render.spinner("Searching iTunes…", state.color)
         tracks = service.search(text, limit=config.limit, country=config.country, offline=offline)
         downloaded = service.downloaded_ids()
