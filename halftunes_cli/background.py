@@ -18,6 +18,7 @@ from .config import transfer_settings
 from .errors import HalftunesError, StateError, TransferError, UnknownIdError
 from .liveness import WORKER_LOCK
 from .records import (
+    ENDING_STATUS,
     DownloadRecord,
     Records,
     RecordStatus,
@@ -102,12 +103,12 @@ def _start_worker(state_dir: Path) -> bool:
     return True
 
 
+# A record's status as a task state: the records' one mapping of endings, read backwards
+# (NSURLSession shows a background task that waits for the worker as running).
 _TASK_STATE = {
-    RecordStatus.QUEUED: TaskState.RUNNING,  # NSURLSession shows a waiting background task running
+    **{status: TaskState(ending.value) for ending, status in ENDING_STATUS.items() if status},
+    RecordStatus.QUEUED: TaskState.RUNNING,
     RecordStatus.RUNNING: TaskState.RUNNING,
-    RecordStatus.PAUSED: TaskState.PAUSED,
-    RecordStatus.COMPLETED: TaskState.COMPLETED,
-    RecordStatus.FAILED: TaskState.FAILED,
 }
 
 

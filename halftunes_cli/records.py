@@ -49,7 +49,43 @@ class StopRequest(enum.StrEnum):
     CANCEL = "cancel"
 
 
+class Ending(enum.StrEnum):
+    """How a transfer ended, as its owner settles it (a task's final state, by value)."""
+
+    COMPLETED = "completed"
+    PAUSED = "paused"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ClaimOutcome(enum.StrEnum):
+    """What claiming one target or record gave."""
+
+    CLAIMED = "claimed"  # ours to run, now
+    QUEUED = "queued"  # handed to the background worker
+    SKIPPED = "skipped"  # already done
+    REFUSED = "refused"  # someone else's right now
+
+
+class StopAction(enum.StrEnum):
+    """What a stop request did."""
+
+    WAITING = "waiting"  # asked a live owner to stop
+    PAUSED = "paused"  # paused an idle record here
+    FORGOTTEN = "forgotten"  # cancelled an idle record here: record and partial gone
+    UNCHANGED = "unchanged"  # nothing to stop
+    FINISHED = "finished"  # completed since the request was made: left as it is
+
+
 S = RecordStatus
+# The one mapping of how a transfer ended to its record's status (a cancelled one has no
+# record left); `background` reads it backwards.
+ENDING_STATUS: dict[Ending, RecordStatus | None] = {
+    Ending.COMPLETED: S.COMPLETED,
+    Ending.PAUSED: S.PAUSED,
+    Ending.FAILED: S.FAILED,
+    Ending.CANCELLED: None,
+}
 # Allowed moves; `None` is "no record yet". Deleting a record (cancel, clean) is always allowed.
 TRANSITIONS: dict[RecordStatus | None, frozenset[RecordStatus]] = {
     None: frozenset({S.QUEUED, S.RUNNING}),
@@ -152,7 +188,7 @@ class Claim:
     worker (`queued`), already done (`skipped`), or someone else's right now (`refused`)."""
 
     id: str
-    outcome: str  # claimed | queued | skipped | refused
+    outcome: ClaimOutcome
     record: DownloadRecord | None = None
     error: AlreadyRunningError | None = None
     elsewhere: Path | None = None  # skipped, though this command asked for it there
@@ -165,7 +201,7 @@ class StopResult:
     request was made (`finished`: it is left as it is)."""
 
     id: str
-    action: str  # waiting | paused | unchanged | forgotten | finished
+    action: StopAction
     record: DownloadRecord | None
 
 
@@ -175,7 +211,7 @@ class Settlement:
 
     record_id: str
     owner: str
-    task_state: str  # completed | paused | failed | cancelled
+    ending: Ending
     bytes_received: int
     bytes_total: int | None
     etag: str | None
@@ -354,7 +390,9 @@ class Records:
     ) -> Claim:
         path = self._choose_path(conn, target, download_dir, listing)
         if is_partial_busy(str(path) + ".part"):  # written by a process no record names
-            return Claim(target.id, "refused", None, PartialBusy(Path(str(path) + ".part")))
+            return Claim(
+                target.id, ClaimOutcome.REFUSED, None, PartialBusy(Path(str(path) + ".part"))
+            )
         status = S.QUEUED if queue else S.RUNNING
         self._write(
             conn,
@@ -373,7 +411,7 @@ class Records:
             settings=settings,
         )
         record = DownloadRecord.from_row(self.store.row(conn, target.id) or {})
-        return Claim(target.id, "queued" if queue else "claimed", record)
+        return Claim(target.id, ClaimOutcome.QUEUED if queue else ClaimOutcome.CLAIMED, record)
 
     def _take(
         self,
@@ -393,12 +431,12 @@ class Records:
         if busy is None and is_partial_busy(row["part_path"]):
             busy = PartialBusy(Path(row["part_path"]))  # its writer is not the record's owner
         if busy is not None:
-            return Claim(rid, "refused", DownloadRecord.from_row(row), busy)
+            return Claim(rid, ClaimOutcome.REFUSED, DownloadRecord.from_row(row), busy)
         if row["status"] == S.QUEUED and not queue:
             if self.state_dir is not None and is_worker_alive(self.state_dir):
                 return Claim(
                     rid,
-                    "refused",
+                    ClaimOutcome.REFUSED,
                     DownloadRecord.from_row(row),
                     AlreadyRunningError(
                         f"{rid} is queued for the background worker",
@@ -406,10 +444,10 @@ class Records:
                     ),
                 )
         if row["status"] == S.QUEUED and queue:
-            return Claim(rid, "queued", DownloadRecord.from_row(row))
+            return Claim(rid, ClaimOutcome.QUEUED, DownloadRecord.from_row(row))
         done = row["status"] == S.COMPLETED
         if done and Path(row["path"]).exists() and not force:
-            claim = Claim(rid, "skipped", DownloadRecord.from_row(row))
+            claim = Claim(rid, ClaimOutcome.SKIPPED, DownloadRecord.from_row(row))
             wanted = (
                 [download_dir / target.filename, download_dir / target.namer(f" ({rid})")]
                 if target
@@ -441,7 +479,7 @@ class Records:
             values["bytes_received"] = self._recover_partial(row)
         self._write(conn, row, rid, **values)
         record = DownloadRecord.from_row(self.store.row(conn, rid) or row)
-        return Claim(rid, "queued" if queue else "claimed", record)
+        return Claim(rid, ClaimOutcome.QUEUED if queue else ClaimOutcome.CLAIMED, record)
 
     def claim_queued(self, owner: str, limit: int) -> list[DownloadRecord]:
         """The worker takes up to `limit` queued records, oldest first."""
@@ -513,10 +551,10 @@ class Records:
             return None, False
         if row["owner"] != e.owner:
             return DownloadRecord.from_row(row), False
-        if e.task_state == "cancelled":
+        status = ENDING_STATUS[e.ending]
+        if status is None:  # cancelled: nothing of it stays
             self._forget(conn, row)
             return None, True
-        status = {"completed": S.COMPLETED, "paused": S.PAUSED}.get(e.task_state, S.FAILED)
         self._write(
             conn,
             row,
@@ -546,18 +584,18 @@ class Records:
             if row is None:
                 raise unknown_download(record_id)
             if seen is not None and seen is not S.COMPLETED and row["status"] == S.COMPLETED:
-                return StopResult(record_id, "finished", DownloadRecord.from_row(row))
+                return StopResult(record_id, StopAction.FINISHED, DownloadRecord.from_row(row))
             if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
                 self._write(conn, row, record_id, request=str(request))
-                return StopResult(record_id, "waiting", DownloadRecord.from_row(row))
+                return StopResult(record_id, StopAction.WAITING, DownloadRecord.from_row(row))
             if request is StopRequest.CANCEL:
                 self._forget(conn, row)
-                return StopResult(record_id, "forgotten", DownloadRecord.from_row(row))
+                return StopResult(record_id, StopAction.FORGOTTEN, DownloadRecord.from_row(row))
             if row["status"] in (S.QUEUED, S.RUNNING):
                 self._write(conn, row, record_id, status=S.PAUSED, owner=None, request=None)
                 record = DownloadRecord.from_row(self.store.row(conn, record_id) or row)
-                return StopResult(record_id, "paused", record)
-            return StopResult(record_id, "unchanged", DownloadRecord.from_row(row))
+                return StopResult(record_id, StopAction.PAUSED, record)
+            return StopResult(record_id, StopAction.UNCHANGED, DownloadRecord.from_row(row))
 
     def forget(self, record_id: str, seen: RecordStatus | None = None) -> DownloadRecord | None:
         """Delete a record (and its partial, unless it finished); the file stays. With

@@ -8,6 +8,7 @@ a transfer slot goes on to its next file without waiting for the state file.
 
 from __future__ import annotations
 
+import enum
 import logging
 import queue
 import threading
@@ -16,15 +17,27 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import HalftunesError
-from .records import DownloadRecord, Records, Settlement
+from .records import DownloadRecord, Ending, Records, Settlement
 from .session import Session
 from .store import StateFileReplaced
 from .targets import is_url_record_id
-from .tasks import DownloadTask, ResumeData
+from .tasks import DownloadTask, ResumeData, TaskState
 from .tasks.partial import sync_group
 
 CONTROL_POLL_SECONDS = 0.05
 log = logging.getLogger(__name__)
+
+
+class OutcomeStatus(enum.StrEnum):
+    """How one id ended in one command."""
+
+    COMPLETED = "completed"
+    PAUSED = "paused"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # already downloaded
+    REFUSED = "refused"  # someone else's right now
+    QUEUED = "queued"  # handed to the background worker
 
 
 @dataclass
@@ -32,7 +45,7 @@ class Outcome:
     """How one id ended in one command."""
 
     id: str
-    status: str  # completed | paused | failed | cancelled | skipped | refused | queued
+    status: OutcomeStatus
     record: DownloadRecord | None = None
     error: HalftunesError | None = None
     notes: list[str] = field(default_factory=list)
@@ -224,7 +237,7 @@ class Runner:
                 Settlement(
                     task.record_id,
                     self.owner,
-                    str(task.state),
+                    Ending(task.state.value),
                     task.bytes_synced,
                     task.bytes_total,
                     task.etag,
@@ -243,11 +256,12 @@ class Runner:
     def _outcome(task: DownloadTask, record: DownloadRecord | None, ours: bool) -> Outcome:
         rid = str(task.record_id)
         if not ours:  # cancelled or taken over by another process
-            return Outcome(rid, "cancelled" if record is None else "paused", None, task.error)
+            gone = OutcomeStatus.CANCELLED if record is None else OutcomeStatus.PAUSED
+            return Outcome(rid, gone, None, task.error)
         if record is None:
-            return Outcome(rid, "cancelled", None, None, task.notes)
-        error = task.error if str(task.state) == "failed" else None
-        return Outcome(rid, str(record.status), record, error, task.notes)
+            return Outcome(rid, OutcomeStatus.CANCELLED, None, None, task.notes)
+        error = task.error if task.state is TaskState.FAILED else None
+        return Outcome(rid, OutcomeStatus(record.status.value), record, error, task.notes)
 
     def stop_all(self, reason: str) -> None:
         self._stopping.set()

@@ -31,12 +31,14 @@ from .jobs.job import Job, ShardDone, run_dask, run_local
 from .liveness import is_worker_alive
 from .naming import TEMPLATE_FIELDS, template_fields
 from .records import (
+    ClaimOutcome,
     DownloadRecord,
     Records,
     RecordStatus,
+    StopAction,
     StopRequest,
 )
-from .runner import Outcome, Runner
+from .runner import Outcome, OutcomeStatus, Runner
 from .session import Session
 from .store import Store, state_file_exists
 from .targets import OutputSpec, Target, check_download_dir, target_for_track, url_target
@@ -398,10 +400,10 @@ class DownloadService:
         )
         runnable: list[DownloadRecord] = []
         for claim in claims:
-            if claim.outcome == "refused":
+            if claim.outcome is ClaimOutcome.REFUSED:
                 assert claim.error is not None
                 self._error(result, claim.error)
-            elif claim.outcome == "skipped":
+            elif claim.outcome is ClaimOutcome.SKIPPED:
                 assert claim.record is not None
                 if claim.elsewhere is not None:
                     self.reporter.info(
@@ -410,12 +412,12 @@ class DownloadService:
                     )
                 else:
                     self.reporter.info(f"{claim.id}: already downloaded: {claim.record.path}")
-                result.outcomes.append(Outcome(claim.id, "skipped", claim.record))
+                result.outcomes.append(Outcome(claim.id, OutcomeStatus.SKIPPED, claim.record))
             else:
                 assert claim.record is not None
                 runnable.append(claim.record)
         if background:
-            result.outcomes += [Outcome(r.id, "queued", r) for r in runnable]
+            result.outcomes += [Outcome(r.id, OutcomeStatus.QUEUED, r) for r in runnable]
             if runnable:
                 ensure_worker(Path(self.configuration.state_dir))
                 self.reporter.info(
@@ -457,13 +459,13 @@ class DownloadService:
         for future in futures:
             outcome: Outcome = future.result()
             result.outcomes.append(outcome)
-            if outcome.status == "failed" and outcome.error is not None:
+            if outcome.status is OutcomeStatus.FAILED and outcome.error is not None:
                 self._error(result, outcome.error)
-            elif outcome.status == "paused" and not interrupted:
+            elif outcome.status is OutcomeStatus.PAUSED and not interrupted:
                 self.reporter.info(
                     f"{outcome.id}: paused by request; `halftunes resume {outcome.id}` continues it"
                 )
-            elif outcome.status == "cancelled" and not interrupted:
+            elif outcome.status is OutcomeStatus.CANCELLED and not interrupted:
                 self.reporter.info(f"{outcome.id}: cancelled by request")
             for note in outcome.notes:  # restarts, decoding: what the user should know
                 self.reporter.info(f"{outcome.id}: {note}")
@@ -472,7 +474,7 @@ class DownloadService:
             if self.configuration.is_ephemeral:
                 self.reporter.info("interrupted: partial downloads discarded (ephemeral session)")
             else:
-                paused = [o.id for o in result.outcomes if o.status == "paused"]
+                paused = [o.id for o in result.outcomes if o.status is OutcomeStatus.PAUSED]
                 if paused:
                     self.reporter.info(
                         f"interrupted: paused {len(paused)} download(s); "
@@ -524,13 +526,13 @@ class DownloadService:
                 stop = self.records.request_stop(record.id, action, seen=record.status)
             except UnknownIdError:
                 continue  # gone meanwhile (another process cancelled it)
-            if stop.action == "waiting":
+            if stop.action is StopAction.WAITING:
                 waiting.append(record.id)
-            elif stop.action == "forgotten":
+            elif stop.action is StopAction.FORGOTTEN:
                 forgotten[record.id] = record
-            elif stop.action == "finished":
+            elif stop.action is StopAction.FINISHED:
                 self.reporter.info(f"{record.id}: completed before it could be {done}; kept")
-            elif stop.action == "unchanged" and not all_:
+            elif stop.action is StopAction.UNCHANGED and not all_:
                 self.reporter.info(f"{record.id}: already {record.status}")
         for rid in waiting:
             after = self.records.wait_until_stopped(rid, timeout_seconds=30)

@@ -21,7 +21,7 @@ import pytest
 from conftest import HALFTUNES, Env, LockWatch, WriterAudit, reap_children, sha256_file
 
 from halftunes_cli import Session, SessionConfiguration, store
-from halftunes_cli.records import Records, RecordStatus, Settlement, StopRequest
+from halftunes_cli.records import Ending, Records, RecordStatus, Settlement, StopRequest
 from halftunes_cli.service import DownloadService
 from halftunes_cli.tasks import TaskState
 from halftunes_cli.testing.catalog import CatalogServer
@@ -295,7 +295,7 @@ def test_a_cancel_that_waits_for_an_owner_which_then_completes_keeps_the_record(
     steering.start()
     env.wait_for(lambda: (env.state_record("42") or {}).get("request") == "cancel")
     path.write_bytes(b"done")  # the owner's body was complete: it finishes and says so
-    owner.settle_many([Settlement("42", token, "completed", 4, 4, None, None, None)])
+    owner.settle_many([Settlement("42", token, Ending.COMPLETED, 4, 4, None, None, None)])
     steering.join(timeout=10)
     service.close()
     owner.close()

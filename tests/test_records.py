@@ -11,6 +11,7 @@ import pytest
 from halftunes_cli.errors import IllegalTransition
 from halftunes_cli.records import (
     TRANSITIONS,
+    Ending,
     Records,
     RecordStatus,
     Settlement,
@@ -86,7 +87,7 @@ def test_claim_checkpoint_settle(records, tmp_path):
     assert records.checkpoint("1", owner, 100, 1000, '"e"', None) is None
     assert records.get("1").bytes_received == 100
     ((record, ours),) = records.settle_many(
-        [Settlement("1", owner, "completed", 1000, 1000, '"e"', None, "x")]
+        [Settlement("1", owner, Ending.COMPLETED, 1000, 1000, '"e"', None, "x")]
     )
     assert ours and record.status is S.COMPLETED and record.error is None and record.owner is None
 
@@ -106,7 +107,7 @@ def test_a_stop_request_reaches_the_checkpoint_and_cancel_forgets_the_partial(re
         records.checkpoint("1", records.owner_token(), 10, None, None, None) is StopRequest.CANCEL
     )
     ((record, ours),) = records.settle_many(
-        [Settlement("1", records.owner_token(), "cancelled", 10, None, None, None, None)]
+        [Settlement("1", records.owner_token(), Ending.CANCELLED, 10, None, None, None, None)]
     )
     assert (record, ours) == (None, True)
     assert records.get("1") is None and not Path(c.record.part_path).exists()
@@ -115,7 +116,7 @@ def test_a_stop_request_reaches_the_checkpoint_and_cancel_forgets_the_partial(re
 def test_a_settle_by_a_process_that_lost_the_record_changes_nothing(records, tmp_path):
     claim(records, tmp_path, target(tmp_path))
     ((record, ours),) = records.settle_many(
-        [Settlement("1", "someone-else", "failed", 0, None, None, None, "x")]
+        [Settlement("1", "someone-else", Ending.FAILED, 0, None, None, None, "x")]
     )
     assert not ours and record.status is S.RUNNING
 
@@ -134,9 +135,9 @@ def test_settle_many_writes_each_ending_by_its_own_rules_in_one_transaction(reco
     records.store.transaction = counted
     settled = records.settle_many(
         [
-            Settlement("1", owner, "completed", 1000, 1000, '"e1"', None, None),
-            Settlement("2", "someone-else", "failed", 0, None, None, None, "x"),
-            Settlement("3", owner, "failed", 10, 1000, None, None, "HTTP 404", permanent=True),
+            Settlement("1", owner, Ending.COMPLETED, 1000, 1000, '"e1"', None, None),
+            Settlement("2", "someone-else", Ending.FAILED, 0, None, None, None, "x"),
+            Settlement("3", owner, Ending.FAILED, 10, 1000, None, None, "HTTP 404", permanent=True),
         ]
     )
     assert transactions == [1]
@@ -166,7 +167,7 @@ def test_a_dead_owner_is_reconciled_to_paused_at_the_partials_length(tmp_path):
 def test_completed_record_with_its_file_is_skipped_unless_forced(records, tmp_path):
     claim(records, tmp_path, target(tmp_path))
     records.settle_many(
-        [Settlement("1", records.owner_token(), "completed", 3, 3, None, None, None)]
+        [Settlement("1", records.owner_token(), Ending.COMPLETED, 3, 3, None, None, None)]
     )
     (tmp_path / "song.m4a").write_bytes(b"abc")
     assert claim(records, tmp_path, records.get("1")).outcome == "skipped"

@@ -28,7 +28,7 @@ from typing import Any
 from ..config import SessionConfiguration, load_configuration
 from ..errors import HalftunesError, RateLimitedError, UsageError
 from ..itunes import ITunesClient, Track
-from ..records import RecordStatus
+from ..records import ClaimOutcome, RecordStatus
 from ..retry import RetryLoop, RetryPolicy
 from ..runner import Runner
 from ..session import Session
@@ -242,7 +242,7 @@ class Job:
                 futures = [
                     runner.submit(c.record)
                     for c in claims
-                    if c.outcome == "claimed" and c.record is not None
+                    if c.outcome is ClaimOutcome.CLAIMED and c.record is not None
                 ]
                 for future in futures:
                     future.result()
