@@ -454,15 +454,16 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, from the symbols this process already has (the C library is
+    loaded): no `ctypes.util.find_library`, which runs `ldconfig` in a child process, forked
+    while transfers hold their partials open."""
     import ctypes
-    import ctypes.util
     import sys
 
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.sync_file_range
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
