@@ -179,6 +179,15 @@ class BackgroundDownloadTask(Task):
         return record.bytes_total if record is not None else None
 
     @property
+    def label(self) -> str:
+        return self.destination.name if self.destination else super().label
+
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        record = self._record()
+        return (record.bytes_received, record.bytes_total) if record is not None else (0, None)
+
+    @property
     def location(self) -> Path | None:
         record = self._record()
         if record is not None and record.status is RecordStatus.COMPLETED:

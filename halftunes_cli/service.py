@@ -25,6 +25,7 @@ from .errors import (
     UsageError,
     unknown_download,
 )
+from .events import Subscriber, record_event
 from .headers import is_ascii_number
 from .itunes import ITunesClient, Track
 from .jobs.job import Job, ShardDone, run_dask, run_local
@@ -574,11 +575,12 @@ class DownloadService:
         ids: list[str],
         *,
         timeout_seconds: float | None = None,
-        on_poll: Callable[[list[DownloadRecord]], None] | None = None,
+        progress: Subscriber | None = None,
         poll_seconds: float = 0.1,
     ) -> WaitResult:
         """Block until the downloads are no longer queued or running (restarting the worker
-        if queued work has none).
+        if queued work has none); `progress` hears each poll's records as they move, and how
+        each ended.
 
         Without ids it covers what is queued or running now and every outcome not yet
         reported; what it returns counts as reported, so an old failure changes the exit
@@ -595,7 +597,15 @@ class DownloadService:
             ids = active + [r.id for r in self.records.unreported() if r.id not in active]
             if not ids:
                 return WaitResult([])
-        result = self._wait_for(ids, timeout_seconds, on_poll, poll_seconds)
+
+        def on_poll(active: list[DownloadRecord]) -> None:
+            for record in active:
+                progress.handle(record_event(record))
+
+        result = self._wait_for(ids, timeout_seconds, on_poll if progress else None, poll_seconds)
+        if progress is not None:
+            for record in result.records:
+                progress.handle(record_event(record, ended=True))
         if not result.timed_out:
             self.records.mark_announced(r.id for r in result.records)
         return result

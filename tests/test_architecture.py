@@ -24,8 +24,8 @@ LAYERS: list[tuple[str, ...]] = [
         "halftunes_cli.testing",
         "halftunes_cli.testing.*",
     ),  # entry points
-    ("halftunes_cli.render",),
-    ("halftunes_cli.service",),
+    ("halftunes_cli.render", "halftunes_cli.render.*"),
+    ("halftunes_cli.service", "halftunes_cli.events"),
     ("halftunes_cli.jobs", "halftunes_cli.jobs.*"),
     ("halftunes_cli.runner",),
     ("halftunes_cli",),  # the package's public exports
@@ -56,7 +56,7 @@ ISOLATED = ("halftunes_cli.testing", "halftunes_cli.testing.*")
 # and the entry points (the package's exports, the command line) load the engine on demand,
 # so `halftunes --version` and `--help` pay for neither (benchmark S4). The checks above
 # still count these imports.
-LAZY_INTERNAL = {"halftunes_cli.protocols"}
+LAZY_INTERNAL = {"halftunes_cli.protocols", "halftunes_cli.render.bars"}  # requests; tqdm
 LAZY_IMPORTERS = ("halftunes_cli", "halftunes_cli.cli.*")
 
 

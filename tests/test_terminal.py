@@ -146,27 +146,23 @@ def test_the_summary_counts_every_id_given(env):
 def test_the_overall_line_is_redrawn_at_most_four_times_a_second():
     # Progress events come with every read of every transfer (thousands a second at
     # loopback speed); the bars throttle themselves, the overall line must too.
-    from types import SimpleNamespace
-
-    from halftunes_cli.render import Console, ProgressDelegate
+    from halftunes_cli.events import EventKind, TransferEvent
+    from halftunes_cli.render.bars import BarProgress
 
     now = [100.0]
-    delegate = ProgressDelegate(True, Console(), clock=lambda: now[0])
-    delegate.on_transfers(2)
-    task = SimpleNamespace(
-        task_identifier=1,
-        title="a song",
-        url="http://x/a.m4a",
-        state="running",
-        bytes_total=1 << 30,
-    )
-    delegate.on_data_written(task, 1 << 20, 1 << 20, 1 << 30)
-    first = delegate._overall.desc
+    bars = BarProgress(clock=lambda: now[0])
+    bars.begin(2)
+
+    def moved(total: int) -> TransferEvent:
+        return TransferEvent(EventKind.PROGRESS, "1", "a song", total, 1 << 30, delta=1 << 20)
+
+    bars.handle(moved(1 << 20))
+    first = bars._overall.desc
     assert first.startswith("1.0 MiB")
     for i in range(2, 50):  # 48 MiB more within the same instant: no redraw
-        delegate.on_data_written(task, 1 << 20, i << 20, 1 << 30)
-    assert delegate._overall.desc == first
-    now[0] += ProgressDelegate.OVERALL_SECONDS
-    delegate.on_data_written(task, 1 << 20, 50 << 20, 1 << 30)
-    assert delegate._overall.desc.startswith("50.0 MiB")
-    delegate.close()
+        bars.handle(moved(i << 20))
+    assert bars._overall.desc == first
+    now[0] += BarProgress.OVERALL_SECONDS
+    bars.handle(moved(50 << 20))
+    assert bars._overall.desc.startswith("50.0 MiB")
+    bars.close()

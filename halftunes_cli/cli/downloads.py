@@ -67,11 +67,17 @@ def _run(
     config = configuration(state, **flags)
 
     def run(service: DownloadService) -> BatchResult:
+        from ..events import TaskEvents  # (start-up speed: with the engine)
+
         try:
             with interruptible(state.console) as interruption:
                 call = service.download if action == "download" else service.resume
                 result = call(
-                    ids, background=background, delegate=progress, interruption=interruption, **kw
+                    ids,
+                    background=background,
+                    delegate=TaskEvents(progress),
+                    interruption=interruption,
+                    **kw,
                 )
             progress.close()
             given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)

@@ -110,8 +110,7 @@ def wait(
     bars = progress_for(state, progress)
     service = open_service(state, config, announce=False)  # wait reports them itself
     try:
-        result = service.wait(expand_ids(ids), timeout_seconds=timeout, on_poll=bars.on_records)
-        bars.on_records_ended(result.records)
+        result = service.wait(expand_ids(ids), timeout_seconds=timeout, progress=bars)
         if result.timed_out:
             bars.close()
             state.console.error(

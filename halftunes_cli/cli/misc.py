@@ -75,7 +75,9 @@ def upload(
     try:
         headers = _headers(header or [])
         service = open_service(state, config)
-        task = service.upload(file, url, method=method, headers=headers, delegate=bars)
+        from ..events import TaskEvents  # (start-up speed: with the engine)
+
+        task = service.upload(file, url, method=method, headers=headers, delegate=TaskEvents(bars))
     except HalftunesError as exc:
         bars.close()
         fail(state, exc)

@@ -90,6 +90,23 @@ class Task:
         # (logged; `run` raises it once the task has ended), never the task's outcome.
         self.callback_error: BaseException | None = None
         self.has_reached_host = False  # an answer came from the server in this task
+        self.record_id: str | None = None  # the download record it runs for, if any
+
+    # -- what progress shows of it -----------------------------------------------------------
+    @property
+    def event_id(self) -> str:
+        """How progress events name it: its record's id, else its number in the session."""
+        return self.record_id or str(self.task_identifier)
+
+    @property
+    def label(self) -> str:
+        """What a person calls it: the resource's last path segment (subclasses know more)."""
+        return self.url.rstrip("/").rsplit("/", 1)[-1] or self.url
+
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        """(bytes moved so far, bytes expected in all, None when unknown)."""
+        return 0, None
 
     def _move(self, new: TaskState) -> None:
         with self._state_lock:

@@ -167,6 +167,17 @@ class DownloadTask(Task):
         return self.partial.length
 
     @property
+    def label(self) -> str:
+        """The track's title, or the file's name (a URL download is known by it)."""
+        if self.title and "://" not in self.title:
+            return self.title
+        return self.destination.name
+
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        return self.bytes_received, self.bytes_total
+
+    @property
     def bytes_synced(self) -> int:
         """Bytes of the partial known to be on disk: what a checkpoint records."""
         return self.partial.synced

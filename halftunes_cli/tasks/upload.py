@@ -64,6 +64,14 @@ class UploadTask(Task):
         self.bytes_expected = file_path.stat().st_size
         self.data: bytes | None = None
 
+    @property
+    def label(self) -> str:
+        return self.file_path.name
+
+    @property
+    def progress(self) -> tuple[int, int | None]:
+        return self.bytes_sent, self.bytes_expected
+
     def _execute(self) -> None:
         headers = {"Content-Length": str(self.bytes_expected), **self.headers}
         headers.setdefault("Content-Type", "application/octet-stream")

@@ -1,0 +1,68 @@
+"""Byte sizes, durations, percentages, and text cut to a terminal's cells."""
+
+from __future__ import annotations
+
+_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(n: int | float | None) -> str:
+    """Binary units, as NSByteCountFormatter's binary style: 512 B, 1.2 MiB, 3.0 GiB."""
+    if n is None:
+        return "?"
+    if n < 1024:
+        return f"{int(n)} B"
+    value = float(n)
+    for unit in _UNITS:
+        value /= 1024.0
+        if value < 1024 or unit == _UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    return f"{n} B"
+
+
+def duration(ms_or_seconds: float | None, *, millis: bool = False) -> str:
+    """m:ss (h:mm:ss past an hour)."""
+    if ms_or_seconds is None:
+        return "-:--"
+    seconds = int(round(ms_or_seconds / 1000 if millis else ms_or_seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def percent(received: int | None, total: int | None) -> str:
+    if not total:
+        return "-"
+    return f"{100.0 * (received or 0) / total:.1f}%"
+
+
+def printable(text: object) -> str:
+    """Text a terminal shows as it is: control characters become '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
+def cells(text: str) -> int:
+    """Terminal cells `text` takes (wide CJK and emoji count 2)."""
+    from rich.cells import cell_len
+
+    return int(cell_len(text))
+
+
+def fit(text: str, width: int, trim: str = "end") -> str:
+    """`text` cut to `width` terminal cells, with an ellipsis: at the end, or in the middle
+    for a path (the file name stays whole as long as it can)."""
+    from rich.cells import set_cell_size
+
+    if cells(text) <= width:
+        return text
+    if width <= 1:
+        return "…"[:width]
+    if trim == "middle":
+        name = text.rsplit("/", 1)[-1]
+        tail = min(cells(name) + (1 if "/" in text else 0), width - 2)
+        tail = max(tail, width // 2)
+        head = width - 1 - tail
+        right = text
+        while cells(right) > tail:
+            right = right[1:]
+        return str(set_cell_size(text, head)).rstrip() + "…" + right
+    return str(set_cell_size(text, width - 1)).rstrip() + "…"

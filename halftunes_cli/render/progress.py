@@ -1,0 +1,171 @@
+"""Progress as the user sees it: subscribers of transfer events (`events.TransferEvent`) that
+draw nothing, plain lines for logs, or JSON Lines for scripts (bars live in `bars`); the
+progress of a job, and the summary line of a command."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from ..events import EventKind, TransferEvent
+from .base import Clock, Progress
+from .console import Console, SideChannel
+from .formats import duration, human_bytes, percent, printable
+
+PROGRESS_MODES = ("auto", "bar", "line", "json", "none")
+
+
+def make_progress(mode: str, console: Console, is_tty: bool) -> Progress:
+    """auto = bars on a terminal, nothing otherwise; line = plain lines for logs; json = JSON
+    Lines events on stderr for scripts; none = nothing."""
+    if mode == "auto":
+        mode = "bar" if is_tty and not console.quiet else "none"
+    if mode == "bar":
+        from .bars import BarProgress  # (start-up speed: tqdm loads only for bars)
+
+        return BarProgress()
+    if mode == "line":
+        return LineProgress()
+    if mode == "json":
+        return JsonProgress()
+    return Progress()
+
+
+class LineProgress(Progress):
+    """One plain line per transfer every few seconds, and one at its end (for logs)."""
+
+    EVERY_SECONDS = 3.0
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._seen: dict[str, tuple[float, int, float]] = {}  # id -> (start, bytes0, last)
+        self._lock = threading.Lock()
+        self._stream = SideChannel()
+
+    def _say(self, text: str) -> None:
+        print(text, file=self._stream, flush=True)
+
+    def handle(self, event: TransferEvent) -> None:
+        label = printable(event.label)
+        if event.kind is EventKind.RETRY:
+            self._say(f"{label}: retrying in {event.retry_in_seconds:.0f} s ({event.reason})")
+        elif event.kind is EventKind.ENDED:
+            size = event.bytes_total or event.bytes_done
+            tail = f": {event.error}" if event.error else ""
+            self._say(
+                f"{label}: {event.state}" + (f" ({human_bytes(size)})" if size else "") + tail
+            )
+        else:
+            self._moved(event, label)
+
+    def _moved(self, event: TransferEvent, label: str) -> None:
+        now = self._clock()
+        with self._lock:
+            start, first, last = self._seen.setdefault(
+                event.id, (now, event.bytes_done - event.delta, now)
+            )
+            if now - last < self.EVERY_SECONDS:
+                return
+            self._seen[event.id] = (start, first, now)
+        rate = (event.bytes_done - first) / max(now - start, 1e-6)
+        total = event.bytes_total
+        done = human_bytes(event.bytes_done)
+        of = f"{percent(event.bytes_done, total)} of {human_bytes(total)}" if total else done
+        self._say(f"{label}: {of}, {human_bytes(rate)}/s")
+
+
+class JsonProgress(Progress):
+    """JSON Lines on stderr: {"id", "event", "bytes_received", "bytes_total", ...}; progress
+    events at most twice a second per transfer (and always at the last byte)."""
+
+    EVERY_SECONDS = 0.5
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._stream = SideChannel()
+
+    def _emit(self, **fields: Any) -> None:
+        line = json.dumps(fields, ensure_ascii=False)
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+    def handle(self, event: TransferEvent) -> None:
+        common = {"id": event.id}
+        sizes = {"bytes_received": event.bytes_done, "bytes_total": event.bytes_total}
+        if event.kind is EventKind.RETRY:
+            retry = {"retry_in_seconds": round(event.retry_in_seconds or 0, 3)}
+            self._emit(**common, event="retry", **sizes, **retry, reason=event.reason)
+        elif event.kind is EventKind.ENDED:
+            failure = {"error": event.error} if event.error else {}
+            self._emit(**common, event=event.state, **sizes, **failure)
+        elif self._due(event):
+            self._emit(**common, event="progress", **sizes)
+
+    def _due(self, event: TransferEvent) -> bool:
+        now = self._clock()
+        last_byte = event.bytes_total is not None and event.bytes_done >= event.bytes_total
+        with self._lock:
+            if now - self._last.get(event.id, -1e9) < self.EVERY_SECONDS and not last_byte:
+                return False
+            self._last[event.id] = now
+        return True
+
+
+class JobProgress:
+    """One overall bar for a job: shards, items, files/s, MB/s, failures (on a terminal);
+    a line per shard otherwise (for logs)."""
+
+    def __init__(self, console: Console, is_tty: bool, clock: Clock = time.monotonic):
+        self.console = console
+        self.is_tty = is_tty and not console.quiet
+        self._clock = clock
+        self._began = self._clock()
+        self._bar: Any = None
+        self.items = self.failed = self.nbytes = 0
+
+    def shard(self, k: int, counts: dict[str, int], shards: int) -> None:
+        if "skipped_shard" in counts:
+            return
+        self.items += counts.get("completed", 0) + counts.get("failed", 0)
+        self.failed += counts.get("failed", 0)
+        self.nbytes += counts.get("bytes", 0)
+        elapsed = max(self._clock() - self._began, 1e-6)
+        figures = (
+            f"{self.items} items · {self.items / elapsed:.0f} files/s · "
+            f"{human_bytes(self.nbytes / elapsed)}/s · {self.failed} failed"
+        )
+        if not self.is_tty:
+            if not self.console.quiet:
+                self.console.info(f"shard {k} done: {figures}")
+            return
+        if self._bar is None:
+            from .bars import Bar  # (start-up speed)
+
+            self._bar = Bar(
+                total=shards,
+                file=SideChannel(),
+                leave=True,
+                unit="shard",
+                bar_format="{n}/{total} shards {bar:20} {desc}",
+            )
+        self._bar.set_description_str(figures, refresh=False)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def summary(given: int, statuses: list[str], elapsed_seconds: float) -> str:
+    """`35 ids: 33 completed, 1 skipped, 1 failed in 0:42`: every id given is counted once
+    (an id that never reached a transfer, bad input, counts as failed)."""
+    counts = {s: statuses.count(s) for s in ("completed", "skipped", "paused", "cancelled")}
+    counts["failed"] = given - sum(counts.values())
+    parts = [f"{n} {name}" for name, n in counts.items() if n or name == "completed"]
+    return f"{given} ids: {', '.join(parts)} in {duration(elapsed_seconds)}"
