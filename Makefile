@@ -20,6 +20,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff format --check halftunes_cli tests bench scripts
 	$(BIN)/ruff check halftunes_cli tests bench scripts
+	$(BIN)/mypy
 
 format: $(STAMP)
 	$(BIN)/ruff format halftunes_cli tests bench scripts

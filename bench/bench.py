@@ -70,7 +70,7 @@ def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) ->
     wall = time.perf_counter() - began
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}): {proc.stderr[-400:]!r}")
-    e, u, s, m = out.read_text().strip().splitlines()[-1].split()
+    _e, u, s, m = out.read_text().strip().splitlines()[-1].split()
     return {"wall": wall, "cpu": float(u) + float(s), "rss_mib": int(m) / 1024}
 
 
@@ -534,9 +534,9 @@ def s5_control(api: str) -> None:
             t0 = time.time()
             subprocess.run([HALFTUNES, "pause", str(tid)], env=env, capture_output=True)
             for _ in range(100):
-                entry = [
+                entry = next(
                     e for e in _admin(api, "/_admin/log") if e["path"].startswith("/previews/")
-                ][0]
+                )
                 if entry["ended"]:
                     break
                 time.sleep(0.02)

@@ -20,7 +20,7 @@ spec = importlib.util.spec_from_file_location("bench_main", ROOT / "bench" / "be
 bench = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
 spec.loader.exec_module(bench)  # type: ignore[union-attr]
 
-from halftunes_cli.testing.catalog import CatalogServer  # noqa: E402
+from halftunes_cli.testing.catalog import CatalogServer  # noqa: E402 - after the path is set
 
 RATE = "400mbit"
 DELAY = 0.040

@@ -10,7 +10,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> object:
     # Lazy, for start-up speed only: `halftunes --version` must not pay for the engine.
     if name == "Session":
         from .session import Session

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .config import transfer_settings
 from .errors import HalftunesError, StateError, TransferError, UnknownIdError
@@ -24,8 +24,9 @@ from .records import (
     RecordStatus,
     StopRequest,
 )
-from .targets import check_download_dir, url_record_id, url_target
+from .targets import Target, check_download_dir, url_record_id, url_target
 from .tasks import ResumeData, Task, TaskState
+from .tasks.base import TaskHost
 
 WORKER_PID = "worker.pid"
 WORKER_LOG = "worker.log"
@@ -112,6 +113,13 @@ _TASK_STATE = {
 }
 
 
+class BackgroundHost(TaskHost, Protocol):
+    """What a background task needs of its session: the records, too."""
+
+    @property
+    def records(self) -> Records: ...
+
+
 class BackgroundDownloadTask(Task):
     """A download handed to the worker. Same protocol as `DownloadTask` (states, errors,
     completion, cancel_producing_resume_data), but the record in the state file is the truth:
@@ -126,16 +134,18 @@ class BackgroundDownloadTask(Task):
         record_id: str | None = None,
     ):
         super().__init__(session, url, completion)
+        self.host: BackgroundHost = session
         session.configuration.check_url(url)
         self.destination = Path(destination) if destination else None
-        self.record_id = record_id or url_record_id(url)
+        self.id = record_id or url_record_id(url)  # its record's (a background task has one)
+        self.record_id = self.id
         self._started = record_id is not None  # a reattached task is already under way
         self._reported = False
 
     # -- the record is the truth -----------------------------------------------------------
     @property
     def records(self) -> Records:
-        return self.session.records
+        return self.host.records
 
     @property
     def record(self) -> dict[str, Any] | None:
@@ -144,10 +154,10 @@ class BackgroundDownloadTask(Task):
         return record.public() if record is not None else None
 
     def _record(self) -> DownloadRecord | None:
-        return self.records.get(self.record_id)
+        return self.records.get(self.id)
 
     @property
-    def state(self) -> TaskState:  # type: ignore[override]
+    def state(self) -> TaskState:
         if not self._started:
             return self._local_state
         record = self._record()
@@ -158,7 +168,7 @@ class BackgroundDownloadTask(Task):
         self._local_state = value
 
     @property
-    def error(self) -> HalftunesError | None:  # type: ignore[override]
+    def error(self) -> HalftunesError | None:
         record = self._record() if self._started else None
         if record is not None and record.status is RecordStatus.FAILED:
             return TransferError(record.error or "failed")
@@ -200,24 +210,26 @@ class BackgroundDownloadTask(Task):
         if not self._started:
             self._move(TaskState.RUNNING)
         cfg = self.session.configuration
-        record = self.records.get(self.record_id)
+        record = self.records.get(self.id)
         folder = self.destination.parent if self.destination else Path(cfg.download_dir)
         folder = check_download_dir(folder)
-        kwargs = dict(
-            owner=None,
-            force=False,
-            queue=True,
-            download_dir=folder,
-            session_kind="background",
-            settings=transfer_settings(cfg),
-        )
+        item: Target | DownloadRecord | None = record
         if record is None:
             name = self.destination.name if self.destination else None
-            target = url_target(self.url, record_id=self.record_id, filename=name)
-            self.records.claim([target], **kwargs)
-        elif record.status in (RecordStatus.PAUSED, RecordStatus.FAILED):
-            self.records.claim([record], **kwargs)
-        self.records.tag_session(self.record_id, cfg.identifier)
+            item = url_target(self.url, record_id=self.id, filename=name)
+        elif record.status not in (RecordStatus.PAUSED, RecordStatus.FAILED):
+            item = None  # queued, running or done: nothing to hand over again
+        if item is not None:
+            self.records.claim(
+                [item],
+                owner=None,
+                force=False,
+                queue=True,
+                download_dir=folder,
+                session_kind="background",
+                settings=transfer_settings(cfg),
+            )
+        self.records.tag_session(self.id, cfg.identifier)
         self._started = True
         ensure_worker(Path(cfg.state_dir))
         return self
@@ -260,10 +272,10 @@ class BackgroundDownloadTask(Task):
         if not self._started:
             return
         try:
-            self.records.request_stop(self.record_id, StopRequest(reason))
+            self.records.request_stop(self.id, StopRequest(reason))
         except UnknownIdError:
             return  # already gone (cancelled elsewhere): nothing left to stop
-        self.records.wait_until_stopped(self.record_id)
+        self.records.wait_until_stopped(self.id)
 
     def cancel(self) -> None:
         if not self._started:

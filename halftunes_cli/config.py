@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,7 +214,7 @@ def _configured(kind: str, overrides: dict[str, Any]) -> SessionConfiguration:
 def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
     """Validate one value (from the file, env or a flag); env and flags arrive as strings."""
     types, expected = _KEYS[key]
-    value = raw
+    value: Any = raw
     if from_text and isinstance(raw, str) and str not in types:
         text = raw.strip()
         try:
@@ -226,7 +227,9 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
                 else:
                     raise ValueError
             else:  # ASCII numbers only: int('١') is 1, but nobody means that
-                number = parse_uint(text) if float not in types else parse_decimal(text)
+                number: float | None = (
+                    parse_uint(text) if float not in types else parse_decimal(text)
+                )
                 if number is None:
                     raise ValueError
                 value = number
@@ -236,7 +239,7 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
             ) from None
     if isinstance(value, bool) and bool not in types:
         raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
-    if not isinstance(value, types):
+    if not any(type(value) is t or isinstance(value, t) for t in types):  # (keeps `value` Any)
         raise ConfigError(f"{origin}: {key} has type {type(raw).__name__}", f"expected {expected}")
     bad = False
     if key == "session":
@@ -373,8 +376,6 @@ def transfer_settings(config: SessionConfiguration, environ: Any = None) -> str:
     """What a background transfer needs of the command that queues it, as JSON.
 
     Refuses (exit 2) a proxy URL with a password: it would have to be stored."""
-    import json
-
     env = os.environ if environ is None else environ
     captured = {name: env[name] for name in TRANSFER_ENVIRONMENT if env.get(name)}
     for name, value in captured.items():
@@ -416,8 +417,6 @@ def with_transfer_settings(
     """The configuration and environment a transfer queued with `settings` runs with.
 
     (base, None) for a record without settings: the worker's own environment then applies."""
-    import json
-
     if not settings:
         return base, None
     data = json.loads(settings)

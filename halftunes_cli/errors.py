@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import os
 
 
 class ExitStatus(enum.IntEnum):
@@ -219,8 +220,6 @@ def state_error(exc: BaseException, path: object, busy_seconds: float = 30.0) ->
 
 def _cannot_open_reason(path: object) -> str:
     """SQLite says only "unable to open database file"; the commonest causes can be told."""
-    import os
-
     try:
         os.close(os.open(os.devnull, os.O_RDONLY))
     except OSError as exc:

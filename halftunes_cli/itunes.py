@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import quote_plus, urlencode
@@ -195,7 +196,7 @@ class ITunesClient:
         self._remember(tracks)
         return tracks
 
-    def lookup(self, ids: list[int | str]) -> list[Track]:
+    def lookup(self, ids: Sequence[int | str]) -> list[Track]:
         out: list[Track] = []
         for start in range(0, len(ids), 150):
             chunk = ",".join(str(i) for i in ids[start : start + 150])

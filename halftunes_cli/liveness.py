@@ -36,9 +36,9 @@ def is_lock_held(path: Path) -> bool:
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return False  # no lock file (a folder or a dangling link is none): nobody holds it
     except OSError as exc:
-        if exc.errno == errno.ELOOP:  # a symlink: nothing of ours holds a lock there
-            return False
-        return True  # cannot tell: assume alive rather than steal a live transfer
+        # ELOOP: a symlink, where nothing of ours holds a lock. Anything else: we cannot
+        # tell, so assume alive rather than steal a live transfer.
+        return exc.errno != errno.ELOOP
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

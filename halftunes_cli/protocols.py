@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 from email.utils import formatdate
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from requests.adapters import BaseAdapter
@@ -16,10 +18,12 @@ from .headers import parse_uint
 class FileAdapter(BaseAdapter):
     """Serves file:// URLs with the same Range / If-Range / ETag rules as an HTTP server."""
 
-    def send(self, request: PreparedRequest, stream: bool = False, **kwargs) -> Response:  # type: ignore[override]
-        path = unquote(urlsplit(request.url).path)
+    def send(  # type: ignore[override]  # (requests' own signature is looser than its stub's)
+        self, request: PreparedRequest, stream: bool = False, **kwargs: Any
+    ) -> Response:
+        path = unquote(urlsplit(request.url or "").path)
         response = Response()
-        response.url = request.url
+        response.url = request.url or ""
         response.request = request
         if request.method not in ("GET", "HEAD"):
             return self._status(response, 405)
@@ -66,8 +70,6 @@ class FileAdapter(BaseAdapter):
 
     @staticmethod
     def _status(response: Response, status: int, headers: dict | None = None) -> Response:
-        import io
-
         response.status_code = status
         response.headers.update(headers or {})
         response.headers["Content-Length"] = "0"

@@ -64,7 +64,7 @@ OVERLAP_BYTES = 64 * 1024
 
 
 def is_strong_etag(etag: str | None) -> bool:
-    return bool(etag) and not etag.startswith("W/") and etag.startswith('"')
+    return etag is not None and not etag.startswith("W/") and etag.startswith('"')
 
 
 def trusted_validators(headers: Mapping[str, str]) -> tuple[str | None, str | None]:
@@ -154,9 +154,8 @@ def decide(
     if status == 206:
         cr = parse_content_range(_header(headers, "Content-Range"))
         if not ranged:
-            if cr is not None and cr.start == 0 and cr.total is not None:
-                if cr.end == cr.total - 1:
-                    return Decision(Action.APPEND, cr.total, "")
+            if cr is not None and cr.start == 0 and cr.total is not None and cr.end == cr.total - 1:
+                return Decision(Action.APPEND, cr.total, "")
             return Decision(Action.REFETCH, None, "unexpected partial answer to a full request")
         if cr is None or cr.start is None:
             return Decision(Action.REFETCH, None, "invalid Content-Range: restarting from 0")

@@ -30,7 +30,7 @@ from .liveness import (
     owner_lock_path,
     remove_partial,
 )
-from .store import Row, Store
+from .store import Connection, Row, Store
 from .targets import Target
 
 
@@ -298,7 +298,7 @@ class Records:
         )
 
     # -- transitions -----------------------------------------------------------------------------
-    def _write(self, conn: Any, row: Row | None, record_id: str, **values: Any) -> None:
+    def _write(self, conn: Connection, row: Row | None, record_id: str, **values: Any) -> None:
         """The one place a record's status is written (checked against TRANSITIONS)."""
         if "status" in values:
             values["status"] = str(
@@ -365,7 +365,12 @@ class Records:
         return out
 
     def _choose_path(
-        self, conn, target: Target, download_dir: Path, listing: _DirListing, own: str | None = None
+        self,
+        conn: Connection,
+        target: Target,
+        download_dir: Path,
+        listing: _DirListing,
+        own: str | None = None,
     ) -> Path:
         """The target's file: its name, or with ` (id)` when another record or a file we did
         not make has it (compared case-insensitively: never two tracks in one file). `own` is
@@ -379,12 +384,12 @@ class Records:
 
     def _create(
         self,
-        conn,
+        conn: Connection,
         target: Target,
-        owner,
-        queue,
-        download_dir,
-        session_kind,
+        owner: str | None,
+        queue: bool,
+        download_dir: Path,
+        session_kind: str,
         listing: _DirListing,
         settings: str | None,
     ) -> Claim:
@@ -415,12 +420,12 @@ class Records:
 
     def _take(
         self,
-        conn,
+        conn: Connection,
         row: Row,
-        owner,
-        force,
-        queue,
-        session_kind,
+        owner: str | None,
+        force: bool,
+        queue: bool,
+        session_kind: str,
         settings: str | None,
         target: Target | None,
         download_dir: Path,
@@ -432,17 +437,17 @@ class Records:
             busy = PartialBusy(Path(row["part_path"]))  # its writer is not the record's owner
         if busy is not None:
             return Claim(rid, ClaimOutcome.REFUSED, DownloadRecord.from_row(row), busy)
-        if row["status"] == S.QUEUED and not queue:
-            if self.state_dir is not None and is_worker_alive(self.state_dir):
-                return Claim(
-                    rid,
-                    ClaimOutcome.REFUSED,
-                    DownloadRecord.from_row(row),
-                    AlreadyRunningError(
-                        f"{rid} is queued for the background worker",
-                        f"run `halftunes wait {rid}` to wait for it",
-                    ),
-                )
+        worker_has_it = self.state_dir is not None and is_worker_alive(self.state_dir)
+        if row["status"] == S.QUEUED and not queue and worker_has_it:
+            return Claim(
+                rid,
+                ClaimOutcome.REFUSED,
+                DownloadRecord.from_row(row),
+                AlreadyRunningError(
+                    f"{rid} is queued for the background worker",
+                    f"run `halftunes wait {rid}` to wait for it",
+                ),
+            )
         if row["status"] == S.QUEUED and queue:
             return Claim(rid, ClaimOutcome.QUEUED, DownloadRecord.from_row(row))
         done = row["status"] == S.COMPLETED
@@ -545,7 +550,7 @@ class Records:
         with self.store.transaction() as conn:
             return [self._settle(conn, ending) for ending in endings]
 
-    def _settle(self, conn: Any, e: Settlement) -> tuple[DownloadRecord | None, bool]:
+    def _settle(self, conn: Connection, e: Settlement) -> tuple[DownloadRecord | None, bool]:
         row = self.store.row(conn, e.record_id)
         if row is None:
             return None, False
@@ -607,7 +612,7 @@ class Records:
             self._forget(conn, row)
             return DownloadRecord.from_row(row)
 
-    def _forget(self, conn: Any, row: Row) -> None:
+    def _forget(self, conn: Connection, row: Row) -> None:
         if row["status"] != S.COMPLETED:
             remove_partial(row["part_path"])  # (unless another process writes it: theirs)
         self.store.delete_record(conn, row["id"])

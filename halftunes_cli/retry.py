@@ -75,7 +75,7 @@ class RetryPolicy:
             return max(0.0, min(retry_after_seconds, self.retry_after_cap_seconds))
         exponent = max(failures, 1) - 1
         delay = min(self.max_seconds, self.base_seconds * 2**exponent)
-        return delay * (0.75 + 0.25 * self.jitter())
+        return float(delay * (0.75 + 0.25 * self.jitter()))
 
 
 def sleep_unless_stopped(seconds: float, stop: threading.Event | None) -> bool:

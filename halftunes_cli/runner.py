@@ -194,7 +194,7 @@ class Runner:
             try:
                 self._group_commit([task for task in tasks if task.is_handed_off])
                 outcomes = list(self.settle_many(tasks))
-            except BaseException:  # one bad ending must not take its batch with it
+            except BaseException:  # noqa: BLE001 - one bad ending must not take its batch with it
                 outcomes = [self._settle_alone(task) for task in tasks]
             for (task, future, on_done), outcome in zip(ended, outcomes, strict=True):
                 with self._lock:
@@ -215,7 +215,7 @@ class Runner:
         try:
             self._group_commit([task] if task.is_handed_off else [])
             return self.settle_many([task])[0]
-        except BaseException as exc:  # e.g. the state file failed: its waiter hears it
+        except BaseException as exc:  # noqa: BLE001 - any failure goes to the task's waiter
             return exc
 
     @staticmethod

@@ -8,7 +8,7 @@ import dataclasses
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -380,7 +380,7 @@ class DownloadService:
 
     def _claim_and_run(
         self,
-        entries: list[Target | DownloadRecord],
+        entries: Sequence[Target | DownloadRecord],
         force: bool,
         background: bool,
         result: BatchResult,
@@ -559,7 +559,7 @@ class DownloadService:
         return result
 
     # -- list and wait --------------------------------------------------------------------
-    def list(self) -> list[DownloadRecord]:
+    def all_records(self) -> list[DownloadRecord]:
         if not self.records.is_persistent:
             return []
         return self.records.all()
@@ -598,11 +598,15 @@ class DownloadService:
             if not ids:
                 return WaitResult([])
 
-        def on_poll(active: list[DownloadRecord]) -> None:
-            for record in active:
-                progress.handle(record_event(record))
+        on_poll: Callable[[list[DownloadRecord]], None] | None = None
+        if progress is not None:
+            shown = progress
 
-        result = self._wait_for(ids, timeout_seconds, on_poll if progress else None, poll_seconds)
+            def on_poll(active: list[DownloadRecord]) -> None:
+                for record in active:
+                    shown.handle(record_event(record))
+
+        result = self._wait_for(ids, timeout_seconds, on_poll, poll_seconds)
         if progress is not None:
             for record in result.records:
                 progress.handle(record_event(record, ended=True))

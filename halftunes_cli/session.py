@@ -7,7 +7,7 @@ import itertools
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .background import BackgroundDownloadTask, reattach
 from .config import SessionConfiguration
@@ -20,6 +20,9 @@ from .transport import HttpClient
 
 if TYPE_CHECKING:
     import requests
+
+
+T = TypeVar("T", bound=Task)
 
 
 class Session:
@@ -92,7 +95,7 @@ class Session:
         return self.http.send(method, url, headers, **kw)
 
     # -- task factories (tasks start suspended) -----------------------------------------------
-    def _register(self, task: Task) -> Any:
+    def _register(self, task: T) -> T:
         with self._lock:
             self._tasks.append(task)
         return task
@@ -116,7 +119,7 @@ class Session:
     ) -> DownloadTask | BackgroundDownloadTask:
         if self.configuration.is_background:
             # The record of that URL holds the checkpoint: resuming it re-queues it there.
-            task: Any = BackgroundDownloadTask(
+            task: DownloadTask | BackgroundDownloadTask = BackgroundDownloadTask(
                 self, resume_data.url, resume_data.destination, completion
             )
         else:

@@ -4,6 +4,7 @@ statement of halftunes (no other module speaks SQL; `records` decides what to wr
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -68,11 +69,33 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 Row = dict[str, Any]
+Connection = sqlite3.Connection  # what a transaction hands its body (records pass it back)
 # What every format (1 and later) has: a `downloads` table without them is someone else's.
 _FORMAT_1_COLUMNS = frozenset(
-    "id seq url path path_key part_path status bytes_received bytes_total etag last_modified "
-    "error owner owner_pid session session_id title boot_id request announced created "
-    "updated".split()
+    [
+        "id",
+        "seq",
+        "url",
+        "path",
+        "path_key",
+        "part_path",
+        "status",
+        "bytes_received",
+        "bytes_total",
+        "etag",
+        "last_modified",
+        "error",
+        "owner",
+        "owner_pid",
+        "session",
+        "session_id",
+        "title",
+        "boot_id",
+        "request",
+        "announced",
+        "created",
+        "updated",
+    ]
 )
 
 
@@ -161,8 +184,6 @@ class Store:
     def _dir_lock(self) -> Iterator[None]:
         """Creating and moving aside the state file (with its -wal and -shm) happen one
         process at a time: an flock on the state dir."""
-        import fcntl
-
         assert self.state_dir is not None
         fd = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:

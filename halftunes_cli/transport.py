@@ -16,6 +16,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -84,8 +86,6 @@ _owners_lock = threading.Lock()  # which handle a socket serves now
 
 
 def _shut(sock: Any) -> None:
-    import socket
-
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
 
@@ -103,21 +103,18 @@ def _tracked_adapter(**kw: Any) -> Any:
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    class Tracked:
-        def _new_conn(self):  # type: ignore[no-untyped-def]
-            sock = super()._new_conn()  # type: ignore[misc]
+    class TrackedHTTPConnection(HTTPConnection):
+        def _new_conn(self) -> Any:
+            sock = super()._new_conn()
             _attach_current(sock)
             return sock
 
-        def request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-            _attach_current(self.sock)  # type: ignore[attr-defined]
-            return super().request(*args, **kwargs)  # type: ignore[misc]
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            _attach_current(self.sock)
+            super().request(*args, **kwargs)
 
-    class TrackedHTTPConnection(Tracked, HTTPConnection):
-        pass
-
-    class TrackedHTTPSConnection(Tracked, HTTPSConnection):
-        pass
+    class TrackedHTTPSConnection(TrackedHTTPConnection, HTTPSConnection):
+        """(MRO: the tracking above, then HTTPS, then plain HTTP)"""
 
     class TrackedHTTPPool(HTTPConnectionPool):
         ConnectionCls = TrackedHTTPConnection
@@ -126,7 +123,7 @@ def _tracked_adapter(**kw: Any) -> Any:
         ConnectionCls = TrackedHTTPSConnection
 
     class TrackedAdapter(HTTPAdapter):
-        def init_poolmanager(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
             super().init_poolmanager(*args, **kwargs)
             self.poolmanager.pool_classes_by_scheme = {
                 "http": TrackedHTTPPool,
@@ -144,7 +141,7 @@ def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> 
     class _CheckedSession(requests.Session):
         """A requests session that applies the plain-http rule to every redirect."""
 
-        def get_redirect_target(self, resp):  # type: ignore[override]
+        def get_redirect_target(self, resp: requests.Response) -> str | None:
             target = super().get_redirect_target(resp)
             if target:
                 config.check_url(urljoin(resp.url, target))
@@ -175,7 +172,7 @@ def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> 
         jar = LWPCookieJar(str(Path(config.state_dir) / "cookies.txt"))
         with contextlib.suppress(OSError, ValueError):
             jar.load(ignore_discard=True)
-        http.cookies = jar  # type: ignore[assignment]
+        http.cookies = jar  # type: ignore[assignment]  # (any CookieJar works; the stub says one kind)
     return http
 
 
@@ -268,7 +265,7 @@ class HttpClient:
         if hasattr(jar, "save") and len(jar):
             with contextlib.suppress(OSError):
                 jar.save(ignore_discard=True)
-                os.chmod(jar.filename, 0o600)
+                os.chmod(jar.filename, 0o600)  # type: ignore[attr-defined]  # (an LWPCookieJar)
 
     def close(self) -> None:
         self.save_cookies()
@@ -301,6 +298,7 @@ def body_reader(raw: Any, url: str) -> Callable[[memoryview], int]:
 
     import urllib3
 
+    read: Callable[[memoryview], int]
     if isinstance(raw, urllib3.HTTPResponse):
         inner = getattr(raw, "_fp", None)
         if (
@@ -401,12 +399,9 @@ def map_error(exc: BaseException, url: str) -> HalftunesError:
 
 def _root_reason(exc: BaseException) -> str:
     """The innermost cause, said as a person would (no `[Errno -2]`)."""
-    import re
-    import socket
-
     seen = exc
-    while seen.__cause__ is not None or seen.__context__ is not None:
-        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    while (inner := seen.__cause__ or seen.__context__) is not None:
+        seen = inner
     text = str(seen) or type(seen).__name__
     if (
         isinstance(seen, socket.gaierror)
@@ -455,7 +450,7 @@ class _DirectBody:
                 return 0
             if len(view) > remaining:
                 view = view[:remaining]
-        n = fp.readinto1(view)
+        n = int(fp.readinto1(view))
         if not n:
             self._end(complete=remaining is None)  # short: the connection is not reused
             return 0

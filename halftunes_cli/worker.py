@@ -66,7 +66,7 @@ def run(state_dir: Path, lock_fd: int) -> int:
     runner.start_control()
     stop = threading.Event()
 
-    def on_term(signum: int, frame: object) -> None:  # noqa: ARG001
+    def on_term(signum: int, frame: object) -> None:
         stop.set()
 
     signal.signal(signal.SIGTERM, on_term)

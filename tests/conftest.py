@@ -59,6 +59,41 @@ def sha256_file(path: Path | str) -> str:
     return h.hexdigest()
 
 
+class CommandTimedOut(BaseException):
+    """An in-process command outlived its timeout (a BaseException: the app's catch-all, which
+    turns exceptions into "internal error", must let it through)."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, args: tuple[str, ...]):
+    """Stop what runs in this (main) thread after `seconds`, by SIGALRM. pytest-timeout's own
+    alarm, when it would ring sooner, is left to ring; otherwise it is set again after."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous_delay, _ = signal.getitimer(signal.ITIMER_REAL)
+    if previous_delay and previous_delay <= seconds:
+        yield  # the test's own timeout comes first
+        return
+
+    def expired(signum, frame):
+        raise CommandTimedOut(f"halftunes {' '.join(args)} ran longer than {seconds:g} s")
+
+    previous_handler = signal.signal(signal.SIGALRM, expired)
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_delay:
+            left = previous_delay - (time.monotonic() - started)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 0.001))
+
+
 class Env:
     """One test's world: its dirs, its environment, and helpers to run the CLI."""
 
@@ -89,20 +124,22 @@ class Env:
         """The CLI in this process (Typer's CliRunner): parsing, rendering and exit codes.
 
         Unexpected exceptions are re-raised, so a traceback can never pass for an error line.
+        A command that takes longer than `timeout` seconds is stopped (CommandTimedOut).
         Use `run_process` where a process matters (signals, kill -9, races, the console
         script itself)."""
         from typer.testing import CliRunner
 
         from halftunes_cli.cli import app
 
-        result = CliRunner().invoke(
-            app,
-            list(args),
-            input=input,
-            catch_exceptions=False,
-            env={**self.env, **(env or {})},
-            prog_name="halftunes",
-        )
+        with deadline(timeout, args):
+            result = CliRunner().invoke(
+                app,
+                list(args),
+                input=input,
+                catch_exceptions=False,
+                env={**self.env, **(env or {})},
+                prog_name="halftunes",
+            )
         return subprocess.CompletedProcess(
             [HALFTUNES, *args], result.exit_code, result.stdout, result.stderr
         )
@@ -475,7 +512,7 @@ def read_terminal(master: int, timeout: float = 60) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def visible_lines(output: str, columns: int = 200, rows: int = 200) -> list[str]:  # noqa: D401
+def visible_lines(output: str, columns: int = 200, rows: int = 200) -> list[str]:
     """The screen a person sees after `output` (a VT100 emulator runs the escape codes and
     carriage-return redraws), trailing blanks stripped."""
     import pyte

@@ -1,4 +1,4 @@
-"""The layers of DESIGN.md section 1, checked on the source: who may import whom (function-local
+"""The layers of docs/architecture.md (the design's section 1), checked on the source: who may import whom (function-local
 imports included), no import cycles, SQL only in the store, record writes only in records."""
 
 from __future__ import annotations
@@ -144,10 +144,10 @@ def test_no_import_cycles_function_local_imports_included():
             if nxt == node:
                 continue
             if nxt in stack:
-                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
+                cycles.append(" -> ".join([*stack[stack.index(nxt) :], nxt]))
             elif nxt not in seen:
                 seen.add(nxt)
-                walk(nxt, stack + [nxt], seen)
+                walk(nxt, [*stack, nxt], seen)
 
     for start in sorted(edges):
         walk(start, [start], {start})
@@ -208,7 +208,7 @@ def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
     (pkg / "store.py").write_text("def f():\n    from .session import Session\n")
     (pkg / "session.py").write_text("from .store import f\n")
     monkeypatch.setattr(__import__(__name__), "PACKAGE", pkg)
-    with pytest.raises(AssertionError, match="store -> halftunes_cli.session"):
+    with pytest.raises(AssertionError, match=r"store -> halftunes_cli\.session"):
         test_every_module_is_in_a_layer_and_imports_only_downwards()
     with pytest.raises(AssertionError, match="import cycles"):
         test_no_import_cycles_function_local_imports_included()

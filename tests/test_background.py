@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import signal
@@ -29,10 +30,8 @@ def stop_worker(env, sig=signal.SIGKILL) -> None:
     pid = env.worker_pid()
     assert pid is not None
     os.kill(pid, sig)
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
     env.wait_for(lambda: not worker_alive(env), what="worker lock released")
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import pytest
 from conftest import HALFTUNES, Env, LockWatch, WriterAudit, reap_children, sha256_file
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from halftunes_cli.liveness import is_lock_held
 from halftunes_cli.ranges import OVERLAP_BYTES
@@ -65,6 +68,8 @@ sys.stdin.read()
 # A Python whose fsync fails with EIO for partial files (a dying disk), for one command.
 FAILING_FSYNC = """
 import errno, os
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 _real = os.fsync
 def _fsync(fd):
     if os.readlink(f"/proc/self/fd/{fd}").endswith(".part"):
@@ -77,10 +82,8 @@ os.fsync = _fsync
 def _wait_worker_gone(env: Env) -> None:
     pid = env.worker_pid()
     if pid is not None:
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
     env.wait_for(lambda: not is_lock_held(env.state_dir / "worker.lock"), timeout=20)
 
 
@@ -261,10 +264,8 @@ class Round:
         else:
             pid = env.worker_pid()
             if pid is not None and is_lock_held(env.state_dir / "worker.lock"):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
                 _wait_worker_gone(env)
 
     def check(self) -> dict:
@@ -489,8 +490,6 @@ def summarize(results: list[dict], elapsed: float, writers: list[str], samples: 
 
 
 # -- odd numbers in every numeric header and API field -----------------------------------------
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 NUMERIC_HEADERS = ["Content-Length", "Retry-After", "Content-Range"]
 API_FIELDS = ["trackId", "collectionId", "artistId", "trackTimeMillis", "trackNumber"]
@@ -552,7 +551,7 @@ def test_odd_numbers_never_crash(request, tmp_path, server):
                 outputs = [result, again]
             else:
                 # a header value on the wire has no line breaks or other controls but tab
-                value = "".join(c for c in value if c == "\t" or ord(c) >= 32 and c != "\x7f")
+                value = "".join(c for c in value if c == "\t" or (ord(c) >= 32 and c != "\x7f"))
                 if status == 503:  # (no retry: a valid Retry-After of hours is honoured)
                     env.fault(
                         path=f"/previews/{tid}/",
@@ -646,9 +645,9 @@ def test_concurrency_storm(request, env):
                 problems.append(f"record {r['id']} lost its partial")
             elif os.path.getsize(r["part_path"]) != r["bytes_received"]:
                 problems.append(f"record {r['id']} checkpoint != partial size")
-        if r["status"] == "completed" and Path(r["path"]).exists():
-            if sha256_file(r["path"]) != env.expected_sha(int(r["id"])):
-                problems.append(f"corrupt file for {r['id']}")
+        done = r["status"] == "completed" and Path(r["path"]).exists()
+        if done and sha256_file(r["path"]) != env.expected_sha(int(r["id"])):
+            problems.append(f"corrupt file for {r['id']}")
     # and everything left can still finish
     env.server.state.throttle_bps = None
     result = env.run("resume", "--all", timeout=120)

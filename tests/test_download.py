@@ -154,7 +154,7 @@ def test_pause_from_another_process_then_resume(env):
     rec = env.record(T1)
     assert rec["status"] == "paused"
     assert rec["bytes_received"] == env.part_size(T1) > 0
-    out, err = proc.communicate(timeout=20)
+    _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0 and "paused by request" in err
     env.server.state.throttle_bps = None
     result = env.run("resume", str(T1))
@@ -298,8 +298,8 @@ def test_two_downloads_of_the_same_id_at_once(env):
     env.server.state.throttle_bps = 2_000_000
     a = env.spawn("download", str(T1))
     b = env.spawn("download", str(T1))
-    out_a, err_a = a.communicate(timeout=30)
-    out_b, err_b = b.communicate(timeout=30)
+    _out_a, err_a = a.communicate(timeout=30)
+    _out_b, err_b = b.communicate(timeout=30)
     codes = sorted([a.returncode, b.returncode])
     assert codes == [0, 1], (err_a, err_b)
     loser_err = err_a if a.returncode == 1 else err_b
@@ -321,7 +321,7 @@ def test_completed_is_not_fetched_again_unless_forced(env):
 def test_sigint_pauses_and_exits_130(env):
     proc = start_throttled(env, T1)
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=20)
+    _out, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "halftunes resume" in err
     rec = env.record(T1)

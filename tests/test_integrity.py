@@ -223,7 +223,7 @@ def test_a_state_file_moved_aside_under_a_transfer_stops_it_and_never_splices(en
     # the partial, or fetched afresh once it has noticed and let go. Never both at once.
     second = env.run("download", str(T))
     assert second.returncode == 0 or "being downloaded" in second.stderr, second.stderr
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1, err  # the first one noticed and stopped cleanly
     assert "was moved or deleted" in err and "Traceback" not in err, err
     env.server.state.throttle_bps = None
@@ -530,7 +530,7 @@ def test_a_server_restarted_mid_transfer_is_waited_for(env):
     time.sleep(3)
     restarted = CatalogServer(port=old.port, state=old.state).start()
     try:
-        out, err = proc.communicate(timeout=60)
+        _out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
         finished(env, T)
         ranged = [r for r in env.preview_requests(T) if r["range"]]
@@ -579,7 +579,7 @@ def test_a_bug_anywhere_is_one_line_and_exit_1_with_the_traceback_under_v(env, m
     def broken(self):
         raise ValueError("a bug of ours")
 
-    monkeypatch.setattr(DownloadService, "list", broken)
+    monkeypatch.setattr(DownloadService, "all_records", broken)
     result = env.run("list")  # (in-process: a traceback would be raised here, failing the test)
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
@@ -671,3 +671,13 @@ def test_a_closed_stderr_does_not_stop_a_download(env):
     result = env.run_process("download", str(T), preexec_fn=close_stderr)
     assert result.returncode == 0
     finished(env, T)
+
+
+def test_an_in_process_command_is_stopped_at_its_timeout(env):
+    from conftest import CommandTimedOut
+
+    env.server.state.first_byte_delay = 3  # a slow server: each answer starts after 3 s
+    started = time.monotonic()
+    with pytest.raises(CommandTimedOut):
+        env.run("search", "jack", timeout=1)
+    assert time.monotonic() - started < 10

@@ -259,7 +259,7 @@ def test_a_dask_worker_killed_mid_job(env, tmp_path):
     victim = env.wait_for(a_shard_owner, timeout=60, what="a worker downloading")
     os.kill(victim, signal.SIGKILL)  # the worker process running a shard dies
     env.server.state.throttle_bps = None
-    out_text, err = proc.communicate(timeout=240)
+    _out_text, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err[-2000:]
     done = manifests(job)
     assert sorted(m["url"] for m in done) == sorted(urls)  # none missing, none twice

@@ -1,8 +1,16 @@
 """File names stay safe on Linux, macOS and Windows whatever the catalog says."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from halftunes_cli.naming import MAX_NAME_BYTES, safe_filename, track_filename, url_filename
+from halftunes_cli.naming import (
+    _WINDOWS_RESERVED,
+    MAX_NAME_BYTES,
+    safe_filename,
+    track_filename,
+    url_filename,
+)
 
 BAD_CHARS = set('<>:"/\\|?*') | {chr(c) for c in range(32)} | {"\x7f"}
 
@@ -68,10 +76,7 @@ def test_url_filename():
 
 
 # -- properties (hypothesis): whatever the metadata, the name is safe ------------------------
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
-from halftunes_cli.naming import _WINDOWS_RESERVED  # noqa: E402
 
 FORBIDDEN = set('<>:"/\\|?*') | {chr(c) for c in range(32)} | {"\x7f"}
 

@@ -8,6 +8,8 @@ import pytest
 
 from halftunes_cli.errors import TransferError
 from halftunes_cli.retry import RetryPolicy, sleep_unless_stopped
+from halftunes_cli.tasks import checkpointer as checkpointing
+from halftunes_cli.tasks.checkpointer import Checkpointer
 from halftunes_cli.tasks.partial import PartialFile, PartialShrank
 
 
@@ -110,8 +112,6 @@ def test_a_stop_request_cuts_the_back_off_short():
 
 
 # -- the checkpointer: off the receiving thread, and never ahead of the disk ----------------
-from halftunes_cli.tasks import checkpointer as checkpointing  # noqa: E402
-from halftunes_cli.tasks.checkpointer import Checkpointer  # noqa: E402
 
 
 def test_the_record_never_runs_ahead_of_the_fsynced_length(tmp_path):

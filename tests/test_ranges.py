@@ -1,7 +1,17 @@
 """The resume decision as a table: (status, headers, offset, known total) -> action."""
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from halftunes_cli.headers import (
+    MAX_LENGTH,
+    MalformedHeader,
+    parse_content_length,
+    parse_decimal,
+    parse_uint,
+)
+from halftunes_cli.itunes import Track
 from halftunes_cli.ranges import (
     Action,
     ContentRange,
@@ -120,8 +130,6 @@ def test_retry_after(value, expected):
 
 
 # -- properties (hypothesis): the parser accepts exactly the valid forms ---------------------
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @given(start=st.integers(0, 2**53), length=st.integers(1, 2**40), extra=st.integers(0, 2**40))
@@ -145,14 +153,6 @@ def test_the_parser_never_raises(text):
 
 
 # -- numbers from outside: ASCII digits only, whatever else Unicode calls a digit ------------
-from halftunes_cli.headers import (  # noqa: E402
-    MAX_LENGTH,
-    MalformedHeader,
-    parse_content_length,
-    parse_decimal,
-    parse_uint,
-)
-from halftunes_cli.itunes import Track  # noqa: E402
 
 ASCII_DIGITS = set("0123456789")
 

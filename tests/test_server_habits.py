@@ -108,7 +108,7 @@ def test_pause_during_a_long_wait_for_headers(env):
     env.wait_for(lambda: entry.get("closed_by_client"), timeout=5, what="the client hung up")
     assert entry["closed_by_client"] - began < 1.0  # the server saw the close within 1 s
     assert entry["bytes_sent"] == 0 and entry["status"] is None
-    out, err = proc.communicate(timeout=10)
+    _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 0 and "paused by request" in err
     assert env.state_record(str(T))["status"] == "paused"
 
@@ -120,7 +120,7 @@ def test_ctrl_c_during_a_long_wait_for_headers_and_a_second_one(env):
     entry = env.preview_requests(T)[0]
     began = time.time()
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=10)
+    _out, err = proc.communicate(timeout=10)
     assert proc.returncode == 130, err
     assert entry["closed_by_client"] - began < 1.0
     assert env.record(T)["status"] == "paused"
@@ -141,7 +141,7 @@ def test_a_second_ctrl_c_always_ends_the_process(env):
         time.sleep(0.3)
         assert proc.poll() is None  # the first Ctrl-C waits for its checkpoint
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=10)
+        _out, err = proc.communicate(timeout=10)
     finally:
         db.execute("ROLLBACK")
         db.close()

@@ -44,7 +44,7 @@ def test_list_table_keeps_id_status_progress_and_size(env, columns):
     assert all(cell_len(line) <= columns for line in lines), lines
     rows = lines[1:]
     for row in rows:
-        rid, status, progress, *_ = row.split()
+        _rid, status, progress, *_ = row.split()
         assert status == "completed" and progress == "100.0%"
     assert any(row.split()[0].startswith("u") and len(row.split()[0]) == 11 for row in rows)
     if columns == 200:  # wide enough: the whole path, its file name last

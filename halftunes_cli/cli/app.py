@@ -95,7 +95,7 @@ class _Group(TyperGroup):
 class _Typer(typer.Typer):
     """Commands of this app get plain help (see _plain)."""
 
-    def command(self, *args, cls=None, **kwargs):  # type: ignore[no-untyped-def, override]
+    def command(self, *args: Any, cls: Any = None, **kwargs: Any) -> Any:
         return super().command(*args, cls=cls or _Command, **kwargs)
 
 
@@ -206,15 +206,15 @@ def interruptible(console: Console) -> Iterator[Interruption]:
         interruption.request(ExitStatus.TERMINATED)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig, handler in ((signal.SIGINT, on_interrupt), (signal.SIGTERM, on_terminate)):
+    for sig, ours in ((signal.SIGINT, on_interrupt), (signal.SIGTERM, on_terminate)):
         if previous[sig] is not signal.SIG_IGN:  # (ignored, as for a shell's `&` job: stays so)
-            signal.signal(sig, handler)
+            signal.signal(sig, ours)
     try:
         yield interruption
     finally:
-        for sig, handler in previous.items():
-            if handler is not None:  # (None: set outside Python, cannot be put back)
-                signal.signal(sig, handler)
+        for sig, theirs in previous.items():
+            if theirs is not None:  # (None: set outside Python, cannot be put back)
+                signal.signal(sig, theirs)
 
 
 def main() -> None:

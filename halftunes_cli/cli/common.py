@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
+import click
 import typer
 
 from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
@@ -71,7 +72,7 @@ class AppState:
         return self._console
 
 
-def app_state(ctx: typer.Context) -> AppState:
+def app_state(ctx: click.Context) -> AppState:
     root = ctx.find_root()
     if not isinstance(root.obj, AppState):
         root.obj = AppState(color=not os.environ.get("NO_COLOR"))
@@ -102,6 +103,7 @@ def _log_to_stderr(console: Console | None) -> None:
     if console is None:
         logger.setLevel(logging.WARNING)
         return
+    shown = console
 
     class ConsoleLog(logging.Handler):
         """Log records as dim lines on stderr; a record's traceback under it."""
@@ -112,7 +114,7 @@ def _log_to_stderr(console: Console | None) -> None:
             text = record.getMessage()
             if record.exc_info:
                 text += "\n" + logging.Formatter().formatException(record.exc_info)
-            console.debug(text)
+            shown.debug(text)
 
     logger.addHandler(ConsoleLog(logging.DEBUG))
     logger.setLevel(logging.DEBUG)
@@ -194,8 +196,7 @@ def expand_ids(items: list[str] | None) -> list[str]:
             out += [line.strip().strip('"') for line in sys.stdin if line.strip()]
         else:
             out.append(item.strip())
-    seen: set[str] = set()
-    return [i for i in out if not (i in seen or seen.add(i))]
+    return list(dict.fromkeys(out))
 
 
 def complete_ids(incomplete: str) -> list[str]:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from .. import render
 from ..errors import HalftunesError
 from .app import _Group, _Typer, app
-from .common import JsonOption, app_state, configuration, exit_with, fail
+from .common import AppState, JsonOption, app_state, configuration, exit_with, fail
 
 job_app = _Typer(
     help="Download lists too large for one command line, resumably, in shards.\n\n"
@@ -134,7 +134,7 @@ def job_status(
     _show(state, status, json_out)
 
 
-def _show(state, status: dict, json_out: bool) -> None:  # type: ignore[no-untyped-def]
+def _show(state: AppState, status: dict[str, Any], json_out: bool) -> None:
     if json_out:
         render.print_json(status)
         return

@@ -49,7 +49,9 @@ def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> Non
             ),
         )
     records = [
-        r for r in call_service(state, lambda s: s.list()) if not wanted or str(r.status) in wanted
+        r
+        for r in call_service(state, lambda s: s.all_records())
+        if not wanted or str(r.status) in wanted
     ]
     if json_out:
         render.print_json([r.public() for r in records])

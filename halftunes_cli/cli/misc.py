@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -111,8 +112,7 @@ def play(ctx: typer.Context, id_: IdArgument) -> None:
 
       halftunes play 1000001
     """
-    import shutil
-    import subprocess
+    import subprocess  # (start-up speed: only these commands start a program)
 
     state = app_state(ctx)
     record = _record(ctx, id_)
@@ -155,8 +155,7 @@ def open_(
 
       halftunes open 1000001 --reveal
     """
-    import shutil
-    import subprocess
+    import subprocess  # (start-up speed: only these commands start a program)
 
     state = app_state(ctx)
     folder = str(Path(_record(ctx, id_).path).parent)

@@ -87,7 +87,8 @@ class Job:
 
     def plan(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.plan_path.read_text())
+            plan: dict[str, Any] = json.loads(self.plan_path.read_text())
+            return plan
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
@@ -221,12 +222,11 @@ class Job:
         started = time.monotonic()
         try:
             records.reconcile_dead_owners()  # a shard killed mid-way: its partials are paused
-            wanted = [
-                e
+            targets = [
+                Target(e.id, e.url, e.title or e.id, _fixed_name(e.name))
                 for e in entries
                 if e.url is not None and e.name is not None and e.id not in uploads.done
             ]
-            targets = [Target(e.id, e.url, e.title or e.id, _fixed_name(e.name)) for e in wanted]
             owner = records.owner_token()
             claims = records.claim(
                 targets,

@@ -23,7 +23,7 @@ _NARROW_KNOWN = "{desc} {percentage:3.0f}% {rate_h}"
 _NARROW_UNKNOWN = "{desc} {n_h}"
 
 
-class Bar(tqdm):  # type: ignore[misc]  # (tqdm has no type information)
+class Bar(tqdm):  # (tqdm has no type information: it is Any here)
     """tqdm with byte fields in binary units (tqdm's own are decimal for rates); tqdm still
     measures elapsed time and the (smoothed) rate."""
 

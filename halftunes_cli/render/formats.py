@@ -23,7 +23,7 @@ def duration(ms_or_seconds: float | None, *, millis: bool = False) -> str:
     """m:ss (h:mm:ss past an hour)."""
     if ms_or_seconds is None:
         return "-:--"
-    seconds = int(round(ms_or_seconds / 1000 if millis else ms_or_seconds))
+    seconds = round(ms_or_seconds / 1000 if millis else ms_or_seconds)
     h, rest = divmod(seconds, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -192,7 +192,9 @@ class Task:
         self._request.abort()
         abort(self._live_response)  # a custom protocol handler's response
 
-    def _send_once(self, method: str, headers: dict[str, str] | None = None, **kw: Any) -> Any:
+    def _send_once(
+        self, method: str, headers: dict[str, str] | None = None, **kw: Any
+    ) -> requests.Response:
         """One exchange through the session's client, stoppable by request_stop."""
         self._check_stop()
         self._request = RequestHandle()
@@ -319,4 +321,5 @@ class Task:
 
     def _call_completion(self) -> None:
         # data and upload tasks: completion(data, response, error)
-        self.completion(getattr(self, "data", None), self.response, self.error)  # type: ignore[misc]
+        assert self.completion is not None
+        self.completion(getattr(self, "data", None), self.response, self.error)

@@ -348,17 +348,17 @@ class DownloadTask(Task):
             self._check_stop()
             error = TransferError(str(exc))
             return _Result(_Step.RETRY, error, progressed=self.bytes_received > offset)
-        except TransferError as error:  # the connection broke mid-body
+        except TransferError as broken:  # the connection broke mid-body
             self._check_stop()
-            return _Result(_Step.RETRY, error, progressed=self.bytes_received > offset)
+            return _Result(_Step.RETRY, broken, progressed=self.bytes_received > offset)
         if not self._committed:
             self._check_stop()
         total = self.bytes_total
         if total is not None and self.bytes_received < total:
-            error = TransferError(
+            short = TransferError(
                 f"{self.url}: connection closed after {self.bytes_received} of {total} bytes"
             )
-            return _Result(_Step.RETRY, error, progressed=self.bytes_received > offset)
+            return _Result(_Step.RETRY, short, progressed=self.bytes_received > offset)
         if self.requires_content and self.bytes_received == 0:
             raise TransferError(
                 f"the server sent an empty file for {self.url}",
@@ -551,4 +551,5 @@ class DownloadTask(Task):
         self.partial.release()
 
     def _call_completion(self) -> None:
-        self.completion(self.location, self.response, self.error)  # type: ignore[misc]
+        assert self.completion is not None
+        self.completion(self.location, self.response, self.error)

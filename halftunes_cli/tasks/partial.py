@@ -4,7 +4,9 @@ start, appending, checkpoints, and the size-checked atomic rename to the final n
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -438,7 +440,6 @@ def sync_group(partials: list[PartialFile]) -> dict[Path, OSError]:
     return errors
 
 
-_sync_file_range: Callable[[int, int, int, int], int] | None | bool = False
 SYNC_FILE_RANGE_WRITE = 2  # <linux/fs.h>: start writeback, do not wait for it
 
 
@@ -446,19 +447,17 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing [offset, offset+length) of `fd` to the disk without
     waiting for it (Linux sync_file_range with SYNC_FILE_RANGE_WRITE; elsewhere nothing).
     A hint only: durability still comes from the checkpoint's fsync."""
-    global _sync_file_range
-    if _sync_file_range is False:
-        _sync_file_range = _load_sync_file_range()
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # errors: ignored, a hint
+    function = _sync_file_range()
+    if function is not None:
+        function(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # errors: ignored, a hint
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's sync_file_range, from the symbols this process already has (the C library is
     loaded): no `ctypes.util.find_library`, which runs `ldconfig` in a child process, forked
     while transfers hold their partials open."""
-    import ctypes
-    import sys
+    import ctypes  # (only where early writeback runs)
 
     if not sys.platform.startswith("linux"):
         return None

@@ -11,10 +11,13 @@ It plays the other side of the wire and shares no code with the client on purpos
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
+import gzip
 import hashlib
 import json
 import random
+import select
 import socket
 import sys
 import threading
@@ -22,6 +25,8 @@ import time
 import zlib
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 _BLOCK_LEN = 1_048_573  # prime, so a misplaced chunk can never line up with the pattern
@@ -121,7 +126,7 @@ def build_shapes(base_url: str) -> tuple[dict[int, dict], list[dict]]:
         "country": "USA",
         "currency": "USD",
     }
-    downloadable = [
+    downloadable: list[dict[str, Any]] = [
         {
             **song,
             "kind": "music-video",
@@ -179,7 +184,7 @@ def build_shapes(base_url: str) -> tuple[dict[int, dict], list[dict]]:
             "previewUrl": f"{b}/previews/1500000000014/preview.m4a",
         },
     ]
-    others = [
+    others: list[dict[str, Any]] = [
         {
             "wrapperType": "collection",
             "collectionType": "Album",
@@ -196,7 +201,7 @@ def build_shapes(base_url: str) -> tuple[dict[int, dict], list[dict]]:
             "primaryGenreName": "Pop",
         },
     ]
-    by_id = {}
+    by_id: dict[int, dict[str, Any]] = {}
     for item in downloadable:
         ident = item.get("trackId") or item["collectionId"]
         by_id[int(ident)] = item
@@ -354,17 +359,21 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "halftunes-catalog/1"
     state: CatalogState  # set on the subclass made per server
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def setup(self) -> None:
         super().setup()
         with self.state.lock:
             self.state.connections += 1
-        self.server.open_connections.add(self.connection)  # type: ignore[attr-defined]
+        self._server().open_connections.add(self.connection)
+
+    def _server(self) -> _QuietServer:
+        assert isinstance(self.server, _QuietServer)
+        return self.server
 
     def finish(self) -> None:
-        self.server.open_connections.discard(self.connection)  # type: ignore[attr-defined]
+        self._server().open_connections.discard(self.connection)
         super().finish()
 
     _date: str | None = None  # this response's Date header, when a route fixed it
@@ -420,7 +429,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_raw_header(self, name: str, value: str, replace: bool = False) -> None:
         """A header whatever its value: latin-1 as http.server sends it, else UTF-8 bytes
         (a server that misbehaves on purpose may send anything)."""
-        buffer = self._headers_buffer  # type: ignore[attr-defined]
+        buffer: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]  # (http.server's own, not in its stub)
         if replace:
             prefix = name.lower().encode() + b":"
             buffer[:] = [line for line in buffer if not line.lower().startswith(prefix)]
@@ -450,8 +459,6 @@ class _Handler(BaseHTTPRequestHandler):
     def _delay_headers(self, entry: dict, fault: dict) -> bool:
         """A slow origin: nothing for `seconds` before the status line. Returns False when the
         client hung up meanwhile (noted in the log as `closed_by_client`)."""
-        import select
-
         deadline = time.monotonic() + float(fault.get("seconds", 20))
         while time.monotonic() < deadline:
             readable, _, _ = select.select([self.connection], [], [], 0.02)
@@ -573,7 +580,9 @@ class _Handler(BaseHTTPRequestHandler):
             if part.strip().isdigit():
                 ids.append(int(part))
         st = self.state
-        everything = {**{_item_id(o): o for o in st.others}, **st.shapes, **st.tracks}
+        everything: dict[Any, dict[str, Any]] = {_item_id(o): o for o in st.others}
+        everything.update(st.shapes)
+        everything.update(st.tracks)
         results = [everything[i] for i in ids if i in everything]
         self._send_json(entry, 200, {"resultCount": len(results), "results": results})
 
@@ -592,8 +601,6 @@ class _Handler(BaseHTTPRequestHandler):
             self._date = mtime  # Last-Modified and Date name the same second
         encoded = None
         if track_id in st.gzip_tracks:  # Apache force-gzip: ranges count the gzip bytes
-            import gzip
-
             encoded = gzip.compress(body_slice(st.seed_of(track_id), 0, size), mtime=0)
             size = len(encoded)
         self._serve_body(
@@ -612,8 +619,6 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve_body(entry, seed, size, etag, mtime, fault, "application/octet-stream")
 
     def _auth(self, entry: dict, path: str) -> None:
-        import base64
-
         expected = "Basic " + base64.b64encode(b"user:secret").decode()
         if self.headers.get("Authorization") != expected:
             return self._send_bytes(
@@ -832,8 +837,8 @@ class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # a restart on the same port does not wait for TIME_WAIT
 
-    def __init__(self, *args: object, **kw: object) -> None:
-        super().__init__(*args, **kw)  # type: ignore[arg-type]
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
         self.open_connections: set[socket.socket] = set()
 
     def handle_error(self, request, client_address) -> None:
@@ -856,7 +861,7 @@ class CatalogServer:
         state: CatalogState | None = None,
     ):
         """`state`: another server's catalog, to serve it again (a restart on its port)."""
-        handler = type("Handler", (_Handler,), {})
+        handler: type[_Handler] = type("Handler", (_Handler,), {})
         self.httpd = _QuietServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
@@ -890,8 +895,6 @@ class CatalogServer:
 
 def write_previews(state: CatalogState, root: str) -> None:
     """Write every preview as a static file, byte-identical to what the server sends."""
-    from pathlib import Path
-
     for track_id, track in state.tracks.items():
         url = track.get("previewUrl")
         if not url:
