@@ -224,3 +224,22 @@ def test_one_bad_ending_does_not_fail_the_others_in_its_batch(env, monkeypatch):
     runner._settler = None
     runner.shutdown()
     session.close()
+
+
+def test_the_installed_urllib3_is_one_the_body_reader_knows(server):
+    # transport.body_reader reads from urllib3 2's response internals (its http.client
+    # response, `_fp`, and that one's `_close_conn`) and `read1` (2.2+): a urllib3 outside
+    # the range pyproject admits must fail here, not in a transfer.
+    import http.client
+
+    import requests
+    import urllib3
+
+    major, minor = (int(part) for part in urllib3.__version__.split(".")[:2])
+    assert (2, 2) <= (major, minor) < (3, 0), urllib3.__version__
+    with requests.get(server.url + "/files/x.bin?size=1000", stream=True) as response:
+        raw = response.raw
+        assert isinstance(raw, urllib3.HTTPResponse) and hasattr(raw, "read1")
+        assert isinstance(raw._fp, http.client.HTTPResponse)
+        assert callable(raw._fp._close_conn) and hasattr(raw._fp.fp, "readinto1")
+        assert raw.connection is not None and raw.connection.sock is not None
