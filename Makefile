@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
 
 # The body reader relies on urllib3 2 internals: run the transfer tests against the oldest
 # urllib3 that pyproject admits too (the newest is what `make test` installs).

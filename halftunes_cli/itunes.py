@@ -145,7 +145,7 @@ class Cache(Protocol):
 
     def cache_put(self, key: str, body: str, max_age: float) -> None: ...
 
-    def put_tracks(self, tracks: list[tuple[str, dict[str, Any]]]) -> None: ...
+    def put_tracks(self, api: str, tracks: list[tuple[str, dict[str, Any]]]) -> None: ...
 
     def take_tokens(self, name: str, capacity: float, per_second: float) -> float: ...
 
@@ -208,7 +208,7 @@ class ITunesClient:
         """Keep the objects by the id a user types, so `download ID` needs no lookup."""
         known = [(str(t.trackId), t.raw) for t in tracks if t.trackId is not None]
         if self._store is not None and known:
-            self._store.put_tracks(known)
+            self._store.put_tracks(self.api_url, known)
 
     # -- transport ---------------------------------------------------------------------------
     def _get_tracks(self, url: str, offline: bool = False, cache: bool = True) -> list[Track]:

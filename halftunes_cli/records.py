@@ -473,12 +473,20 @@ class Records:
             "announced": 0 if queue else 1,
             "settings": settings,
         }
-        if done or force:  # start over: the finished file is gone, or the user asked
+        # Another address for the same track (its preview moved): the bytes of the old one
+        # are not this one's to append to.
+        moved = target is not None and target.url != row["url"]
+        if done or force or moved:  # start over: the file is gone, the user asked, it moved
             remove_partial(row["part_path"])
             values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
             if target is not None:  # ...where this command asks for it (-P / -o)
                 path = self._choose_path(conn, target, download_dir, listing, row["path"])
-                values.update(path=str(path), part_path=str(path) + ".part", title=target.title)
+                values.update(
+                    url=target.url,
+                    path=str(path),
+                    part_path=str(path) + ".part",
+                    title=target.title,
+                )
         elif row["status"] == S.RUNNING:
             # Its owner died before anyone noticed: keep only what may be trusted.
             values["bytes_received"] = self._recover_partial(row)

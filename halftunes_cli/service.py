@@ -18,9 +18,9 @@ from typing import Any, Protocol
 from .background import WORKER_LOG, ensure_worker
 from .config import SessionConfiguration, transfer_settings
 from .errors import (
-    ApiError,
     ExitStatus,
     HalftunesError,
+    OfflineMissError,
     UnknownIdError,
     UsageError,
     unknown_download,
@@ -119,6 +119,7 @@ class BatchResult:
     exit_code: int = ExitStatus.OK
     interrupted: bool = False
     background: bool = False
+    failures: dict[str, HalftunesError] = field(default_factory=dict)  # items never claimed
 
     def fail(self, error: HalftunesError) -> None:
         self.exit_code = worse(self.exit_code, int(error.exit_code))
@@ -208,9 +209,16 @@ class DownloadService:
             if not items:
                 raise UsageError("nothing to download", "give track ids, URLs, or - for stdin")
             spec = self.output_spec(len(items), output_dir, output)
-            entries = self._resolve(items, result, spec)
+            entries, tracks = self._resolve(items, result, spec, force)
             self._claim_and_run(
-                entries, force, background, result, delegate, spec.folder, interruption
+                entries,
+                force,
+                background,
+                result,
+                delegate,
+                spec.folder,
+                interruption,
+                refresh=lambda outcomes: self._refreshed(outcomes, tracks, spec),
             )
         except HalftunesError as exc:
             self._error(result, exc)
@@ -265,81 +273,141 @@ class DownloadService:
         if background and self.configuration.is_ephemeral:
             raise UsageError("the ephemeral session cannot hand transfers to the worker")
 
-    def _error(self, result: BatchResult, error: HalftunesError) -> None:
+    def _error(self, result: BatchResult, error: HalftunesError, item: str | None = None) -> None:
+        """Say an error and count it; `item`: the id or URL it belongs to."""
         self.reporter.error(error)
         result.fail(error)
+        if item is not None:
+            result.failures[item] = error
 
     def _resolve(
-        self, items: list[str], result: BatchResult, spec: OutputSpec
-    ) -> list[Target | DownloadRecord]:
+        self, items: list[str], result: BatchResult, spec: OutputSpec, force: bool = False
+    ) -> tuple[list[Target | DownloadRecord], _Tracks]:
         """Ids and URLs in input order, as targets (named for this command's -P / -o), or as
-        records we already have and cannot name anew (no cached metadata)."""
-        resolved: list[tuple[str, Any]] = []
-        wanted: list[str] = []
-        ids = [i for i in items if i and not is_url(i)]
+        records we already have and cannot name anew (no track details to be had now); and
+        the track details it used."""
+        ids = [i for i in items if i.strip() and not is_url(i)]
         known = {r.id: r for r in self.records.all(ids)}
-        cached = self.session.cache.get_tracks(ids) if self.session.cache and ids else {}
+        tracks = self._tracks([i for i in ids if is_ascii_number(i)], result, force)
+        out: list[Target | DownloadRecord] = []
         for item in items:
-            if not item:
-                continue
-            if is_url(item):
+            if not item.strip():
+                self._error(
+                    result,
+                    UsageError("an empty id", "an empty shell variable? give track ids or URLs"),
+                )
+            elif is_url(item):
                 try:
                     self.configuration.check_url(item)
-                    resolved.append(("target", url_target(item, spec)))
+                    out.append(url_target(item, spec))
                 except UsageError as exc:
-                    self._error(result, exc)
-                continue
-            record = known.get(item)
-            if record is not None and item not in cached:
-                resolved.append(("record", record))
-            elif is_ascii_number(item):
-                wanted.append(item)
-                resolved.append(("track", item))
+                    self._error(result, exc, item)
+            elif item in tracks:
+                try:
+                    out.append(target_for_track(Track.from_api(tracks[item]), spec))
+                except UsageError as exc:
+                    self._error(result, exc, item)
+            elif item in known:
+                out.append(known[item])  # no details now: what the record knows
+            elif not is_ascii_number(item):
+                error = UsageError(
+                    f"{item!r} is neither a track id nor a URL",
+                    "track ids are numbers: see `halftunes search TERM`",
+                )
+                self._error(result, error, item)
+            elif tracks.lookup_error is not None:
+                result.failures[item] = tracks.lookup_error  # (said once already)
             else:
-                self._error(
-                    result,
-                    UsageError(
-                        f"{item!r} is neither a track id nor a URL",
-                        "track ids are numbers: see `halftunes search TERM`",
-                    ),
+                error = UnknownIdError(
+                    f"no track with id {item} in the iTunes catalog",
+                    "find ids with `halftunes search TERM`",
                 )
-        tracks = self._tracks(wanted, result, cached)
-        out: list[Target | DownloadRecord] = []
-        for kind, value in resolved:
-            if kind != "track":
-                out.append(value)
-                continue
-            if value not in tracks:
-                if tracks.lookup_failed:
-                    continue  # said once already
-                self._error(
-                    result,
-                    UnknownIdError(
-                        f"no track with id {value} in the iTunes catalog",
-                        "find ids with `halftunes search TERM`",
-                    ),
-                )
-                continue
-            try:
-                out.append(target_for_track(Track.from_api(tracks[value]), spec))
-            except UsageError as exc:
-                self._error(result, exc)
-        return out
+                self._error(result, error, item)
+        return out, tracks
 
-    def _tracks(
-        self, ids: list[str], result: BatchResult, cached: dict[str, dict[str, Any]]
-    ) -> _Tracks:
-        """Track metadata: what the cache had (`cached`), then one lookup for the rest."""
-        tracks = _Tracks({i: cached[i] for i in ids if i in cached})
+    def _tracks(self, ids: list[str], result: BatchResult, force: bool = False) -> _Tracks:
+        """Track details: from this catalog's cache while they are fresh (an hour, as search
+        answers; any age with return-cache-*; never with reload-ignoring-cache or --force),
+        then one lookup for the rest. When the lookup fails, details cached earlier (stale)
+        still serve."""
+        tracks = _Tracks()
+        cache = self.session.cache
+        policy = self.configuration.cache_policy
+        api = self.configuration.api_url
+        if not ids:
+            return tracks
+        cached = {}
+        if cache is not None and not force and policy != "reload-ignoring-cache":
+            cached = cache.get_tracks(api, ids)
+        any_age = policy in ("return-cache-else-load", "return-cache-dont-load")
+        now = time.time()
+        for ident, (raw, fetched) in cached.items():
+            if any_age or now - fetched < TRACK_CACHE_SECONDS:
+                tracks[ident] = raw
+                tracks.from_cache.add(ident)
+        if tracks:
+            self.reporter.debug(f"{len(tracks)} track(s) from the cache of {api}")
         missing = [i for i in ids if i not in tracks]
-        if missing:
-            try:
-                for track in ITunesClient(self.session).lookup(missing):
-                    tracks[str(track.trackId)] = track.raw
-            except ApiError as exc:
+        if not missing:
+            return tracks
+        if policy == "return-cache-dont-load":
+            tracks.lookup_error = OfflineMissError(
+                f"no cached details for {len(missing)} id(s) (cache_policy = return-cache-dont-load)",
+                "look them up once with another cache policy",
+            )
+            self._error(result, tracks.lookup_error)
+            return tracks
+        try:
+            for track in ITunesClient(self.session).lookup(missing):
+                tracks[str(track.trackId)] = track.raw
+        except HalftunesError as exc:
+            stale = {i: cached[i][0] for i in missing if i in cached}
+            if stale:
+                tracks.update(stale)
+                tracks.from_cache.update(stale)
+                self.reporter.info(
+                    f"the iTunes API could not be reached ({exc}); using the details of "
+                    f"{len(stale)} track(s) cached earlier"
+                )
+            if any(i not in stale for i in missing):
+                tracks.lookup_error = exc
                 self._error(result, exc)  # said once; the ids it left unresolved are skipped
-                tracks.lookup_failed = True
         return tracks
+
+    def _refreshed(
+        self, outcomes: list[Outcome], tracks: _Tracks, spec: OutputSpec
+    ) -> list[Target]:
+        """Downloads whose cached preview address failed (refused, unknown host, 404, 410):
+        one fresh lookup, and a target for each whose address has changed."""
+        stale = [
+            o.id
+            for o in outcomes
+            if o.status is OutcomeStatus.FAILED
+            and o.id in tracks.from_cache
+            and (
+                getattr(o.error, "is_unreachable", False)
+                or getattr(o.error, "status", None) in (404, 410)
+            )
+        ]
+        if not stale:
+            return []
+        self.reporter.debug(
+            f"{', '.join(stale)}: the cached preview address failed: looking it up again"
+        )
+        try:
+            fresh = {str(t.trackId): t for t in ITunesClient(self.session).lookup(stale)}
+        except HalftunesError as exc:
+            self.reporter.debug(f"the lookup failed too: {exc}")
+            return []
+        out = []
+        for ident in stale:
+            track = fresh.get(ident)
+            if track is not None and track.previewUrl != tracks[ident].get("previewUrl"):
+                try:
+                    out.append(target_for_track(track, spec))
+                except UsageError:
+                    continue
+        return out
 
     def _resume_entries(
         self, ids: list[str], all_: bool, result: BatchResult
@@ -387,7 +455,10 @@ class DownloadService:
         delegate: Any,
         folder: Path,
         interruption: Interruption | None,
+        refresh: Callable[[list[Outcome]], list[Target]] | None = None,
     ) -> None:
+        """Claim the entries and run them here or hand them to the worker. `refresh` gives,
+        for the downloads that failed here, targets worth one more try (a moved preview)."""
         background = background or self.configuration.is_background
         result.background = background
         claims = self.records.claim(
@@ -403,7 +474,7 @@ class DownloadService:
         for claim in claims:
             if claim.outcome is ClaimOutcome.REFUSED:
                 assert claim.error is not None
-                self._error(result, claim.error)
+                self._error(result, claim.error, claim.id)
             elif claim.outcome is ClaimOutcome.SKIPPED:
                 assert claim.record is not None
                 if claim.elsewhere is not None:
@@ -426,20 +497,34 @@ class DownloadService:
                     "worker; `halftunes wait` waits for them"
                 )
             return
-        self._run_foreground(runnable, result, delegate, interruption)
+        outcomes, interrupted = self._run_here(runnable, delegate, interruption)
+        again = refresh(outcomes) if refresh is not None and not interrupted else []
+        if again:
+            claims = self.records.claim(
+                again,
+                owner=self.records.owner_token(),
+                force=False,
+                queue=False,
+                download_dir=folder,
+                session_kind=self.configuration.kind,
+            )
+            retried = [c.record for c in claims if c.record and c.outcome is ClaimOutcome.CLAIMED]
+            more, interrupted = self._run_here(retried, delegate, interruption)
+            by_id = {o.id: o for o in more}
+            outcomes = [by_id.get(o.id, o) for o in outcomes]
+        self._report_run(outcomes, result, interruption if interrupted else None)
 
-    def _run_foreground(
+    def _run_here(
         self,
         runnable: list[DownloadRecord],
-        result: BatchResult,
         delegate: Any,
         interruption: Interruption | None,
-    ) -> None:
-        """Run here. An interruption (the process edge's Ctrl-C or SIGTERM) pauses every
-        transfer at a checkpoint (cancels them in the ephemeral session), and the command
-        ends with the interruption's exit status (130 / 143)."""
+    ) -> tuple[list[Outcome], bool]:
+        """Run here; the outcomes, and whether an interruption (the process edge's Ctrl-C or
+        SIGTERM) paused every transfer at a checkpoint (cancelled them in the ephemeral
+        session)."""
         if not runnable:
-            return
+            return [], False
         self.session.delegate = delegate
         self.session.call_delegate("on_transfers", len(runnable))
         runner = Runner(self.session, self.records.owner_token())
@@ -456,9 +541,14 @@ class DownloadService:
             runner.shutdown()
             self.session.http.close()
             self.session.call_delegate("on_all_finished")
-        interrupted = interruption.is_requested
-        for future in futures:
-            outcome: Outcome = future.result()
+        return [future.result() for future in futures], interruption.is_requested
+
+    def _report_run(
+        self, outcomes: list[Outcome], result: BatchResult, interruption: Interruption | None
+    ) -> None:
+        """Tell how the transfers run here ended; an interruption decides the exit status."""
+        interrupted = interruption is not None
+        for outcome in outcomes:
             result.outcomes.append(outcome)
             if outcome.status is OutcomeStatus.FAILED and outcome.error is not None:
                 self._error(result, outcome.error)
@@ -470,7 +560,7 @@ class DownloadService:
                 self.reporter.info(f"{outcome.id}: cancelled by request")
             for note in outcome.notes:  # restarts, decoding: what the user should know
                 self.reporter.info(f"{outcome.id}: {note}")
-        if interrupted:
+        if interruption is not None:
             result.interrupted = True
             if self.configuration.is_ephemeral:
                 self.reporter.info("interrupted: partial downloads discarded (ephemeral session)")
@@ -718,8 +808,18 @@ def record_ids(configuration: SessionConfiguration, prefix: str = "") -> list[st
         records.close()
 
 
-class _Tracks(dict):
-    lookup_failed = False
+class _Tracks(dict[str, dict[str, Any]]):
+    """Track details by id, and which came from the cache; the lookup's error, if any."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_cache: set[str] = set()
+        self.lookup_error: HalftunesError | None = None
+
+
+# How long track details from a search or lookup are used without asking again (as long as
+# a search answer is cached).
+TRACK_CACHE_SECONDS = 3600.0
 
 
 # -- catalog-scale jobs -------------------------------------------------------------------------

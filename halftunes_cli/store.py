@@ -107,6 +107,10 @@ class _NotAStateFile(Exception):
     """A database, but not one of ours (no downloads table, an unknown format)."""
 
 
+def _track_key(api: str, ident: str) -> str:
+    return f"{api.rstrip('/')} {ident}"
+
+
 def state_file_exists(state_dir: Path | str) -> bool:
     return (Path(state_dir) / STATE_FILE_NAME).exists()
 
@@ -463,18 +467,21 @@ class Store:
         return row is not None
 
     # -- caches (search results and tracks) -----------------------------------------------------
-    def put_tracks(self, tracks: list[tuple[str, dict[str, Any]]]) -> None:
-        """(id, result object) pairs from the iTunes API."""
+    def put_tracks(self, api: str, tracks: list[tuple[str, dict[str, Any]]]) -> None:
+        """(id, result object) pairs that the iTunes API at `api` answered. A catalog's tracks
+        are its own: the same id from another API base is another entry."""
         now = time.time()
         with self.transaction() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO tracks (id, json, fetched) VALUES (?, ?, ?)",
-                [(ident, json.dumps(t), now) for ident, t in tracks],
+                [(_track_key(api, ident), json.dumps(t), now) for ident, t in tracks],
             )
 
-    def get_tracks(self, ids: list[str]) -> dict[str, dict[str, Any]]:
-        rows = self._select_ids("SELECT id, json FROM tracks", ids)
-        return {r["id"]: json.loads(r["json"]) for r in rows}
+    def get_tracks(self, api: str, ids: list[str]) -> dict[str, tuple[dict[str, Any], float]]:
+        """id -> (result object, when it was fetched), for the tracks the API at `api` gave."""
+        keys = {_track_key(api, ident): ident for ident in ids}
+        rows = self._select_ids("SELECT id, json, fetched FROM tracks", list(keys))
+        return {keys[r["id"]]: (json.loads(r["json"]), r["fetched"]) for r in rows}
 
     def cache_get(self, key: str) -> tuple[str, float, float] | None:
         rows = self.query("SELECT body, fetched, max_age FROM http_cache WHERE key = ?", (key,))

@@ -523,3 +523,82 @@ def visible_lines(output: str, columns: int = 200, rows: int = 200) -> list[str]
     while lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+class Terminal:
+    """A command on a real terminal of its own (a pty that is its controlling terminal), as
+    a person runs it: keys go in (Ctrl-C is b"\\x03": the terminal sends SIGINT and echoes
+    ^C), and `screen()` is what the person sees (pyte runs the escape codes)."""
+
+    def __init__(
+        self,
+        env: Env,
+        args: list[str],
+        columns: int = 80,
+        rows: int = 40,
+        extra: dict | None = None,
+        command: list[str] | None = None,
+    ):
+        import fcntl
+        import pty
+        import struct
+        import termios
+        import threading
+
+        self.columns, self.rows = columns, rows
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+
+        def own_terminal() -> None:
+            os.setsid()
+            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+        self.proc = subprocess.Popen(
+            command or [HALFTUNES, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**env.env, "TERM": "xterm", **(extra or {})},
+            preexec_fn=own_terminal,
+        )
+        os.close(slave)
+        env.procs.append(self.proc)
+        self._chunks: list[bytes] = []
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._lock:
+                self._chunks.append(data)
+
+    @property
+    def output(self) -> str:
+        with self._lock:
+            return b"".join(self._chunks).decode("utf-8", "replace")
+
+    def send(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def wait_for_text(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} never showed: {self.output[-2000:]!r}")
+            time.sleep(0.02)
+
+    def wait(self, timeout: float = 60) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=5)
+        os.close(self.master)
+        return code
+
+    def screen(self) -> list[str]:
+        return visible_lines(self.output, self.columns, self.rows)

@@ -145,7 +145,9 @@ class Job:
             try:
                 cache = session.cache
                 assert cache is not None
-                tracks = cache.get_tracks(ids)
+                # (a job keeps what it looked up for good: a rerun sends no request)
+                cached = cache.get_tracks(config.api_url, ids)
+                tracks = {ident: raw for ident, (raw, _) in cached.items()}
                 missing = [i for i in ids if i not in tracks]
                 client = ITunesClient(session)
                 for start in range(0, len(missing), LOOKUP_BATCH):
