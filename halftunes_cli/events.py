@@ -39,7 +39,7 @@ class TransferEvent:
 class Subscriber(Protocol):
     """A renderer of progress (bars, lines, JSON Lines, nothing)."""
 
-    def begin(self, count: int) -> None: ...
+    def begin(self, count: int, labels: list[str] | None = None) -> None: ...
 
     def handle(self, event: TransferEvent) -> None: ...
 
@@ -52,8 +52,8 @@ class TaskEvents:
     def __init__(self, subscriber: Subscriber):
         self.subscriber = subscriber
 
-    def on_transfers(self, count: int) -> None:
-        self.subscriber.begin(count)
+    def on_transfers(self, count: int, labels: list[str] | None = None) -> None:
+        self.subscriber.begin(count, labels)
 
     def on_data_written(self, task: Task, written: int, total: int, expected: int | None) -> None:
         self._moved(task, written, total, expected)

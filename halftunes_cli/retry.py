@@ -126,13 +126,14 @@ class RetryLoop:
         self,
         policy: RetryPolicy,
         *,
-        what: str,
+        what: str | Callable[[], str],
         stop: threading.Event | None = None,
         on_retry: Callable[[float, str], object] | None = None,
         has_reached_host: Callable[[], bool] = lambda: True,
         sleep: Callable[[float], object] | None = None,
     ):
-        """`stop` cuts a wait short; `sleep` replaces the waiting (tests, a fake clock)."""
+        """`what` names what is retried in the log (or says it when called: a download adds
+        where it stands); `stop` cuts a wait short; `sleep` replaces the waiting (tests)."""
         self.policy = policy
         self.what = what
         self.stop = stop
@@ -159,7 +160,8 @@ class RetryLoop:
             if self.gives_up(attempt.error, self.failures):
                 raise attempt.error
             wait = self.policy.delay_seconds(max(self.failures, 1), attempt.retry_after)
-            log.info("retry %d of %s in %.1fs after %s", number, self.what, wait, attempt.error)
+            what = self.what() if callable(self.what) else self.what
+            log.info("retry %d of %s in %.1fs after %s", self.failures, what, wait, attempt.error)
             if self.on_retry is not None:
                 self.on_retry(wait, short_reason(attempt.error))
             if self.sleep is not None:

@@ -25,6 +25,7 @@ from .tasks import DownloadTask, ResumeData, TaskState
 from .tasks.partial import sync_group
 
 CONTROL_POLL_SECONDS = 0.05
+ENDINGS = {ending.value for ending in Ending}
 log = logging.getLogger(__name__)
 
 
@@ -89,7 +90,7 @@ class Runner:
         self.records = session.records
         self.owner = owner
         self.tasks: dict[str, DownloadTask] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._stopping = threading.Event()
         self._control: threading.Thread | None = None
         self._ended: queue.SimpleQueue[_Ended | None] = queue.SimpleQueue()
@@ -237,7 +238,7 @@ class Runner:
                 Settlement(
                     task.record_id,
                     self.owner,
-                    Ending(task.state.value),
+                    Ending(task.state.value) if task.state.value in ENDINGS else Ending.FAILED,
                     task.bytes_synced,
                     task.bytes_total,
                     task.etag,

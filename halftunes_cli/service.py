@@ -78,37 +78,24 @@ def worse(code: int, other: int) -> int:
 
 class Interruption:
     """A stop asked of a running command by its process edge (the command line's Ctrl-C and
-    SIGTERM handlers; the service installs none). While transfers run, the service has armed
-    it with what stops them; the edge decides what a request means before and after."""
+    SIGTERM handlers; the service installs none). It is armed while transfers run; the
+    edge decides what a request means before and after. A request only sets a flag (it is
+    made from a signal handler): the service's own waiting loop stops the transfers."""
 
     def __init__(self) -> None:
         self.exit_code: int = ExitStatus.INTERRUPTED
         self._requested = threading.Event()
-        self._stop: Callable[[], None] | None = None
-
-    @property
-    def is_armed(self) -> bool:
-        return self._stop is not None
+        self.is_armed = False
 
     @property
     def is_requested(self) -> bool:
         return self._requested.is_set()
-
-    def arm(self, stop: Callable[[], None]) -> None:
-        self._stop = stop
-        if self.is_requested:
-            stop()
-
-    def disarm(self) -> None:
-        self._stop = None
 
     def request(self, exit_code: int) -> None:
         """Stop the transfers at a checkpoint; the command ends with `exit_code`."""
         if not self.is_requested:
             self.exit_code = exit_code
             self._requested.set()
-        if self._stop is not None:
-            self._stop()
 
 
 @dataclass
@@ -526,18 +513,29 @@ class DownloadService:
         if not runnable:
             return [], False
         self.session.delegate = delegate
-        self.session.call_delegate("on_transfers", len(runnable))
+        self.session.call_delegate("on_transfers", len(runnable), [r.label for r in runnable])
         runner = Runner(self.session, self.records.owner_token())
         runner.start_control()
         futures: list[Future[Outcome]] = []
         interruption = interruption or Interruption()
         reason = "cancel" if self.configuration.is_ephemeral else "pause"
-        interruption.arm(lambda: runner.stop_all(reason))
+        interruption.is_armed = True
+        stopped = False
         try:
             futures += [runner.submit(record) for record in runnable]
-            wait_futures(futures)
+            pending = set(futures)
+            while pending:
+                try:
+                    _, pending = wait_futures(pending, timeout=STOP_POLL_SECONDS)
+                except KeyboardInterrupt:  # a caller without an edge of its own: Ctrl-C
+                    interruption.request(ExitStatus.INTERRUPTED)
+                if interruption.is_requested and not stopped:
+                    runner.stop_all(reason)  # every transfer pauses at a checkpoint
+                    stopped = True
         finally:
-            interruption.disarm()
+            interruption.is_armed = False
+            if not stopped and any(not f.done() for f in futures):
+                runner.stop_all(reason)  # (an error on the way out: never wait for them all)
             runner.shutdown()
             self.session.http.close()
             self.session.call_delegate("on_all_finished")
@@ -816,6 +814,9 @@ class _Tracks(dict[str, dict[str, Any]]):
         self.from_cache: set[str] = set()
         self.lookup_error: HalftunesError | None = None
 
+
+# How soon a stop request from the process edge reaches the transfers.
+STOP_POLL_SECONDS = 0.05
 
 # How long track details from a search or lookup are used without asking again (as long as
 # a search answer is cached).

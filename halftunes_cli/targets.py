@@ -72,7 +72,7 @@ def target_for_track(track: Track, output: OutputSpec | None = None) -> Target:
     preview = track.previewUrl
     assert preview is not None
     maker = track.artist_or_show
-    label = f"{maker} - {title}" if maker else title
+    label = f"{title} · {maker}" if maker else title  # the title first: the artist gives way
     target = Target(
         ident, preview, label, lambda suffix: track_filename(maker, title, preview, suffix)
     )

@@ -14,6 +14,7 @@ http.client response below it, and that one's `_close_conn`): pyproject pins url
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -207,7 +208,8 @@ class HttpClient:
         stream: bool = True,
         handle: RequestHandle | None = None,
     ) -> requests.Response:
-        """One HTTP exchange, redirects followed and checked; raises requests' errors.
+        """One HTTP exchange, redirects followed and checked; raises our errors only
+        (`map_error`).
         `handle.abort()` from another thread stops it in any phase after the connect."""
         self.configuration.check_url(url)
         timeout = self.configuration.request_timeout
@@ -349,6 +351,19 @@ def _lower_layer_errors() -> tuple[type[BaseException], ...]:
 
 
 # -- the translation boundary -----------------------------------------------------------------
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EPIPE,
+        errno.ENETUNREACH,
+        errno.ENETDOWN,
+        errno.EHOSTUNREACH,
+        errno.EHOSTDOWN,
+    }
+)
 REFUSED = "connection refused (nothing listens there)"
 UNKNOWN_HOST = "host not found (DNS)"
 
@@ -391,6 +406,11 @@ def map_error(exc: BaseException, url: str) -> HalftunesError:
         error = TransferError(f"connection to {url} broke: {_root_reason(exc)}")
     elif isinstance(exc, OSError):
         error = TransferError(f"I/O error for {url}: {exc.strerror or exc}")
+        # (a connection's trouble passes; a local one, e.g. a file:// path in a symlink loop
+        # or a CA bundle that is not there, is the same the next time)
+        error.is_retryable = isinstance(exc, ConnectionError | TimeoutError) or (
+            exc.errno in _NETWORK_ERRNOS
+        )
     else:
         return internal_error(exc)
     error.__cause__ = exc

@@ -37,7 +37,7 @@ def test_a_music_video_behind_redirects_keeps_its_extension(env):
 def test_a_podcast_episode_is_named_after_its_show(env):
     [record] = env.json("download", str(EPISODE))
     assert Path(record["path"]).name == "Shapes Weekly - Finneas.mp3"
-    assert record["title"] == "Shapes Weekly - Finneas"
+    assert record["title"] == "Finneas · Shapes Weekly"
     assert sha256_file(record["path"]) == env.expected_sha(EPISODE)
 
 

@@ -105,7 +105,7 @@ def test_progress_lines_for_logs(env):
     result = env.run("download", "1000001", "1000002", "--progress", "line")
     assert result.returncode == 0, result.stderr
     lines = result.stderr.splitlines()
-    assert "Jack Johnson - Better Together: completed (66.3 KiB)" in lines
+    assert "1000001 Better Together · Jack Johnson: completed (66.3 KiB)" in lines
     assert lines[-1].startswith("2 ids: 2 completed in ")
 
 

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Annotated, Any
 
 import click
@@ -174,7 +174,9 @@ def main_callback(
 
 
 @contextlib.contextmanager
-def interruptible(console: Console) -> Iterator[Interruption]:
+def interruptible(
+    console: Console, before_exit: Callable[[], None] | None = None
+) -> Iterator[Interruption]:
     """The process's Ctrl-C and SIGTERM, while a command runs transfers here.
 
     While the service has transfers running (the interruption is armed), the first Ctrl-C or
@@ -192,6 +194,8 @@ def interruptible(console: Console) -> Iterator[Interruption]:
 
     def on_interrupt(signum: int, frame: object) -> None:
         if interruption.is_requested:
+            if before_exit is not None:
+                before_exit()  # (the progress drawn so far is left as it stands, tidily)
             console.info(
                 "interrupted again: exiting now; `halftunes resume` continues from what is on disk"
             )
@@ -206,9 +210,9 @@ def interruptible(console: Console) -> Iterator[Interruption]:
         interruption.request(ExitStatus.TERMINATED)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig, ours in ((signal.SIGINT, on_interrupt), (signal.SIGTERM, on_terminate)):
-        if previous[sig] is not signal.SIG_IGN:  # (ignored, as for a shell's `&` job: stays so)
-            signal.signal(sig, ours)
+    if previous[signal.SIGINT] is not signal.SIG_IGN:  # (ignored, as in a shell's `&` job)
+        signal.signal(signal.SIGINT, on_interrupt)
+    signal.signal(signal.SIGTERM, on_terminate)
     try:
         yield interruption
     finally:

@@ -70,7 +70,7 @@ def _run(
         from ..events import TaskEvents  # (start-up speed: with the engine)
 
         try:
-            with interruptible(state.console) as interruption:
+            with interruptible(state.console, before_exit=progress.abort) as interruption:
                 call = service.download if action == "download" else service.resume
                 result = call(
                     ids,

@@ -120,6 +120,11 @@ def wait(
             )
             exit_with(ExitStatus.TIMEOUT)
     except KeyboardInterrupt:
+        bars.abort("still running")
+        state.console.info(
+            "interrupted: the background worker goes on; `halftunes wait` watches again, "
+            "`halftunes list` shows where it is"
+        )
         exit_with(ExitStatus.INTERRUPTED)
     except HalftunesError as exc:
         fail(state, exc)

@@ -13,14 +13,17 @@ from tqdm import tqdm
 
 from ..events import EventKind, TransferEvent
 from .base import Clock, Progress
-from .console import SideChannel
+from .console import Console, SideChannel
 from .formats import cells, duration, fit, human_bytes, printable
 
-_BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_h}  {rate_h}  ETA {eta_h}"
-_BAR_UNKNOWN = "{desc} {n_h}  {rate_h}"
+# Erase to the end of the line after each drawing: a shorter line never leaves the tail of a
+# longer one behind (tqdm pads only to its own last length; the code takes no width).
+ERASE = "\x1b[K"
+_BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_h}  {rate_h}  ETA {eta_h}" + ERASE
+_BAR_UNKNOWN = "{desc} {n_h}  {rate_h}" + ERASE
 # narrow terminals (< 72 columns): no bar graphic, the figures a person acts on
-_NARROW_KNOWN = "{desc} {percentage:3.0f}% {rate_h}"
-_NARROW_UNKNOWN = "{desc} {n_h}"
+_NARROW_KNOWN = "{desc} {percentage:3.0f}% {rate_h}" + ERASE
+_NARROW_UNKNOWN = "{desc} {n_h}" + ERASE
 
 
 class Bar(tqdm):  # (tqdm has no type information: it is Any here)
@@ -55,17 +58,22 @@ class BarStyle:
         return _BAR_KNOWN if total else _BAR_UNKNOWN
 
     def ended(self, text: str) -> str:
-        return "{desc} " + self.graphic + text.replace("{", "{{").replace("}", "}}")
+        return "{desc} " + self.graphic + text.replace("{", "{{").replace("}", "}}") + ERASE
 
 
 class BarProgress(Progress):
-    """Bars by events: tqdm computes speed and ETA from `update(n)`."""
+    """Bars by events: tqdm computes speed and ETA from `update(n)`.
+
+    The bars own their lines: every redraw erases to the end of its line; a line the console
+    says meanwhile (-v, a message) goes above them; and at the end the live bars are cleared
+    and their final states printed in order, the overall line first, so nothing of an
+    earlier drawing is left on the screen."""
 
     OVERALL_SECONDS = 0.25
 
-    def __init__(self, clock: Clock = time.monotonic):
+    def __init__(self, console: Console | None = None, clock: Clock = time.monotonic):
         self._bars: dict[str, Bar] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._free: list[int] = []  # rows of collapsed bars, reused
         self._position = 0
         self._overall: Bar | None = None
@@ -78,22 +86,32 @@ class BarProgress(Progress):
         self._clock = clock
         self._overall_at = float("-inf")  # when the overall line was last drawn
         self._stream = SideChannel()
+        self._console = console
+        self._shown: dict[str, str] = {}  # label -> what its bar says (distinct in the batch)
 
-    def begin(self, count: int) -> None:
-        if count < 2:
-            return
+    def begin(self, count: int, labels: list[str] | None = None) -> None:
         with self._lock:
+            self._shown = distinct(labels or [], self._style.desc_width)
+            if self._console is not None:
+                self._console.sink = self.write_above
+            if count < 2:
+                return
             self._collapse = count > self._rows - 3
             self._overall = Bar(
                 total=count,
                 position=0,
-                leave=True,
+                leave=False,
                 file=self._stream,
-                bar_format="{n} of {total} · {desc}",
+                bar_format="{n} of {total} · {desc}" + ERASE,
                 desc="starting",
                 dynamic_ncols=True,
             )
             self._position = 1
+
+    def write_above(self, text: str) -> None:
+        """A line of text above the bars (they are drawn again under it)."""
+        with self._lock:
+            Bar.write(text, file=self._stream)
 
     def handle(self, event: TransferEvent) -> None:
         with self._lock:
@@ -125,13 +143,13 @@ class BarProgress(Progress):
                 position = self._position
                 self._position += 1
             width = self._style.desc_width
-            desc = fit(printable(event.label), width)
+            desc = fit(printable(self._shown.get(event.label, event.label)), width)
             bar = Bar(
                 total=total,
                 initial=event.bytes_done - event.delta,
                 unit="B",
                 position=position,
-                leave=not self._collapse,
+                leave=False,
                 mininterval=0.25,
                 desc=desc + " " * (width - cells(desc)),
                 file=self._stream,
@@ -179,11 +197,56 @@ class BarProgress(Progress):
             bar.close()
             del self._bars[event.id]
 
-    def close(self) -> None:
+    def abort(self, note: str = "stopped") -> None:
+        """The process ends now: the bars still moving say so (`note`) and where they were."""
         with self._lock:
             for bar in self._bars.values():
-                bar.close()
-            self._bars.clear()
+                if "done," not in (bar.bar_format or "") and " at " not in (bar.bar_format or ""):
+                    bar.bar_format = self._style.ended(f"{note} at {human_bytes(bar.n)}")
+            self.close()
+
+    def close(self) -> None:
+        """Clear the live bars, then print how each ended, in their order, under the
+        overall line: the screen holds the final state and nothing else."""
+        with self._lock:
+            if self._console is not None:
+                self._console.sink = None
+            bars = sorted(self._bars.values(), key=lambda b: abs(b.pos))
             if self._overall is not None:
-                self._overall.close()
-                self._overall = None
+                self._tick_overall()
+                bars.insert(0, self._overall)
+            lines = [str(bar) for bar in bars]
+            for bar in reversed(bars):
+                bar.close()  # (leave=False: its line is cleared)
+            self._bars.clear()
+            self._overall = None
+            for line in lines:
+                self._stream.write(line.replace(ERASE, "") + ERASE + "\n")
+            self._stream.flush()
+
+
+def distinct(labels: list[str], width: int) -> dict[str, str]:
+    """What each label's bar says when it is longer than the bar's room: a long beginning it
+    shares with another label of the batch is cut to "…", so the part that tells them apart
+    shows (the rest is cut at the end as usual)."""
+    out: dict[str, str] = {}
+    for label in labels:
+        if cells(label) <= width:
+            continue
+        shared = max((_common(label, other) for other in labels if other != label), default=0)
+        if shared > width // 3:
+            room = width - 1  # after the "…"
+            if len(label) - shared <= room - 6:  # all that differs fits: show the end whole
+                out[label] = "…" + label[len(label) - room :]
+            else:  # from a little before the difference (the end is cut later)
+                out[label] = "…" + label[max(0, shared - 6) :]
+    return out
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -77,12 +78,19 @@ class Console:
         self.verbose = verbose
         self.stream = SideChannel()
         self.color = color and self.stream.isatty()
+        # While progress bars are drawn, a line goes through them (above the bars, which
+        # are drawn again under it), never into them.
+        self.sink: Callable[[str], None] | None = None
 
     def style(self, text: str, **style: Any) -> str:
         return click.style(text, **style) if self.color else text
 
     def _say(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        sink = self.sink
+        if sink is not None:
+            sink(text)
+        else:
+            print(text, file=self.stream, flush=True)
 
     def info(self, message: str) -> None:
         if not self.quiet:

@@ -25,7 +25,7 @@ def make_progress(mode: str, console: Console, is_tty: bool) -> Progress:
     if mode == "bar":
         from .bars import BarProgress  # (start-up speed: tqdm loads only for bars)
 
-        return BarProgress()
+        return BarProgress(console)
     if mode == "line":
         return LineProgress()
     if mode == "json":
@@ -48,7 +48,7 @@ class LineProgress(Progress):
         print(text, file=self._stream, flush=True)
 
     def handle(self, event: TransferEvent) -> None:
-        label = printable(event.label)
+        label = f"{event.id} {printable(event.label)}"  # the id first: a log is searched by it
         if event.kind is EventKind.RETRY:
             self._say(f"{label}: retrying in {event.retry_in_seconds:.0f} s ({event.reason})")
         elif event.kind is EventKind.ENDED:

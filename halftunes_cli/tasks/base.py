@@ -207,12 +207,12 @@ class Task:
         if self._stop.is_set():
             raise Cancelled(self._stop_reason or "cancel")
 
-    def _retries(self) -> RetryLoop:
+    def _retries(self, what: str | Callable[[], str] | None = None) -> RetryLoop:
         """This task's retry loop: the session's policy, stopped by a stop request, heard by
         the delegate (`on_retry`), and the rule for hosts this task never reached."""
         return RetryLoop(
             self.session.retry_policy,
-            what=self.url,
+            what=what or self.url,
             stop=self._stop,
             on_retry=lambda wait, reason: self._tell("on_retry", wait, reason),
             has_reached_host=lambda: self.has_reached_host,

@@ -222,7 +222,7 @@ class DownloadTask(Task):
         offset = self.partial.starting_offset(self.bytes_total)
         deadline = time.monotonic() + self.session.configuration.resource_timeout
         high_water = offset
-        for attempt in self._retries():
+        for attempt in self._retries(lambda: f"{self.url} from byte {self.bytes_received}"):
             self._check_stop()
             self._check_deadline(deadline)
             result = self._attempt(self._restart_if_unverifiable(offset))
