@@ -3,16 +3,27 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CLI_STAMP := $(VENV)/.installed-cli
 
-.PHONY: install test test-floor lint format demo bench chaos clean
+.PHONY: install dev test test-floor lint format demo bench chaos clean
+
+# `make install`: the command line alone. `make dev` (and every target that tests or checks):
+# the test and lint tools too (Dask, moto, pyarrow, mypy ...), in the same .venv.
+$(CLI_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(CLI_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(CLI_STAMP)
 
-install: $(STAMP)
+install: $(CLI_STAMP)
+
+dev: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
@@ -35,7 +46,7 @@ format: $(STAMP)
 	$(BIN)/ruff format halftunes_cli tests bench scripts
 	$(BIN)/ruff check --fix halftunes_cli tests bench scripts
 
-demo: $(STAMP)
+demo: $(CLI_STAMP)
 	$(BIN)/python scripts/demo.py
 
 chaos: $(STAMP)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, InsecureURLError, UnsupportedURLError
+from .errors import ConfigError, InsecureURLError, UnsupportedURLError, UsageError
 from .headers import parse_decimal, parse_uint
 
 APP_NAME = "halftunes"
@@ -290,13 +290,16 @@ def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path} is not valid TOML: {exc}", "fix the file or move it away"
         ) from None
-    unknown = sorted(set(table) - set(CONFIG_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"config file {path}: unknown key {unknown[0]!r}",
-            "known keys: " + ", ".join(CONFIG_KEYS),
-        )
     return table
+
+
+def _unknown_keys(table: dict[str, Any], path: Path) -> ConfigError | None:
+    unknown = sorted(set(table) - set(CONFIG_KEYS))
+    if not unknown:
+        return None
+    return ConfigError(
+        f"config file {path}: unknown key {unknown[0]!r}", "known keys: " + ", ".join(CONFIG_KEYS)
+    )
 
 
 def config_file_path(environ: Any = None) -> tuple[Path, bool]:
@@ -308,29 +311,53 @@ def config_file_path(environ: Any = None) -> tuple[Path, bool]:
 
 
 def load_configuration(
-    flags: dict[str, Any] | None = None, environ: dict[str, str] | None = None
+    flags: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+    problems: dict[str, UsageError] | None = None,
 ) -> SessionConfiguration:
-    """Build the effective configuration: flag > environment > config file > default."""
+    """Build the effective configuration: flag > environment > config file > default.
+
+    A bad value is an error (ConfigError), unless `problems` is given (`config show`): then
+    each one is noted there by key (`file` for the file as a whole), and the key takes its
+    value from the next source down, so the rest can still be shown."""
     env = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     path, explicit = config_file_path(env)
-    file_values = _read_config_file(path, explicit)
+
+    def noted(key: str, error: UsageError) -> None:
+        if problems is None:
+            raise error
+        problems.setdefault(key, error)
+
+    file_values: dict[str, Any] = {}
+    try:
+        file_values = _read_config_file(path, explicit)
+    except ConfigError as exc:
+        noted("file", exc)
+    unknown = _unknown_keys(file_values, path)
+    if unknown is not None:
+        noted("file", unknown)
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key in CONFIG_KEYS:
         env_name = "HALFTUNES_" + key.upper()
+        given: list[tuple[str, Any, str, bool]] = []
         if key in flags:
-            values[key] = _coerce(key, flags[key], f"option --{key.replace('_', '-')}")
-            sources[key] = "flag"
-        elif key != "headers" and env.get(env_name, "") != "":
-            values[key] = _coerce(key, env[env_name], f"environment variable {env_name}")
-            sources[key] = "env"
-        elif key in file_values:
-            values[key] = _coerce(key, file_values[key], f"config file {path}", False)
-            sources[key] = "file"
-        else:
-            sources[key] = "default"
+            given.append(("flag", flags[key], f"option --{key.replace('_', '-')}", True))
+        if key != "headers" and env.get(env_name, "") != "":
+            given.append(("env", env[env_name], f"environment variable {env_name}", True))
+        if key in file_values:
+            given.append(("file", file_values[key], f"config file {path}", False))
+        sources[key] = "default"
+        for source, raw, origin, from_text in given:
+            try:
+                values[key] = _coerce(key, raw, origin, from_text)
+            except ConfigError as exc:
+                noted(key, exc)
+                continue
+            sources[key] = source
+            break
 
     kind = values.pop("session", "default")
     for key in ("download_dir", "state_dir"):
@@ -343,7 +370,12 @@ def load_configuration(
         config.identifier = "halftunes"
     config.sources = sources
     config.config_path = path
-    config.check_url(config.api_url)  # the plain-http rule applies to the API too
+    try:
+        config.check_url(config.api_url)  # the plain-http rule applies to the API too
+    except UsageError as exc:
+        if problems is None:
+            raise
+        problems.setdefault("api_url", exc)
     return config
 
 

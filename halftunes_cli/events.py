@@ -34,6 +34,7 @@ class TransferEvent:
     error: str | None = None  # why it failed
     retry_in_seconds: float | None = None
     reason: str | None = None  # why it retries, in a few words ("HTTP 503")
+    path: str | None = None  # where a completed download's file is
 
 
 class Subscriber(Protocol):
@@ -90,6 +91,7 @@ class TaskEvents:
             total,
             state=state,
             error=str(error) if failed else None,
+            path=task.saved_to if state == "completed" else None,
         )
         self.subscriber.handle(event)
 
@@ -108,4 +110,5 @@ def record_event(record: DownloadRecord, ended: bool = False) -> TransferEvent:
         record.bytes_total,
         state=str(record.status),
         error=record.error,
+        path=record.path if ended and str(record.status) == "completed" else None,
     )

@@ -283,7 +283,7 @@ class ITunesClient:
         try:
             payload = json.loads(body.decode("utf-8-sig"))
         except (UnicodeDecodeError, ValueError) as exc:
-            text = body[:200].decode("utf-8", "replace")
+            text = body[:200].decode("utf-8", "ignore")  # (no U+FFFD where bytes were bad)
             shown = "".join(c if c.isprintable() else " " for c in text).split()
             start = " ".join(shown)[:60] or "nothing printable"
             raise ApiError(

@@ -375,10 +375,10 @@ class Records:
         """The target's file: its name, or with ` (id)` when another record or a file we did
         not make has it (compared case-insensitively: never two tracks in one file). `own` is
         the record's present path, which it may always reuse."""
-        path = download_dir / target.filename
+        path = target.place(download_dir)
         mine = own is not None and str(path).casefold() == own.casefold()
         if not mine and (self.store.path_taken(conn, str(path), target.id) or listing.has(path)):
-            path = download_dir / target.namer(f" ({target.id})")
+            path = target.place(download_dir, f" ({target.id})")
         listing.add(path)
         return path
 
@@ -454,7 +454,7 @@ class Records:
         if done and Path(row["path"]).exists() and not force:
             claim = Claim(rid, ClaimOutcome.SKIPPED, DownloadRecord.from_row(row))
             wanted = (
-                [download_dir / target.filename, download_dir / target.namer(f" ({rid})")]
+                [target.place(download_dir), target.place(download_dir, f" ({rid})")]
                 if target
                 else []
             )

@@ -21,6 +21,7 @@ from .errors import (
     ExitStatus,
     HalftunesError,
     OfflineMissError,
+    TransferError,
     UnknownIdError,
     UsageError,
     unknown_download,
@@ -106,7 +107,8 @@ class BatchResult:
     exit_code: int = ExitStatus.OK
     interrupted: bool = False
     background: bool = False
-    failures: dict[str, HalftunesError] = field(default_factory=dict)  # items never claimed
+    # the items (ids or URLs as given) that never got a record, with why
+    failures: list[tuple[str, HalftunesError]] = field(default_factory=list)
 
     def fail(self, error: HalftunesError) -> None:
         self.exit_code = worse(self.exit_code, int(error.exit_code))
@@ -231,18 +233,20 @@ class DownloadService:
         return result
 
     def output_spec(self, count: int, output_dir: str | None, output: str | None) -> OutputSpec:
-        """-P is the folder; -o a file name (one id) or a template, relative to that folder
-        unless absolute; a -o that is an existing folder or ends in / is taken as the folder.
-        Every path is made absolute here, against this command's working directory."""
+        """-P is the folder; -o a file name (one id) or a template, relative to -P when -P is
+        given, else to the current directory (as curl and wget take it); a -o that is an
+        existing folder or ends in / is taken as the folder. Every path is made absolute and
+        normal here, against this command's working directory."""
         folder = Path(output_dir or self.configuration.download_dir).expanduser()
         if output is None:
             return OutputSpec(Path(os.path.abspath(folder)))
-        given = Path(output).expanduser()
+        base = Path(os.path.abspath(Path(output_dir).expanduser() if output_dir else "."))
+        given = base / Path(output).expanduser()
         if output.endswith("/") or given.is_dir():
             self.reporter.info(
                 f"note: -o {output} is a folder: downloading into it (-P {output} says the same)"
             )
-            return OutputSpec(Path(os.path.abspath(given)))
+            return OutputSpec(Path(os.path.normpath(given)))
         try:
             fields = template_fields(output)
         except ValueError as exc:
@@ -254,7 +258,7 @@ class DownloadService:
                 f"-o {output!r} names one file, but {count} ids were given",
                 "use a template such as '{artist} - {title}.{ext}', or -P DIR for a folder",
             )
-        return OutputSpec(Path(os.path.abspath(folder)), str(given))
+        return OutputSpec(base, str(Path(output).expanduser()))
 
     def _check_background(self, background: bool) -> None:
         if background and self.configuration.is_ephemeral:
@@ -265,7 +269,7 @@ class DownloadService:
         self.reporter.error(error)
         result.fail(error)
         if item is not None:
-            result.failures[item] = error
+            result.failures.append((item, error))
 
     def _resolve(
         self, items: list[str], result: BatchResult, spec: OutputSpec, force: bool = False
@@ -282,6 +286,7 @@ class DownloadService:
                 self._error(
                     result,
                     UsageError("an empty id", "an empty shell variable? give track ids or URLs"),
+                    item,
                 )
             elif is_url(item):
                 try:
@@ -303,7 +308,7 @@ class DownloadService:
                 )
                 self._error(result, error, item)
             elif tracks.lookup_error is not None:
-                result.failures[item] = tracks.lookup_error  # (said once already)
+                result.failures.append((item, tracks.lookup_error))  # (said once already)
             else:
                 error = UnknownIdError(
                     f"no track with id {item} in the iTunes catalog",
@@ -422,13 +427,13 @@ class DownloadService:
         for item in ids:
             record = self.records.get(item)
             if record is None:
-                self._error(result, unknown_download(item))
+                self._error(result, unknown_download(item), item)
             elif record.is_finished_on_disk:
                 self.reporter.info(f"{item}: already completed: {record.path}")
             elif record.status is RecordStatus.RUNNING and self.records.is_owner_alive(
                 record.owner
             ):
-                self._error(result, self.records.busy_error(record))
+                self._error(result, self.records.busy_error(record), item)
             else:
                 out.append(record)
         return out
@@ -453,7 +458,7 @@ class DownloadService:
             owner=None if background else self.records.owner_token(),
             force=force,
             queue=background,
-            download_dir=check_download_dir(folder),
+            download_dir=self._check_places(entries, folder),
             session_kind="background" if background else self.configuration.kind,
             settings=transfer_settings(self.configuration) if background else None,
         )
@@ -500,6 +505,18 @@ class DownloadService:
             by_id = {o.id: o for o in more}
             outcomes = [by_id.get(o.id, o) for o in outcomes]
         self._report_run(outcomes, result, interruption if interrupted else None)
+
+    def _check_places(self, entries: Sequence[Target | DownloadRecord], folder: Path) -> Path:
+        """Make sure each folder a file of `entries` goes in exists (as wget -P makes it) and
+        takes a file, before any record is made: a bad -o or -P is bad input, not a failed
+        download. `folder` itself is checked only when a file goes in it."""
+        seen: set[Path] = set()
+        for entry in entries:
+            place = entry.place(folder) if isinstance(entry, Target) else Path(entry.path)
+            if place.parent not in seen:
+                seen.add(place.parent)
+                check_download_dir(place.parent)
+        return folder
 
     def _run_here(
         self,
@@ -549,7 +566,12 @@ class DownloadService:
         for outcome in outcomes:
             result.outcomes.append(outcome)
             if outcome.status is OutcomeStatus.FAILED and outcome.error is not None:
-                self._error(result, outcome.error)
+                error = outcome.error
+                if isinstance(error, TransferError) and not error.is_permanent and not error.hint:
+                    error.hint = (
+                        f"`halftunes resume {outcome.id}` tries again from where it stopped"
+                    )
+                self._error(result, error)
             elif outcome.status is OutcomeStatus.PAUSED and not interrupted:
                 self.reporter.info(
                     f"{outcome.id}: paused by request; `halftunes resume {outcome.id}` continues it"
@@ -585,7 +607,8 @@ class DownloadService:
     # -- steering -------------------------------------------------------------------------
     def steer(self, ids: list[str], *, all_: bool, action: StopRequest) -> SteerResult:
         """Pause or cancel, here or in the process that runs the transfer; returns once the
-        transfers have stopped. `cancel --all` touches unfinished downloads only."""
+        transfers have stopped. `--all` touches unfinished downloads only, and lists the ones
+        it stopped."""
         result = SteerResult()
 
         def error(exc: HalftunesError) -> None:
@@ -596,12 +619,8 @@ class DownloadService:
             error(UsageError(f"name the downloads to {action}, or use --all"))
             return result
         targets: list[DownloadRecord] = []
-        if all_:
-            targets = (
-                [r for r in self.records.all() if r.status is not RecordStatus.COMPLETED]
-                if action is StopRequest.CANCEL
-                else self.records.all()
-            )
+        if all_:  # the unfinished ones; a finished download has nothing to stop
+            targets = [r for r in self.records.all() if r.status is not RecordStatus.COMPLETED]
         for item in ids:
             record = self.records.get(item)
             if record is None:
@@ -609,6 +628,7 @@ class DownloadService:
             else:
                 targets.append(record)
         waiting, forgotten = [], {}
+        untouched: set[str] = set()
         done = "cancelled" if action is StopRequest.CANCEL else "paused"
         for record in targets:
             try:  # compare-and-set against the status this command saw
@@ -621,8 +641,10 @@ class DownloadService:
                 forgotten[record.id] = record
             elif stop.action is StopAction.FINISHED:
                 self.reporter.info(f"{record.id}: completed before it could be {done}; kept")
-            elif stop.action is StopAction.UNCHANGED and not all_:
-                self.reporter.info(f"{record.id}: already {record.status}")
+            elif stop.action is StopAction.UNCHANGED:
+                untouched.add(record.id)
+                if not all_:
+                    self.reporter.info(f"{record.id}: already {record.status}")
         for rid in waiting:
             after = self.records.wait_until_stopped(rid, timeout_seconds=30)
             if after is not None and after.status is RecordStatus.RUNNING:
@@ -638,6 +660,8 @@ class DownloadService:
             elif action is StopRequest.CANCEL and after is not None:
                 self.records.forget(rid, seen=after.status)  # (paused by a dying owner)
         for record in targets:
+            if all_ and record.id in untouched:
+                continue  # --all lists what it acted on (named ids are listed as they are)
             after = self.records.get(record.id)
             if after is not None:
                 result.records.append(after.public())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,11 @@ class Target:
     @property
     def filename(self) -> str:
         return self.namer("")
+
+    def place(self, folder: Path, suffix: str = "") -> Path:
+        """Where this target's file goes in `folder` (absolute): its name, or with `suffix`
+        before the extension; normalised, so `-o ../x` reads as the folder it names."""
+        return Path(os.path.normpath(folder / self.namer(suffix)))
 
 
 def is_url_record_id(record_id: str) -> bool:
@@ -127,7 +133,8 @@ def url_target(
 
 
 def check_download_dir(path: Path) -> Path:
-    """Create a missing download dir (as wget -P does); refuse one we cannot write to."""
+    """Create a missing download dir (as wget -P does); refuse one we cannot write a file in
+    (found by writing one: permissions alone do not tell, e.g. /proc for root)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -135,10 +142,17 @@ def check_download_dir(path: Path) -> Path:
     except OSError as exc:
         raise DiskError(
             f"cannot create download dir {path}: {exc.strerror}",
-            "choose another folder with -o DIR",
+            "choose another folder with -P DIR",
         ) from exc
     if not path.is_dir():
         raise DiskError(f"download dir {path} is not a directory")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise DiskError(f"download dir {path} is not writable", "choose another folder with -o DIR")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".halftunes-probe-", dir=path)
+    except OSError as exc:
+        raise DiskError(
+            f"download dir {path} is not writable ({exc.strerror})",
+            "choose another folder with -P DIR",
+        ) from exc
+    os.close(fd)
+    os.unlink(probe)
     return path

@@ -430,7 +430,7 @@ def reap_children(timeout: float = 5.0) -> None:
 
 @pytest.fixture(autouse=True)
 def isolated_environment(monkeypatch, tmp_path):
-    """No test sees the developer's halftunes settings, colours or home directory."""
+    """No test sees the developer's halftunes settings, colours, home or working directory."""
     for name in list(os.environ):
         # (requests reads proxy variables in both spellings: a machine's `no_proxy` would
         # otherwise decide where a test's requests go)
@@ -449,6 +449,10 @@ def isolated_environment(monkeypatch, tmp_path):
         ("XDG_MUSIC_DIR", "Music"),
     ):
         monkeypatch.setenv(var, str(home / sub))
+    # and works in a folder of its own: a relative -o never lands in the repository
+    work = tmp_path / "isolated-cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
 
 
 @pytest.fixture

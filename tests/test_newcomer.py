@@ -4,12 +4,16 @@ status, the files)."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
-from conftest import Env, Terminal, sha256_file
+from conftest import HALFTUNES, Env, Terminal, sha256_file
 
 from halftunes_cli.testing.catalog import CatalogServer
 
@@ -204,3 +208,251 @@ def test_list_shows_titles_first(env):
     titles = "\n".join(" ".join(r[:-1]) for r in rows)  # (the path, last, has them too)
     for title in ("Ember", "Northbound", "Sleepwalker", "Paper Moon"):
         assert title in titles, titles
+
+
+# -- 5. empty ids and --json with bad ids -----------------------------------------------------
+def test_an_empty_id_is_bad_input_alone_and_next_to_a_good_one(env):
+    alone = env.run("download", "")
+    assert alone.returncode == 2
+    assert alone.stderr.startswith("halftunes: error: an empty id"), alone.stderr
+    assert alone.stdout == ""
+    both = env.run("download", str(T), "  ")
+    assert both.returncode == 2, both.stderr  # 2 wins over 0; the good id is still fetched
+    assert "an empty id" in both.stderr
+    assert sha256_file(env.state_record(str(T))["path"]) == env.expected_sha(T)
+
+
+def test_json_has_an_object_for_every_id_given_errors_included(env):
+    result = env.run("download", "--json", str(T), "", "424242424", "banana")
+    assert result.returncode == 2
+    objects = json.loads(result.stdout)
+    assert [o["id"] for o in objects] == [str(T), "", "424242424", "banana"]
+    assert objects[0]["status"] == "completed"
+    assert [o["status"] for o in objects[1:]] == ["error"] * 3
+    assert "no track with id 424242424" in objects[2]["error"]
+    assert "neither a track id nor a URL" in objects[3]["error"]
+
+
+# -- 6. the useful part of a message is never cut ---------------------------------------------
+def closed_port_url(name: str = "x.bin") -> str:
+    return f"http://127.0.0.1:{free_port()}/{name}"
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_list_wraps_a_records_message_instead_of_cutting_it(env, columns):
+    url = closed_port_url("a-file-with-a-rather-long-name.bin")
+    failed = env.run("download", url)
+    assert failed.returncode == 1
+    [record] = env.json("list")
+    term = Terminal(env, ["list"], columns=columns, rows=30)
+    assert term.wait() == 0
+    screen = term.screen()
+    start = next(n for n, line in enumerate(screen) if line.startswith(f"  {record['id']}: "))
+    message = " ".join(line.strip() for line in screen[start:] if line)
+    assert message.replace(" ", "") == f"{record['id']}: {record['error']}".replace(" ", "")
+    assert all(len(line) <= columns for line in screen)
+    assert "…" not in "".join(screen[start:])
+
+
+def test_a_refused_connection_says_how_to_try_again(env):
+    url = closed_port_url()
+    result = env.run("download", url)
+    assert result.returncode == 1
+    [record] = env.json("list")
+    assert "connection refused" in result.stderr
+    assert f"hint: `halftunes resume {record['id']}` tries again" in result.stderr
+
+
+def test_a_non_json_answer_in_another_charset_shows_no_replacement_character(env):
+    env.fault(path="/search", kind="latin1")
+    result = env.run("search", "jack")
+    assert result.returncode == 1
+    assert "not JSON" in result.stderr and "Dienst nicht verf" in result.stderr
+    assert "\ufffd" not in result.stderr and "Traceback" not in result.stderr
+
+
+# -- 7. the README's Quick start, verbatim, on a terminal -------------------------------------
+def quick_start_lines() -> list[str]:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("## Quick start", 1)[1].split("```\n", 2)[1]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def quick_start_script(tmp: Path, port: int) -> Path:
+    """The Quick start's lines as a person types them, each one's exit status noted; the
+    installing lines are what the test environment already did. Between the catalog's line
+    and the next, the script waits for the port to answer (a person's typing takes longer)."""
+    out = ["set -m", f"cd {tmp}"]
+    for line in quick_start_lines():
+        if line.startswith(("make install", ". .venv/bin/activate")):
+            continue
+        out.append(line.replace("8765", str(port)))
+        if line.startswith("python -m halftunes_cli.catalog"):
+            out.append(
+                f"python -c 'import socket,time\nwhile True:\n try: socket.create_connection((\"127.0.0.1\",{port})).close(); break\n except OSError: time.sleep(0.05)'"
+            )
+            continue
+        out.append(f'echo "{line.split("#")[0].strip()} => $?" >> statuses')
+    out += ["kill %1", "wait"]
+    script = tmp / "quick-start.sh"
+    script.write_text("\n".join(out) + "\n")
+    return script
+
+
+def test_the_quick_start_works_as_written_at_every_width(env, tmp_path):
+    """Three people, at 40, 80 and 200 columns, each with their own catalog, state and
+    folder, type the Quick start at once."""
+    assert quick_start_lines()[2].startswith("python -m halftunes_cli.catalog --port 8765")
+    runs = {}
+    for columns in WIDTHS:
+        home = tmp_path / f"w{columns}"
+        home.mkdir()
+        port = free_port()
+        extra = {
+            "PATH": f"{Path(sys.executable).parent}:{env.env['PATH']}",
+            "HALFTUNES_STATE_DIR": str(home / "state"),
+            "HALFTUNES_DOWNLOAD_DIR": str(home / "downloads"),
+        }
+        script = quick_start_script(home, port)
+        term = Terminal(
+            env, [], columns=columns, rows=120, extra=extra, command=["bash", str(script)]
+        )
+        runs[columns] = (home, port, term)
+    same = CatalogServer(preview_size=1_500_000)  # the same catalog: its bytes, never served
+    same.httpd.server_close()
+    expected = same.state
+    try:
+        for columns, (home, port, term) in runs.items():
+            assert term.wait(timeout=120) == 0, columns
+            statuses = (home / "statuses").read_text().splitlines()
+            assert all(s.endswith("=> 0") for s in statuses), statuses
+            assert len(statuses) == 7, statuses
+            screen = term.screen()
+            text = "\n".join(screen)
+            assert f"http://127.0.0.1:{port}" not in text  # nothing printed over the prompt
+            assert "Better Together" in text and "Traceback" not in text
+            first = home / "downloads" / "Jack Johnson - Better Together.m4a"
+            assert str(first) in text.replace("\n", "") or first.name in text
+            assert sha256_file(first) == expected.sha256_of(T)
+            paused = [line for line in screen if line.startswith(str(U)) and "paused" in line]
+            assert paused, text  # `list` showed it paused
+            second = home / "downloads" / "Jack Johnson - Banana Pancakes.m4a"
+            assert sha256_file(second) == expected.sha256_of(U)
+            assert_clean(screen, 1)
+            assert all(len(line) <= columns for line in screen)
+    finally:
+        for _, _, term in runs.values():
+            if term.proc.poll() is None:
+                term.proc.kill()
+
+
+# -- 9. the smaller stumbles ------------------------------------------------------------------
+def test_config_show_runs_with_a_bad_value_and_says_which(env, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("retries = 'many'\nlimit = 7\n")
+    result = env.run("config", "show", "--json", env={"HALFTUNES_CONFIG": str(cfg)})
+    assert result.returncode == 2
+    shown = json.loads(result.stdout)
+    assert shown["limit"] == {"value": 7, "source": "file"}  # the good ones as they are
+    assert shown["retries"]["value"] == 5 and shown["retries"]["source"] == "default"
+    assert "retries has type str" in shown["retries"]["problem"]
+    assert "retries has type str" in result.stderr and "Traceback" not in result.stderr
+    cfg.write_text("retries = = 3\n")
+    table = env.run("config", "show", env={"HALFTUNES_CONFIG": str(cfg)})
+    assert table.returncode == 2 and "not valid TOML" in table.stderr
+    assert "download_dir" in table.stdout
+    assert env.run("list", env={"HALFTUNES_CONFIG": str(cfg)}).returncode == 2  # still refused
+
+
+def test_pause_all_lists_only_what_it_stopped(env):
+    assert env.run("download", str(U)).returncode == 0
+    env.track(T, size=4 * MB)
+    env.server.state.throttle_bps = MB
+    queued = env.run("download", "-b", str(T))
+    assert queued.returncode == 0, queued.stderr
+    result = env.run("pause", "--all", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [r["id"] for r in json.loads(result.stdout)] == [str(T)]
+    assert env.state_record(str(T))["status"] == "paused"
+    again = env.run("pause", "--all", "--json")
+    assert json.loads(again.stdout) == []  # nothing left to stop
+
+
+def test_json_progress_says_where_the_file_went(env):
+    result = env.run_process("download", str(T), "--progress", "json")
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    [done] = [e for e in events if e["event"] == "completed"]
+    assert done["path"] == result.stdout.strip()
+    assert sha256_file(done["path"]) == env.expected_sha(T)
+
+
+def test_line_progress_names_each_transfer_by_id(env):
+    result = env.run_process("download", str(T), str(U), "--progress", "line")
+    assert result.returncode == 0, result.stderr
+    ends = [line for line in result.stderr.splitlines() if "completed" in line and ":" in line]
+    assert {line.split(" ", 1)[0] for line in ends} >= {str(T), str(U)}
+
+
+def test_the_catalog_prints_nothing_over_the_prompt_when_its_port_is_chosen(env):
+    port = free_port()
+    term = Terminal(
+        env,
+        [],
+        command=[sys.executable, "-m", "halftunes_cli.catalog", "--port", str(port)],
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, term.output
+                time.sleep(0.05)
+        assert term.output == ""
+    finally:
+        term.proc.terminate()
+        term.wait()
+    piped = subprocess.Popen(
+        [sys.executable, "-m", "halftunes_cli.catalog", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert piped.stdout.readline().startswith("http://127.0.0.1:")  # what scripts read
+    finally:
+        piped.terminate()
+        piped.wait()
+        piped.stdout.close()
+
+
+def test_progress_completes_its_modes_not_file_names(env):
+    result = subprocess.run(
+        [HALFTUNES],
+        env={
+            **env.env,
+            "_HALFTUNES_COMPLETE": "complete_bash",
+            "COMP_WORDS": "halftunes download --progress l",
+            "COMP_CWORD": "3",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.stdout.split() == ["line"]
+
+
+def test_download_help_keeps_each_example_whole_at_80_columns(env):
+    result = subprocess.run(
+        [HALFTUNES, "download", "--help"],
+        env={**env.env, "COLUMNS": "80"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    examples = [line.strip() for line in result.stdout.splitlines() if "halftunes " in line]
+    assert "halftunes download 1000001 1000002 -o '{artist}/{title}.{ext}'" in examples
+    assert all(not line.startswith("download -") for line in examples)
+    assert all(len(line) <= 80 for line in result.stdout.splitlines())
+    assert "relative to -P when" in " ".join(result.stdout.split())

@@ -23,7 +23,10 @@ def test_a_template_makes_safe_subfolders(env):
     hostile = next(
         t for t in env.server.state.tracks.values() if t["trackName"] == "../../etc/passwd"
     )["trackId"]
-    result = env.run("download", str(T1), str(hostile), "-o", "{artist}/{album}/{title}.{ext}")
+    result = env.run(
+        "download", str(T1), str(hostile), "-P", str(env.download_dir),
+        "-o", "{artist}/{album}/{title}.{ext}",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     first, second = (Path(p) for p in result.stdout.strip().split("\n"))
     assert first == env.download_dir / "Jack Johnson" / "In Between Dreams" / "Better Together.m4a"
@@ -63,10 +66,38 @@ def test_relative_paths_are_stored_absolute_foreground_and_background(env, tmp_p
     assert env.run("wait", "--timeout", "30").returncode == 0
     reap_children()
     record = env.record(T2)
-    assert record["path"] == str(env.download_dir / "sub" / "Banana Pancakes.m4a")
+    assert record["path"] == str(work / "sub" / "Banana Pancakes.m4a")
     assert sha256_file(record["path"]) == env.expected_sha(T2)
     # open works from anywhere: the path does not depend on the working directory
     assert env.run_process("open", str(T1), cwd="/").stdout.strip() == str(work / "rel")
+
+
+def test_a_relative_o_is_relative_to_the_current_directory_and_printed_normal(env, tmp_path):
+    """As curl -o and wget -O take it; -P, when given, is what it is relative to."""
+    work = tmp_path / "work"
+    work.mkdir()
+    result = env.run_process("download", str(T1), "-o", "song.m4a", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(work / "song.m4a")
+    assert sha256_file(work / "song.m4a") == env.expected_sha(T1)
+    assert not (env.download_dir / "song.m4a").exists()
+    result = env.run_process("download", str(T2), "-o", "../up/x.m4a", cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(tmp_path / "up" / "x.m4a")  # no `..` left in it
+    assert env.record(T2)["path"] == str(tmp_path / "up" / "x.m4a")
+    assert sha256_file(tmp_path / "up" / "x.m4a") == env.expected_sha(T2)
+
+
+def test_a_folder_that_takes_no_file_is_refused_before_any_record(env):
+    """/proc exists and, for root, passes an access() check; only writing tells."""
+    result = env.run("download", str(T1), "-o", "/proc/version")
+    assert result.returncode == 1
+    assert result.stderr.startswith("halftunes: error: download dir /proc is not writable")
+    assert "Traceback" not in result.stderr
+    assert env.record(T1) is None
+    result = env.run("download", str(T1), "-P", "/proc/no-such-dir")
+    assert result.returncode == 1 and "hint: choose another folder with -P DIR" in result.stderr
+    assert env.record(T1) is None
 
 
 def test_an_id_downloaded_elsewhere_says_where_and_force_fetches_it_here(env, tmp_path):

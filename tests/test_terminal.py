@@ -98,6 +98,7 @@ def test_progress_json_events_for_scripts(env):
         "event": "completed",
         "bytes_received": 400_000,
         "bytes_total": 400_000,
+        "path": str(env.download_dir / "Jack Johnson - Better Together.m4a"),
     }
 
 
@@ -115,6 +116,7 @@ def test_wait_progress_json(env):
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stderr.splitlines()]
     assert events[-1]["event"] == "completed" and events[-1]["id"] == "1000001"
+    assert events[-1]["path"] == env.record(1000001)["path"]  # wait's events say it too
 
 
 def test_a_retry_shows_on_the_bar(env):

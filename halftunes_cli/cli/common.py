@@ -13,7 +13,7 @@ import click
 import typer
 
 from ..config import SESSION_KINDS, SessionConfiguration, load_configuration
-from ..errors import ExitStatus, HalftunesError, internal_error
+from ..errors import ExitStatus, HalftunesError, UsageError, internal_error
 from ..render import (
     PROGRESS_MODES,
     Console,
@@ -40,11 +40,18 @@ IdsArgument = Annotated[
     ),
 ]
 AllOption = Annotated[bool, typer.Option("--all", help="Every download it applies to.")]
+
+
+def _complete_progress(incomplete: str) -> list[str]:
+    return [mode for mode in PROGRESS_MODES if mode.startswith(incomplete)]
+
+
 ProgressOption = Annotated[
     str,
     typer.Option(
         "--progress",
-        metavar="auto|bar|line|json|none",
+        metavar="|".join(PROGRESS_MODES),
+        autocompletion=_complete_progress,
         show_default=True,
         help="auto: bars on a terminal, nothing otherwise; line: plain lines for logs; json: "
         "JSON Lines events on stderr.",
@@ -143,12 +150,16 @@ def exit_with(code: int) -> NoReturn:
     raise typer.Exit(int(code))
 
 
-def configuration(state: AppState, **flags: Any) -> SessionConfiguration:
+def configuration(
+    state: AppState, problems: dict[str, UsageError] | None = None, **flags: Any
+) -> SessionConfiguration:
+    """The command's configuration; a bad value ends the command, unless `problems` is given
+    to collect them (`config show`)."""
     flags = dict(flags)
     if state.session_kind:
         flags.setdefault("session", state.session_kind)
     try:
-        return load_configuration(flags)
+        return load_configuration(flags, problems=problems)
     except HalftunesError as exc:
         fail(state, exc)
 

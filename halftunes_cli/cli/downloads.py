@@ -38,7 +38,11 @@ def _report(
 ) -> None:
     pairs = service.outcome_records(result)
     if json_out:
-        render.print_json([record.public() for _, record in pairs])
+        errors = [
+            {"id": item, "status": "error", "error": error.message}
+            for item, error in result.failures
+        ]
+        render.print_json([record.public() for _, record in pairs] + errors)
     else:
         for outcome, record in pairs:
             if result.background and outcome.status == "queued":
@@ -114,8 +118,8 @@ def download(
             "--output",
             metavar="NAME_OR_TEMPLATE",
             help="File name for one id, or a template with {artist} {title} {album} "
-            "{collection} {id} {ext} ('/' makes subfolders); relative to the "
-            "folder unless absolute.",
+            "{collection} {id} {ext} ('/' makes subfolders); relative to -P "
+            "when given, else to the current directory.",
         ),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Download again even if done.")] = False,
@@ -126,15 +130,13 @@ def download(
 
     Examples:
 
+    \b
       halftunes download 1000001
-
       halftunes download -b 1000001 1000002 -P ~/Music/previews
-
       halftunes download 1000001 -o song.m4a
-
       halftunes download 1000001 1000002 -o '{artist}/{title}.{ext}'
-
-      halftunes search jack johnson --json | jq '.[].trackId' | halftunes download -
+      halftunes search jack johnson --json |
+        jq '.[].trackId' | halftunes download -
     """
     _run(
         ctx,

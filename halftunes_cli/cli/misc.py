@@ -171,15 +171,26 @@ def open_(
 def config_show(ctx: typer.Context, json_out: JsonOption = False) -> None:
     """Print each setting, its value and where it came from (flag, env, file, default).
 
+    A bad value is shown too: the setting takes the next source's value, the problem is said
+    on stderr (and as "problem" in --json), and the exit status is 2.
+
     Example:
 
       halftunes config show --json | jq '.download_dir.value'
     """
-    described = configuration(app_state(ctx)).describe()
+    state = app_state(ctx)
+    problems: dict[str, UsageError] = {}
+    described = configuration(state, problems=problems).describe()
+    for key, problem in problems.items():
+        if key in described:
+            described[key]["problem"] = problem.message
     if json_out:
         render.print_json(described)
-        return
-    render.config_table(described, app_state(ctx).color if sys.stdout.isatty() else False)
+    else:
+        render.config_table(described, state.color if sys.stdout.isatty() else False)
+    for problem in problems.values():
+        state.console.error(problem.message, problem.hint)
+    exit_with(ExitStatus.USAGE if problems else ExitStatus.OK)
 
 
 @config_app.command("path")

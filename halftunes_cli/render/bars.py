@@ -19,7 +19,9 @@ from .formats import cells, duration, fit, human_bytes, printable
 # Erase to the end of the line after each drawing: a shorter line never leaves the tail of a
 # longer one behind (tqdm pads only to its own last length; the code takes no width).
 ERASE = "\x1b[K"
-_BAR_KNOWN = "{desc} {bar:20} {percentage:5.1f}% of {total_h}  {rate_h}  ETA {eta_h}" + ERASE
+_BAR_KNOWN = (
+    "{{desc}} {{bar:{graphic}}} {{percentage:5.1f}}% of {{total_h}}  {{rate_h}}  ETA {{eta_h}}"
+)
 _BAR_UNKNOWN = "{desc} {n_h}  {rate_h}" + ERASE
 # narrow terminals (< 72 columns): no bar graphic, the figures a person acts on
 _NARROW_KNOWN = "{desc} {percentage:3.0f}% {rate_h}" + ERASE
@@ -49,13 +51,18 @@ class BarStyle:
 
     def __init__(self, columns: int):
         self.narrow = columns < 72
-        self.desc_width = max(8, min(32, columns - (23 if self.narrow else 63)))  # 1 spare
-        self.graphic = "" if self.narrow else "{bar:20} "
+        # the bar graphic is 20 cells where there is room, 12 below 100 columns (the title
+        # needs them more); the figures after it take 42 cells, plus one spare
+        bar = 0 if self.narrow else 20 if columns >= 100 else 12
+        fixed = 23 if self.narrow else bar + 43
+        self.desc_width = max(8, min(32, columns - fixed))
+        self.graphic = f"{{bar:{bar}}} " if bar else ""
+        self._known = _NARROW_KNOWN if self.narrow else _BAR_KNOWN.format(graphic=bar) + ERASE
 
     def running(self, total: int | None) -> str:
         if self.narrow:
-            return _NARROW_KNOWN if total else _NARROW_UNKNOWN
-        return _BAR_KNOWN if total else _BAR_UNKNOWN
+            return self._known if total else _NARROW_UNKNOWN
+        return self._known if total else _BAR_UNKNOWN
 
     def ended(self, text: str) -> str:
         return "{desc} " + self.graphic + text.replace("{", "{{").replace("}", "}}") + ERASE

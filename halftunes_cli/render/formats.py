@@ -66,3 +66,34 @@ def fit(text: str, width: int, trim: str = "end") -> str:
             right = right[1:]
         return str(set_cell_size(text, head)).rstrip() + "…" + right
     return str(set_cell_size(text, width - 1)).rstrip() + "…"
+
+
+def wrap(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
+    """`text` as lines of at most `width` cells, broken between words (a word longer than a
+    line is broken by cells); the first line starts with `indent`, the others with `more`."""
+    from rich.cells import set_cell_size
+
+    lines: list[str] = []
+    line = indent
+    fresh = True  # nothing but the indent on this line yet
+    for word in text.split():
+        gap = "" if fresh else " "
+        if cells(line) + len(gap) + cells(word) <= width:
+            line += gap + word
+            fresh = False
+            continue
+        if not fresh:
+            lines.append(line)
+            line, fresh = more, True
+        while cells(line) + cells(word) > width and width > cells(line):
+            head = str(set_cell_size(word, width - cells(line))).rstrip()
+            if not head:
+                break
+            lines.append(line + head)
+            word = word[len(head) :]
+            line = more
+        line += word
+        fresh = not word
+    if not fresh or not lines:
+        lines.append(line)
+    return lines

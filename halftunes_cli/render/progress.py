@@ -102,7 +102,8 @@ class JsonProgress(Progress):
             self._emit(**common, event="retry", **sizes, **retry, reason=event.reason)
         elif event.kind is EventKind.ENDED:
             failure = {"error": event.error} if event.error else {}
-            self._emit(**common, event=event.state, **sizes, **failure)
+            where = {"path": event.path} if event.path else {}
+            self._emit(**common, event=event.state, **sizes, **failure, **where)
         elif self._due(event):
             self._emit(**common, event="progress", **sizes)
 

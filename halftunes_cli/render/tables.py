@@ -1,5 +1,6 @@
-"""Tables for a terminal (columns that give way by importance, cut by cells, never wrap) and
-tab-separated lines for pipes: search results, download records, the configuration."""
+"""Tables for a terminal (columns that give way by importance, cut by cells, never wrap; a
+record's message below its row wraps, never cut) and tab-separated lines for pipes: search
+results, download records, the configuration."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import click
 
-from .formats import cells, duration, fit, human_bytes, percent, printable
+from .formats import cells, duration, fit, human_bytes, percent, printable, wrap
 
 
 @dataclass
@@ -170,20 +171,24 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
     _print_table(layout(columns, table, width), color, [colors.get(str(r.status)) for r in rows])
     for r in rows:
         if r.error and str(r.status) in ("paused", "failed"):
-            line = fit(f"  {r.id}: {printable(r.error)}", width)
-            print(click.style(line, dim=True) if color else line)
+            for line in wrap(f"{r.id}: {printable(r.error)}", width, "  ", "    "):
+                print(click.style(line, dim=True) if color else line)
 
 
 def config_table(
     described: dict[str, dict[str, Any]], color: bool, width: int | None = None
 ) -> None:
-    """key and source never shrink; a long value (a path) is cut in the middle."""
+    """key and source never shrink; a long value (a path) is cut in the middle; a setting
+    whose given value was bad (said on stderr) has "(!)" after its source."""
     columns = [
         Column("key", keep=True),
         Column("value", priority=1, min_width=10, trim="middle"),
         Column("source", keep=True),
     ]
-    rows = [[key, printable(str(info["value"])), info["source"]] for key, info in described.items()]
+    rows = [
+        [key, printable(str(info["value"])), info["source"] + (" (!)" if "problem" in info else "")]
+        for key, info in described.items()
+    ]
     _print_table(layout(columns, rows, width or _terminal_width()), color)
 
 

@@ -108,6 +108,11 @@ class Task:
         """(bytes moved so far, bytes expected in all, None when unknown)."""
         return 0, None
 
+    @property
+    def saved_to(self) -> str | None:
+        """The finished file, for a download task that completed (None for the others)."""
+        return None
+
     def _move(self, new: TaskState) -> None:
         with self._state_lock:
             if new not in TRANSITIONS[self.state]:

@@ -174,6 +174,10 @@ class DownloadTask(Task):
         return self.destination.name
 
     @property
+    def saved_to(self) -> str | None:
+        return str(self.location) if self.location is not None else None
+
+    @property
     def progress(self) -> tuple[int, int | None]:
         return self.bytes_received, self.bytes_total
 

@@ -538,6 +538,10 @@ class _Handler(BaseHTTPRequestHandler):
             html = b"<html><body><h1>Service Unavailable</h1></body></html>"
             self._send_bytes(entry, 200, html, "text/html")
             return True
+        if fault["kind"] == "latin1":  # a proxy's page in ISO-8859-1: not even UTF-8
+            html = "<html><p>Dienst nicht verfügbar</p></html>".encode("latin-1")
+            self._send_bytes(entry, 200, html, "text/html; charset=iso-8859-1")
+            return True
         if fault["kind"] == "wrong_shape":
             self._send_json(entry, 200, {"resultCount": "x", "results": {"a": 1}})
             return True
@@ -944,7 +948,10 @@ def main(argv: list[str] | None = None) -> None:
         return
     server.state.throttle_bps = args.throttle
     server.state.first_byte_delay = args.first_byte_delay
-    print(server.url, flush=True)
+    if args.port == 0 or not sys.stdout.isatty():
+        # whoever asked for any free port needs to learn it; a person who chose the port
+        # knows it, and a line printed by a job in the background lands over their prompt
+        print(server.url, flush=True)
     try:
         server.httpd.serve_forever()
     except KeyboardInterrupt:
