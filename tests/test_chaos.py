@@ -1,7 +1,8 @@
 """Fault injection: seeded rounds of transfer + fault + resume, and a concurrency storm.
 
-`make test` runs a short variant; `make chaos` runs 200+ rounds and a one-minute storm:
-    pytest tests/test_chaos.py --chaos-rounds=200 --storm-seconds=60 -s
+`make test` runs a short variant; `make chaos` runs 320 rounds, a one-minute storm and 300
+odd-number examples:
+    pytest tests/test_chaos.py --chaos-rounds=320 --storm-seconds=60 --odd-examples=300 -s
 """
 
 from __future__ import annotations

@@ -135,6 +135,24 @@ def test_v_log_lines_go_above_the_bars(env, columns):
 
 
 @pytest.mark.parametrize("columns", WIDTHS)
+def test_a_pause_from_a_second_terminal_shows_on_the_first(env, columns):
+    ids = many(env, 3, size=4 * MB, bps=MB)
+    first = Terminal(env, ["download", *ids], columns=columns, rows=40)
+    env.wait_for(lambda: env.part_size(ids[1]) > 100_000, timeout=30)
+    second = Terminal(env, ["pause", ids[1]], columns=columns, rows=10)
+    assert second.wait() == 0
+    assert any(line.startswith(f"{ids[1]}: paused") for line in second.screen()), second.screen()
+    env.server.state.throttle_bps = None  # let the other two finish now
+    assert first.wait() == 0  # stopped on purpose: not a failure
+    screen = first.screen()
+    assert_clean(screen, len(ids))
+    assert sum(1 for line in screen if "done," in line) == 2, screen
+    assert sum(1 for line in screen if "paused at" in line) == 1, screen
+    assert env.state_record(ids[1])["status"] == "paused"
+    assert all(len(line) <= columns for line in screen)
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
 def test_ctrl_c_twice_leaves_a_clean_screen(env, columns):
     import sqlite3
 
