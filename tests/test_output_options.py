@@ -24,9 +24,14 @@ def test_a_template_makes_safe_subfolders(env):
         t for t in env.server.state.tracks.values() if t["trackName"] == "../../etc/passwd"
     )["trackId"]
     result = env.run(
-        "download", str(T1), str(hostile), "-P", str(env.download_dir),
-        "-o", "{artist}/{album}/{title}.{ext}",
-    )  # fmt: skip
+        "download",
+        str(T1),
+        str(hostile),
+        "-P",
+        str(env.download_dir),
+        "-o",
+        "{artist}/{album}/{title}.{ext}",
+    )
     assert result.returncode == 0, result.stderr
     first, second = (Path(p) for p in result.stdout.strip().split("\n"))
     assert first == env.download_dir / "Jack Johnson" / "In Between Dreams" / "Better Together.m4a"
