@@ -240,8 +240,20 @@ class DownloadService:
         folder = Path(output_dir or self.configuration.download_dir).expanduser()
         if output is None:
             return OutputSpec(Path(os.path.abspath(folder)))
+        if output == "-":
+            raise UsageError(
+                "-o - (standard output) is not supported: a download is kept in a file, so it "
+                "can resume",
+                'print it afterwards: cat "$(halftunes download ID)"',
+            )
         base = Path(os.path.abspath(Path(output_dir).expanduser() if output_dir else "."))
         given = base / Path(output).expanduser()
+        if given.exists() and not given.is_dir() and not given.is_file():
+            raise UsageError(
+                f"-o {output} is not a regular file (a device, a pipe or a socket): halftunes "
+                "downloads into files it can resume",
+                "name a file, or a folder with -P DIR; --session ephemeral keeps nothing else",
+            )
         if output.endswith("/") or given.is_dir():
             self.reporter.info(
                 f"note: -o {output} is a folder: downloading into it (-P {output} says the same)"
@@ -711,17 +723,23 @@ class DownloadService:
                 return WaitResult([])
 
         on_poll: Callable[[list[DownloadRecord]], None] | None = None
+        ended: set[str] = set()  # told as ended (a pause from elsewhere shows at once)
         if progress is not None:
             shown = progress
 
-            def on_poll(active: list[DownloadRecord]) -> None:
-                for record in active:
-                    shown.handle(record_event(record))
+            def on_poll(records: list[DownloadRecord]) -> None:
+                for record in records:
+                    if record.status in (RecordStatus.QUEUED, RecordStatus.RUNNING):
+                        shown.handle(record_event(record))
+                    elif record.id not in ended:
+                        ended.add(record.id)
+                        shown.handle(record_event(record, ended=True))
 
         result = self._wait_for(ids, timeout_seconds, on_poll, poll_seconds)
         if progress is not None:
             for record in result.records:
-                progress.handle(record_event(record, ended=True))
+                if record.id not in ended:
+                    progress.handle(record_event(record, ended=True))
         if not result.timed_out:
             self.records.mark_announced(r.id for r in result.records)
         return result
@@ -752,7 +770,7 @@ class DownloadService:
                 if ensure_worker(state_dir):
                     started_at = seen
             if on_poll is not None:
-                on_poll(active)
+                on_poll(records)
             if not active:
                 return WaitResult(records)
             if deadline is not None and time.monotonic() >= deadline:

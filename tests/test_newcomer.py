@@ -182,19 +182,53 @@ def test_ctrl_c_twice_leaves_a_clean_screen(env, columns):
     assert "█" not in last and "ETA" not in last, screen  # the prompt comes under everything
 
 
-def test_ctrl_c_on_wait_says_the_worker_goes_on_and_draws_no_second_set(env):
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_ctrl_c_on_wait_says_the_worker_goes_on_and_draws_no_second_set(env, columns):
     ids = many(env, 3, size=4 * MB, bps=MB)
     assert env.run("download", "-b", *ids).returncode == 0
     env.wait_for(lambda: all(env.part_size(r) > 100_000 for r in ids), timeout=30)
-    term = Terminal(env, ["wait"], columns=80, rows=30)
-    term.wait_for_text("ETA", timeout=15)
-    term.send(b"\x03")
+    term = Terminal(env, ["wait"], columns=columns, rows=30)
+    term.wait_for_text("%", timeout=15)
+    term.send(b"\x03")  # (the terminal echoes ^C after the cursor: no line may wrap)
     assert term.wait() == 130
     screen = term.screen()
-    assert any("background worker" in line and "goes on" in line for line in screen), screen
+    said = " ".join(screen)
+    assert "background worker goes on" in " ".join(said.split()), screen
     drawn = [line for line in screen if "█" in line or " at " in line or "%" in line]
-    assert len(drawn) <= len(ids), screen  # one line per download, not two sets
+    assert len(drawn) == len(ids), screen  # one line per download, not two sets
+    assert sum("still running at" in line for line in screen) == len(ids), screen
+    assert not any("ETA" in line or "%" in line for line in screen), screen  # none left stale
+    assert all(re.search(r"still running at [0-9.]+ (B|KiB|MiB)$", line) for line in drawn), drawn
     assert env.state_record(ids[0])["status"] in ("running", "completed")  # it went on
+
+
+def test_a_pause_from_elsewhere_shows_on_wait_at_once(env):
+    ids = many(env, 2, size=4 * MB, bps=MB // 2)
+    assert env.run("download", "-b", *ids).returncode == 0
+    term = Terminal(env, ["wait"], columns=80, rows=30)
+    term.wait_for_text("%", timeout=15)
+    assert env.run_process("pause", ids[0]).returncode == 0
+    term.wait_for_text("paused at", timeout=10)  # while the other one still runs
+    assert env.state_record(ids[1])["status"] == "running"
+    env.server.state.throttle_bps = None
+    assert term.wait() == 1  # (wait's exit status counts a paused download: README)
+    screen = term.screen()
+    assert sum("paused at" in line for line in screen) == 1, screen
+    assert sum("done," in line for line in screen) == 1, screen
+
+
+def test_the_overall_line_counts_completed_ones_and_a_true_speed(env):
+    bps = 400_000
+    ids = many(env, 3, size=1 * MB, bps=bps)
+    term = Terminal(env, ["download", *ids], columns=80, rows=30)
+    env.wait_for(lambda: env.part_size(ids[2]) > 100_000, timeout=30)
+    assert env.run_process("pause", ids[2]).returncode == 0
+    assert term.wait() == 0
+    [overall] = [line for line in term.screen() if OVERALL.match(line)]
+    assert overall.startswith("2 of 3 · "), overall  # the paused one is not done
+    number, unit = overall.rsplit(" · ", 1)[1].removesuffix("/s").split()
+    rate = float(number) * {"B": 1, "KiB": 1024, "MiB": 1024**2}[unit]
+    assert 0 < rate <= 3 * bps * 1.25, overall  # no more than the server can have sent
 
 
 # -- 3. labels that tell transfers apart ----------------------------------------------------
@@ -474,3 +508,16 @@ def test_download_help_keeps_each_example_whole_at_80_columns(env):
     assert all(not line.startswith("download -") for line in examples)
     assert all(len(line) <= 80 for line in result.stdout.splitlines())
     assert "relative to -P when" in " ".join(result.stdout.split())
+
+
+def test_a_catalog_whose_port_is_taken_says_so_in_one_line(env):
+    taken = env.server.port
+    result = subprocess.run(
+        [sys.executable, "-m", "halftunes_cli.catalog", "--port", str(taken)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"catalog: cannot listen on 127.0.0.1:{taken}: ")
+    assert "Traceback" not in result.stderr and len(result.stderr.splitlines()) == 1

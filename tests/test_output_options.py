@@ -129,3 +129,13 @@ def test_background_files_follow_the_umask_of_the_queuing_command(env, umask, mo
     path = env.record(T1)["path"]
     assert os.stat(path).st_mode & 0o777 == mode
     assert env.state_dir.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("name", ["/dev/null", "-"])
+def test_o_that_names_no_file_is_bad_input(env, name):
+    """curl's idioms for "discard" and "standard output": a resumable download needs a file."""
+    result = env.run("download", str(T1), "-o", name)
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"halftunes: error: -o {name} ")
+    assert env.record(T1) is None
+    assert not Path("/dev/null (1000001)").exists() and not Path("-").exists()

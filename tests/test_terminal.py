@@ -168,3 +168,31 @@ def test_the_overall_line_is_redrawn_at_most_four_times_a_second():
     bars.handle(moved(50 << 20))
     assert bars._overall.desc.startswith("50.0 MiB")
     bars.close()
+
+
+@pytest.mark.parametrize("columns", [40, 60, 72, 80, 99, 100, 120, 200])
+def test_a_bar_at_its_widest_leaves_the_last_two_cells_free(columns):
+    """The widest figures a bar can show still leave room for the terminal's ^C echo, and
+    the label keeps what is left (at least 15 cells from 72 columns on)."""
+    from halftunes_cli.render.bars import BarStyle
+    from halftunes_cli.render.formats import cells
+
+    style = BarStyle(columns)
+    worst = {
+        "desc": "x" * style.desc_width,
+        "bar": "#",
+        "percentage": 100.0,
+        "total_h": "1023.9 KiB",
+        "rate_h": "1023.9 KiB/s",
+        "eta_h": "9:59:59",
+        "n_h": "1023.9 KiB",
+    }
+    for fmt in (style.running(100), style.running(None)):
+        line = fmt.replace("\x1b[2K", "").format(**worst)
+        assert cells(line) <= columns - 2, (columns, line)
+    end = "still running at 1023.9 KiB"
+    desc = style.ended_desc("a long title · an artist with a long name", end)
+    line = style.ended(end).replace("\x1b[2K", "").format(desc=desc, bar="#")
+    assert cells(line) <= columns - 2 and line.endswith(end), (columns, line)
+    if columns >= 72:
+        assert style.desc_width >= 15

@@ -1,4 +1,4 @@
-"""Byte sizes, durations, percentages, and text cut to a terminal's cells."""
+"""Byte sizes, durations, percentages, and text cut, wrapped or told apart in a terminal's cells."""
 
 from __future__ import annotations
 
@@ -97,3 +97,34 @@ def wrap(text: str, width: int, indent: str = "", more: str = "") -> list[str]:
     if not fresh or not lines:
         lines.append(line)
     return lines
+
+
+def distinct(labels: list[str], width: int) -> dict[str, str]:
+    """What each label's bar says when it is longer than the bar's room: a long beginning it
+    shares with another label of the batch is cut to "…", so the part that tells them apart
+    shows (the rest is cut at the end as usual)."""
+    out: dict[str, str] = {}
+    for label in labels:
+        if cells(label) <= width:
+            continue
+        shared = max((_common(label, other) for other in labels if other != label), default=0)
+        if shared > width // 3:
+            room = width - 1  # after the "…"
+            if len(label) - shared <= room - 6:  # all that differs fits: show the end whole
+                start = len(label) - room
+                space = label.find(" ", start, shared)
+                start = space + 1 if space != -1 else start  # from a word's start, if one is
+            else:  # from the word where they part (the end is cut later)
+                word = label.rfind(" ", 0, shared) + 1
+                start = word if shared - word <= 12 else max(0, shared - 6)
+            out[label] = "…" + label[start:]
+    return out
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n

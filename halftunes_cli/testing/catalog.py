@@ -941,7 +941,17 @@ def main(argv: list[str] | None = None) -> None:
         help="write every preview under DIR/previews/<id>/ and exit",
     )
     args = parser.parse_args(argv)
-    server = CatalogServer(args.port, args.preview_size, args.count, args.preview_base)
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port {args.port}: a port is 0 to 65535")
+    try:
+        server = CatalogServer(args.port, args.preview_size, args.count, args.preview_base)
+    except OSError as exc:
+        print(
+            f"catalog: cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
+            + (" (another catalog still running? `kill %1` stops one)" if args.port else ""),
+            file=sys.stderr,
+        )
+        sys.exit(1)
     if args.write_previews:
         write_previews(server.state, args.write_previews)
         server.httpd.server_close()
