@@ -699,7 +699,8 @@ class _Handler(BaseHTTPRequestHandler):
             drop_after = int(fault.get("after", length // 2))
         if kind in ("short", "lie_length"):
             drop_after = length
-        throttle = (fault or {}).get("throttle") or self.state.throttle_bps
+        own_throttle = (fault or {}).get("throttle")  # (a fault's own: for this response)
+        throttle = own_throttle or self.state.throttle_bps
         chunk = 64 * 1024 if not throttle else max(1024, min(64 * 1024, throttle // 20))
         sent = 0
         began = time.monotonic()
@@ -727,6 +728,8 @@ class _Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                     self.close_connection = True
                     return
+                if throttle and not own_throttle and self.state.throttle_bps is None:
+                    throttle = None  # lifted (/_admin/throttle): the rest goes at full speed
                 if throttle:
                     ahead = sent / throttle - (time.monotonic() - began)
                     if ahead > 0:
