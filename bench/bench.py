@@ -331,6 +331,8 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
     tools = {
         "halftunes": halftunes,
         "halftunes (durability=crash)": halftunes,
+        # the same without measuring task metrics: what measuring costs (< 1% is the goal)
+        "halftunes (task metrics off)": halftunes,
         # not a download: writing the same bytes durably (an fsync per file), no network
         "floor: write+fsync per file": lambda d: [sys.executable, str(floor), str(d)],
     }
@@ -376,6 +378,7 @@ def s2_batch(servers: Servers, have: dict, n: int = 200) -> None:
             envs = {
                 "halftunes": env,
                 "halftunes (durability=crash)": {**env, **{"HALFTUNES_DURABILITY": "crash"}},
+                "halftunes (task metrics off)": {**env, **{"HALFTUNES_NO_METRICS": "1"}},
             }
             sample = measure(cmd, env=envs.get(name))
             if not check(d):

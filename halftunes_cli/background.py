@@ -204,6 +204,12 @@ class BackgroundDownloadTask(Task):
             return Path(record.path)
         return None
 
+    def metrics_summary(self) -> dict[str, Any] | None:
+        """The worker measured the transfer: its figures are in the record (`metrics`
+        itself, with every transaction, stays in the worker)."""
+        record = self._record()
+        return record.metrics_summary if record is not None else None
+
     # -- lifecycle --------------------------------------------------------------------------
     def resume(self) -> BackgroundDownloadTask:
         """Queue the download for the worker (and start the worker if none runs)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import json
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -149,6 +150,7 @@ class DownloadRecord:
     announced: int = 1
     settings: str | None = None  # JSON: what the queuing command was given (no secrets)
     permanent: int = 0  # failed for good (404, 410, ...): `resume --all` leaves it alone
+    metrics: str | None = None  # JSON: the last transfer's task metrics (curl's figures)
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -164,7 +166,19 @@ class DownloadRecord:
         """The record as `list --json` shows it (the contract keys and a few more)."""
         out = {key: getattr(self, key) for key in PUBLIC_KEYS}
         out["status"] = str(self.status)
+        out["metrics"] = self.metrics_summary
         return out
+
+    @property
+    def metrics_summary(self) -> dict[str, Any] | None:
+        """The last transfer's metrics (None before any ran, or if unreadable)."""
+        if not self.metrics:
+            return None
+        try:
+            value = json.loads(self.metrics)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
 
     @property
     def is_finished_on_disk(self) -> bool:
@@ -218,6 +232,7 @@ class Settlement:
     last_modified: str | None
     error: str | None
     permanent: bool = False
+    metrics: str | None = None  # JSON (the task's metrics summary)
 
 
 RecoverPartial = Callable[[str, int, bool, "int | None"], int]
@@ -581,6 +596,7 @@ class Records:
             request=None,
             etag=e.etag,
             last_modified=e.last_modified,
+            **({"metrics": e.metrics} if e.metrics is not None else {}),
         )
         return DownloadRecord.from_row(self.store.row(conn, e.record_id) or row), True
 

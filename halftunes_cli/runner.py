@@ -9,6 +9,7 @@ a transfer slot goes on to its next file without waiting for the state file.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import queue
 import threading
@@ -234,6 +235,7 @@ class Runner:
         endings = []
         for task in tasks:
             assert task.record_id is not None
+            summary = task.metrics_summary()
             endings.append(
                 Settlement(
                     task.record_id,
@@ -245,6 +247,7 @@ class Runner:
                     task.last_modified,
                     str(task.error) if task.error else "failed",
                     bool(getattr(task.error, "is_permanent", False)),
+                    json.dumps(summary, separators=(",", ":")) if summary else None,
                 )
             )
         settled = self.records.settle_many(endings)

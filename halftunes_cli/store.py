@@ -31,6 +31,10 @@ _MIGRATIONS = {
         "ALTER TABLE downloads ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0",
     )
 }
+# Columns added within a format: an older halftunes of the same format reads records by
+# name and leaves them alone, so they need no new number (`metrics`: JSON, the last
+# transfer's task metrics).
+_ADDED_COLUMNS = {"metrics": "TEXT"}
 
 _SCHEMA = """
 CREATE TABLE downloads (
@@ -56,6 +60,7 @@ CREATE TABLE downloads (
     announced INTEGER NOT NULL DEFAULT 1,
     settings TEXT,
     permanent INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -242,6 +247,8 @@ class Store:
                 raise _NotAStateFile("not a halftunes state file (other columns)")
             if version != SCHEMA_VERSION:
                 self._migrate(conn)
+            if not columns >= _ADDED_COLUMNS.keys():
+                self._add_columns(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
@@ -267,6 +274,22 @@ class Store:
                     conn.execute(statement)
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _add_columns(conn: sqlite3.Connection) -> None:
+        """Add the columns this format gained (once, under the write lock: another process
+        may be adding them too)."""
+        conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(downloads)")}
+            for name, kind in _ADDED_COLUMNS.items():
+                if name not in columns:
+                    conn.execute(f"ALTER TABLE downloads ADD COLUMN {name} {kind}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

@@ -35,6 +35,7 @@ from .errors import (
     internal_error,
     shorten_url,
 )
+from .metrics import TransactionMetrics, now
 
 if TYPE_CHECKING:
     import requests
@@ -44,6 +45,9 @@ log = logging.getLogger(__name__)
 # A library logs; the application decides where to (the CLI's -v, the worker's log file).
 logging.getLogger("halftunes_cli").addHandler(logging.NullHandler())
 _current = threading.local()  # the RequestHandle of the request this thread is sending
+# Task metrics are always measured; this switch exists for the benchmark (make bench S2),
+# which runs the same transfers without them to show what measuring costs.
+_MEASURING = os.environ.get("HALFTUNES_NO_METRICS") != "1"
 
 
 class RequestHandle:
@@ -59,6 +63,36 @@ class RequestHandle:
         self._lock = threading.Lock()
         self._sockets: list[Any] = []
         self.is_aborted = False
+        # The task metrics of this exchange: one transaction per request (a redirect is one).
+        self.transactions: list[TransactionMetrics] = []
+        self.fetch_start: float | None = None
+
+    def opening(self) -> TransactionMetrics:
+        """The transaction a connect or a request belongs to: the open one, or a new one
+        once the last has sent its request (the next hop of a redirect)."""
+        last = self.transactions[-1] if self.transactions else None
+        if last is not None and last.request_start is None:
+            return last
+        at = now()
+        if last is not None and last.response_end is None:
+            last.response_end = at  # (requests read and dropped the redirect's body)
+        fresh = TransactionMetrics(fetch_start=self.fetch_start or at)
+        self.fetch_start = None
+        self.transactions.append(fresh)
+        return fresh
+
+    def end_of_body(self, body_bytes: int, url: str) -> None:
+        """The task has read (or given up on) the last answer's body. (An answer that came
+        through no connection of ours, a file:// or custom protocol handler's, is a
+        transaction of its own, with no network phases.)"""
+        if not _MEASURING:
+            return
+        if not self.transactions:
+            self.transactions.append(TransactionMetrics(url=url, fetch_start=self.fetch_start))
+        last = self.transactions[-1]
+        if last.response_end is None:  # (said again, it keeps the first end)
+            last.response_end = now()
+        last.count_of_response_body_bytes_received = body_bytes
 
     def attach(self, sock: Any) -> None:
         if sock is None:
@@ -97,25 +131,124 @@ def _attach_current(sock: Any) -> None:
         handle.attach(sock)
 
 
+def _opening() -> TransactionMetrics | None:
+    handle = getattr(_current, "handle", None) if _MEASURING else None
+    return handle.opening() if handle is not None else None
+
+
+def _open_now() -> TransactionMetrics | None:
+    handle = getattr(_current, "handle", None) if _MEASURING else None
+    return handle.transactions[-1] if handle is not None and handle.transactions else None
+
+
+_PROTOCOLS = {9: "http/0.9", 10: "http/1.0", 11: "http/1.1"}
+
+
 def _tracked_adapter(**kw: Any) -> Any:
     """A requests adapter whose connections tell the sending thread's RequestHandle their
     socket: when urllib3 makes one (before TLS) and when a pooled one is reused."""
     from requests.adapters import HTTPAdapter
     from urllib3.connection import HTTPConnection, HTTPSConnection
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+    from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+    from urllib3.util.connection import allowed_gai_family
 
     class TrackedHTTPConnection(HTTPConnection):
+        """Tells the RequestHandle its socket, and times each phase into its metrics."""
+
+        _served: Any = None  # the socket that served this connection's last request
+        _ends: tuple[str | None, int | None, str | None, int | None] = (None, None, None, None)
+        _ends_of: Any = None  # the socket `_ends` describes
+
         def _new_conn(self) -> Any:
-            sock = super()._new_conn()
+            metrics = _opening()
+            if metrics is None:
+                sock = super()._new_conn()
+                _attach_current(sock)
+                return sock
+            sock = self._timed_connect(metrics)
             _attach_current(sock)
+            metrics.connect_end = now()
             return sock
 
-        def request(self, *args: Any, **kwargs: Any) -> None:
+        def _timed_connect(self, metrics: TransactionMetrics) -> Any:
+            """Resolve the name (timed on its own), then connect to each address in turn,
+            as urllib3 would after resolving it itself."""
+            host = self._dns_host
+            metrics.domain_lookup_start = now()
+            try:
+                found = socket.getaddrinfo(
+                    host.strip("[]"), self.port, allowed_gai_family(), socket.SOCK_STREAM
+                )
+            except socket.gaierror as exc:
+                metrics.domain_lookup_end = now()
+                raise NameResolutionError(self.host, self, exc) from exc
+            except (OSError, UnicodeError):
+                found = []  # (urllib3 says what is wrong with such a name)
+            metrics.domain_lookup_end = metrics.connect_start = now()
+            addresses = list(dict.fromkeys(str(info[4][0]) for info in found)) or [host]
+            for i, address in enumerate(addresses):
+                self._dns_host = address
+                try:
+                    return super()._new_conn()
+                except (NewConnectionError, ConnectTimeoutError):
+                    if i == len(addresses) - 1:
+                        raise
+                finally:
+                    self._dns_host = host
+            raise AssertionError("the loop returns or raises")
+
+        def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
+            metrics = _opening()
+            if metrics is not None:
+                if self.sock is None:
+                    self.connect()  # (http.client would, inside the request: timed apart)
+                metrics.is_reused_connection = self._served is not None and (
+                    self._served is self.sock
+                )
+                if self._ends_of is not self.sock:
+                    self._ends, self._ends_of = _socket_ends(self.sock), self.sock
+                address, port, local, local_port = self._ends
+                metrics.remote_address, metrics.remote_port = address, port
+                metrics.local_address, metrics.local_port = local, local_port
+                metrics.is_proxy_connection = bool(self.proxy)
+                metrics.url = url if "://" in url else f"{self._origin()}{url}"
+                metrics.request_start = now()
             _attach_current(self.sock)
-            super().request(*args, **kwargs)
+            super().request(method, url, *args, **kwargs)
+            self._served = self.sock
+            if metrics is not None:
+                metrics.request_end = now()
+
+        def getresponse(self) -> Any:
+            response = super().getresponse()
+            metrics = _open_now()
+            if metrics is not None:
+                metrics.response_start = now()
+                metrics.status_code = response.status
+                metrics.network_protocol_name = _PROTOCOLS.get(response.version)
+            return response
+
+        def _origin(self) -> str:
+            scheme = "https" if isinstance(self, HTTPSConnection) else "http"
+            default = 443 if scheme == "https" else 80
+            port = "" if self.port in (None, default) else f":{self.port}"
+            return f"{scheme}://{self.host}{port}"
 
     class TrackedHTTPSConnection(TrackedHTTPConnection, HTTPSConnection):
         """(MRO: the tracking above, then HTTPS, then plain HTTP)"""
+
+        def connect(self) -> None:
+            super().connect()  # the TCP connect (ours, above), then the TLS handshake
+            metrics = _open_now()
+            if metrics is not None and metrics.connect_end is not None:
+                metrics.secure_connection_start = metrics.connect_end
+                metrics.secure_connection_end = metrics.connect_end = now()
+                version = getattr(self.sock, "version", None)
+                cipher = getattr(self.sock, "cipher", None)
+                metrics.tls_protocol_version = version() if callable(version) else None
+                suite = cipher() if callable(cipher) else None
+                metrics.tls_cipher_suite = suite[0] if suite else None
 
     class TrackedHTTPPool(HTTPConnectionPool):
         ConnectionCls = TrackedHTTPConnection
@@ -132,6 +265,17 @@ def _tracked_adapter(**kw: Any) -> Any:
             }
 
     return TrackedAdapter(**kw)
+
+
+def _socket_ends(sock: Any) -> tuple[str | None, int | None, str | None, int | None]:
+    """(remote address, remote port, local address, local port) of a connected socket."""
+    try:
+        remote, local = sock.getpeername(), sock.getsockname()
+    except (OSError, AttributeError):
+        return None, None, None, None
+    if not isinstance(remote, tuple) or not isinstance(local, tuple):
+        return None, None, None, None  # (a Unix socket)
+    return str(remote[0]), int(remote[1]), str(local[0]), int(local[1])
 
 
 def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> requests.Session:
@@ -216,6 +360,8 @@ class HttpClient:
         log.debug("> %s %s %s", method, url, dict(headers or {}))
         session = self.session
         extra = self._explicit_environment(url, auth) if self.environment is not None else {}
+        if handle is not None:
+            handle.fetch_start = now()
         _current.handle = handle
         try:
             response = session.request(

@@ -48,6 +48,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.config",),
     ("halftunes_cli.naming",),
     ("halftunes_cli.headers",),
+    ("halftunes_cli.metrics",),
     ("halftunes_cli.errors", "halftunes_cli._version"),
 ]
 # The offline catalog plays the other side of the wire: it shares no code with the client.

@@ -60,6 +60,9 @@ def test_a_mixed_job_and_a_rerun_that_sends_nothing(env, tmp_path):
             sha256_file(m["path"]) == m["sha256"] and m["bytes"] == Path(m["path"]).stat().st_size
         )
         assert m["artist"] == "Jack Johnson" and m["kind"] == "song"
+        # the transfer's metrics: its time to first byte, and its speed
+        assert 0 < m["time_to_first_byte"] < 30 and m["bytes_per_second"] > 0
+    assert items["999"]["time_to_first_byte"] is None  # (nothing was fetched)
     assert items["999"]["error"] == "no track with id 999"
     assert "is an album" in items[str(ALBUM)]["error"]
     assert items["1000005"]["status"] == "failed" and items["1000005"]["http_status"] == 404

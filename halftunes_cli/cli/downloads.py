@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..errors import UsageError
+
 if TYPE_CHECKING:
+    from ..records import DownloadRecord
+    from ..render.writeout import WriteOut
+    from ..runner import Outcome
     from ..service import BatchResult, DownloadService
 
 from .. import render
@@ -24,6 +30,7 @@ from .common import (
     configuration,
     exit_with,
     expand_ids,
+    fail,
     progress_for,
 )
 
@@ -35,9 +42,15 @@ def _report(
     json_out: bool,
     given: int,
     elapsed: float,
+    write_out: WriteOut | None = None,
 ) -> None:
     pairs = service.outcome_records(result)
-    if json_out:
+    if write_out is not None:
+        for outcome, record in pairs:
+            print(write_out.render(_write_out_variables(outcome, record)), end="")
+        for item, error in result.failures:
+            print(write_out.render(_write_out_variables(None, None, item, error.message)), end="")
+    elif json_out:
         errors = [
             {"id": item, "status": "error", "error": error.message}
             for item, error in result.failures
@@ -53,6 +66,35 @@ def _report(
         state.console.info(render.summary(given, [o.status for o in result.outcomes], elapsed))
 
 
+def _write_out_variables(
+    outcome: Outcome | None,
+    record: DownloadRecord | None,
+    item: str = "",
+    error: str = "",
+) -> dict[str, Any]:
+    """What -w shows of one id: the metrics of its transfer in this command (zeros when none
+    ran: already downloaded, refused, bad input), its id, how it ended, and why it failed."""
+    from ..metrics import TaskMetrics
+
+    values = TaskMetrics(0.0, 0.0).summary()
+    values.update(id=item, status="error", errormsg=error)
+    if outcome is not None and record is not None:
+        ran = outcome.status in ("completed", "paused", "failed")
+        values.update(record.metrics_summary or {} if ran else {})
+        values.update(
+            id=record.id,
+            status=str(outcome.status),
+            errormsg=(str(outcome.error) if outcome.error else record.error or "")
+            if outcome.status == "failed"
+            else "",
+        )
+        values["url_effective"] = values["url_effective"] or record.url
+        if outcome.status in ("completed", "skipped"):
+            values["filename_effective"] = record.path
+    values["response_code"] = values["http_code"]
+    return values
+
+
 def _run(
     ctx: typer.Context,
     action: str,
@@ -60,6 +102,7 @@ def _run(
     json_out: bool,
     background: bool,
     progress_mode: str,
+    write_out: WriteOut | None = None,
     **kw: Any,
 ) -> None:
     state = app_state(ctx)
@@ -85,7 +128,7 @@ def _run(
                 )
             progress.close()
             given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)
-            _report(state, service, result, json_out, given, time.monotonic() - began)
+            _report(state, service, result, json_out, given, time.monotonic() - began, write_out)
             return result
         finally:
             progress.close()
@@ -125,6 +168,17 @@ def download(
     force: Annotated[bool, typer.Option("--force", help="Download again even if done.")] = False,
     json_out: JsonOption = False,
     progress: ProgressOption = "auto",
+    write_out: Annotated[
+        str | None,
+        typer.Option(
+            "-w",
+            "--write-out",
+            metavar="FORMAT",
+            help="When the downloads end, print this per id, with curl's variables: "
+            "%{time_starttransfer} %{time_total} %{speed_download} %{remote_ip} "
+            "%{http_version} %{num_connects} %{json} ...; @FILE reads it from FILE.",
+        ),
+    ] = None,
 ) -> None:
     """Download song previews (by trackId) or URLs, resumably.
 
@@ -137,7 +191,9 @@ def download(
       halftunes download 1000001 1000002 -o '{artist}/{title}.{ext}'
       halftunes search jack johnson --json |
         jq '.[].trackId' | halftunes download -
+      halftunes download 1000001 -w '%{time_starttransfer} %{speed_download}\\n'
     """
+    template = _write_out(ctx, write_out, json_out, background)
     _run(
         ctx,
         "download",
@@ -145,6 +201,7 @@ def download(
         json_out,
         background,
         progress,
+        template,
         force=force,
         output_dir=output_dir,
         output=output,
@@ -169,3 +226,36 @@ def resume(
       halftunes resume --all -b
     """
     _run(ctx, "resume", expand_ids(ids), json_out, background, progress, all_=all_)
+
+
+def _write_out(
+    ctx: typer.Context, value: str | None, json_out: bool, background: bool
+) -> WriteOut | None:
+    """The -w template, checked before anything is downloaded (bad: exit 2)."""
+    if value is None:
+        return None
+    from ..render.writeout import WriteOut
+
+    try:
+        if background:
+            raise UsageError(
+                "--write-out shows transfers this command runs, not the background worker's",
+                "`halftunes list --json` shows each download's metrics",
+            )
+        if json_out:
+            raise UsageError(
+                "--write-out and --json both print on standard output: choose one",
+                "the --json records carry a metrics object",
+            )
+        if value.startswith("@"):
+            try:
+                value = Path(value[1:]).expanduser().read_text(encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(
+                    f"cannot read the --write-out template {value[1:]}: {exc.strerror}"
+                ) from None
+            except UnicodeDecodeError:
+                raise UsageError(f"the --write-out template {value[1:]} is not UTF-8") from None
+        return WriteOut(value)
+    except UsageError as exc:
+        fail(app_state(ctx), exc)

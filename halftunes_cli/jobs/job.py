@@ -290,10 +290,16 @@ class Job:
             "artist": entry.artist,
             "album": entry.album,
             "kind": entry.kind,
+            "time_to_first_byte": None,  # seconds from the transfer's start (its metrics)
+            "bytes_per_second": None,
         }
         if record is None:
             return out
         out["path"] = record.path
+        metrics = record.metrics_summary
+        if metrics is not None:
+            out["time_to_first_byte"] = metrics.get("time_starttransfer")
+            out["bytes_per_second"] = metrics.get("speed_download")
         if record.status is RecordStatus.COMPLETED and Path(record.path).exists():
             out.update(
                 status="completed",

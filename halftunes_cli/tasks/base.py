@@ -20,6 +20,7 @@ from ..errors import (
     disk_error,
     internal_error,
 )
+from ..metrics import TaskMetrics, now
 from ..retry import RETRYABLE_STATUSES, RetryLoop, RetryPolicy, parse_retry_after
 from ..transport import HttpClient, RequestHandle, abort
 
@@ -91,6 +92,11 @@ class Task:
         self.callback_error: BaseException | None = None
         self.has_reached_host = False  # an answer came from the server in this task
         self.record_id: str | None = None  # the download record it runs for, if any
+        # URLSessionTaskMetrics: every exchange's transactions, gathered when the task ends
+        self.metrics: TaskMetrics | None = None
+        self.retries = 0
+        self._started_at: float | None = None
+        self._exchanges: list[RequestHandle] = []
 
     # -- what progress shows of it -----------------------------------------------------------
     @property
@@ -125,6 +131,7 @@ class Task:
     def resume(self) -> Task:
         """Start the task (NSURLSessionTask.resume). A finished task cannot be resumed."""
         self._move(TaskState.RUNNING)
+        self._started_at = now()
         self._thread = threading.Thread(
             target=self._main, name=f"task-{self.task_identifier}", daemon=True
         )
@@ -144,6 +151,7 @@ class Task:
     def run_to_end(self) -> Task:
         """Run on the calling thread; callback errors stay in `callback_error` (a runner)."""
         self._move(TaskState.RUNNING)
+        self._started_at = now()
         self._main()
         return self
 
@@ -203,6 +211,7 @@ class Task:
         """One exchange through the session's client, stoppable by request_stop."""
         self._check_stop()
         self._request = RequestHandle()
+        self._exchanges.append(self._request)
         if self._stop.is_set():
             self._request.abort()
         return self.session.http.send(method, self.url, headers, handle=self._request, **kw)
@@ -219,9 +228,25 @@ class Task:
             self.session.retry_policy,
             what=what or self.url,
             stop=self._stop,
-            on_retry=lambda wait, reason: self._tell("on_retry", wait, reason),
+            on_retry=self._on_retry,
             has_reached_host=lambda: self.has_reached_host,
         )
+
+    def _on_retry(self, wait: float, reason: str) -> None:
+        self.retries += 1
+        self._tell("on_retry", wait, reason)
+
+    def _end_of_body(self, body_bytes: int) -> None:
+        """The last answer's body has been read (or abandoned): its transaction ends."""
+        self._request.end_of_body(body_bytes, self.url)
+
+    def metrics_summary(self) -> dict[str, Any] | None:
+        """The task's metrics as curl's --write-out names them (None before it ended)."""
+        if self.metrics is None:
+            return None
+        response = self.response
+        url = getattr(response, "url", None) or self.url
+        return self.metrics.summary(str(url), self.saved_to or "")
 
     def _send(
         self,
@@ -317,6 +342,14 @@ class Task:
         self._complete()
 
     def _complete(self) -> None:
+        # (Apple's order: the metrics first, then the completion)
+        self.metrics = TaskMetrics(
+            self._started_at or now(),
+            now(),
+            [t for exchange in self._exchanges for t in exchange.transactions],
+            self.retries,
+        )
+        self._tell("did_finish_collecting_metrics", self.metrics)
         self._tell("on_complete", self.error)
         if self.completion is not None:
             try:

@@ -28,15 +28,18 @@ class DataTask(Task):
         response = self._send("GET", retry_statuses=self.retry_statuses)
         self.response = response
         body = bytearray()
-        with response:
-            for chunk in iter_body(response, 64 * 1024, self.url):
-                self._check_stop()
-                body += chunk
-                if len(body) > self.max_bytes:
-                    raise TransferError(
-                        f"response from {self.url} is larger than "
-                        f"{self.max_bytes} bytes; refusing to buffer it"
-                    )
+        try:
+            with response:
+                for chunk in iter_body(response, 64 * 1024, self.url):
+                    self._check_stop()
+                    body += chunk
+                    if len(body) > self.max_bytes:
+                        raise TransferError(
+                            f"response from {self.url} is larger than "
+                            f"{self.max_bytes} bytes; refusing to buffer it"
+                        )
+        finally:
+            self._end_of_body(len(body))
         self.data = bytes(body)
         self._tell("on_data_received", self.data)
         self._move(TaskState.COMPLETED)

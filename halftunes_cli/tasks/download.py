@@ -121,6 +121,7 @@ class DownloadTask(Task):
         self.etag: str | None = None
         self.last_modified: str | None = None
         self.bytes_fetched = 0  # bytes that crossed the network in this task
+        self._fetched_before = 0  # ... before the answer being read
         self.notes: list[str] = []  # things the user should hear (restarts)
         self.location: Path | None = None
         self.title: str | None = None
@@ -269,8 +270,12 @@ class DownloadTask(Task):
         self.response = response
         self._live_response = response
         self.has_reached_host = True
-        with response:
-            return self._answer(response, offset, "Range" in headers)
+        self._fetched_before = self.bytes_fetched
+        try:
+            with response:
+                return self._answer(response, offset, "Range" in headers)
+        finally:
+            self._end_of_body(self.bytes_fetched - self._fetched_before)  # (no body read)
 
     def _answer(self, response: Any, offset: int, ranged: bool) -> _Result:
         """Act on the status and headers of an answer (the decisions of `ranges`)."""
@@ -470,6 +475,7 @@ class DownloadTask(Task):
                 self._committed = False  # (more bytes than announced: it is no whole body)
             raise
         finally:
+            self._end_of_body(self.bytes_fetched - self._fetched_before)  # (before the end)
             # At a clean end the task's settlement records the length; only a stop or an
             # error needs the journal written here. A failed fsync fails the task.
             try:

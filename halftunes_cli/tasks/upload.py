@@ -83,11 +83,14 @@ class UploadTask(Task):
         response = self._send(self.method, headers, data_factory=body)
         self.response = response
         answer = bytearray()  # the server's answer, bounded as a data task's is
-        with response:
-            for chunk in iter_body(response, 64 * 1024, self.url):
-                answer += chunk[: REPLY_MAX_BYTES - len(answer)]
-                if len(answer) >= REPLY_MAX_BYTES:
-                    break  # (closing drops the rest with the connection)
+        try:
+            with response:
+                for chunk in iter_body(response, 64 * 1024, self.url):
+                    answer += chunk[: REPLY_MAX_BYTES - len(answer)]
+                    if len(answer) >= REPLY_MAX_BYTES:
+                        break  # (closing drops the rest with the connection)
+        finally:
+            self._end_of_body(len(answer))
         self.data = bytes(answer)
         if response.status_code >= 400:
             raise HTTPStatusError(response.status_code, self.url)
