@@ -3,25 +3,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
 import os
+import select
+import stat
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from .config import transfer_settings
-from .errors import HalftunesError, StateError, TransferError, UnknownIdError
+from .errors import HalftunesError, StateError, TransferError, UnknownIdError, UsageError
 from .liveness import WORKER_LOCK
 from .records import (
+    ACTIVE,
     ENDING_STATUS,
     DownloadRecord,
     Records,
     RecordStatus,
+    Schedule,
     StopRequest,
 )
 from .targets import Target, check_download_dir, url_record_id, url_target
@@ -29,6 +35,7 @@ from .tasks import ResumeData, Task, TaskState
 from .tasks.base import TaskHost
 
 WORKER_PID = "worker.pid"
+WORKER_WAKE = "worker.wake"  # a FIFO: a byte written to it wakes an idle worker at once
 WORKER_LOG = "worker.log"
 LOG_MAX_BYTES = 1 << 20
 POLL_SECONDS = 0.1
@@ -64,6 +71,63 @@ def ensure_worker(state_dir: Path) -> bool:
         ) from exc
 
 
+def wake_worker(state_dir: Path) -> None:
+    """Tell a running worker to look at its queue now (it may be asleep until a start date).
+    Best effort: without a worker reading the FIFO, nothing happens."""
+    try:
+        fd = os.open(state_dir / WORKER_WAKE, os.O_WRONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return  # no FIFO, or nobody reads it (ENXIO)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):  # (never write into someone's plain file)
+            os.write(fd, b"\0")
+    except OSError:
+        pass  # full (already woken many times) or gone
+    finally:
+        os.close(fd)
+
+
+class WakeChannel:
+    """The worker's end of the wake FIFO: `wait(timeout)` returns when woken or at the
+    timeout. Without a FIFO (a file system that has none) it is a plain sleep."""
+
+    def __init__(self, state_dir: Path):
+        self.fd: int | None = None
+        path = state_dir / WORKER_WAKE
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkfifo(path, 0o600)
+            # read and write: the FIFO never reads as closed, whoever comes and goes
+            fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_NOFOLLOW)
+        except OSError:
+            return
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            self.fd = fd
+        else:
+            os.close(fd)
+
+    def wait(self, timeout: float) -> None:
+        if self.fd is None:
+            time.sleep(timeout)
+            return
+        readable, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if readable:
+            with contextlib.suppress(OSError):
+                while os.read(self.fd, 4096):
+                    pass
+
+    def wake(self) -> None:
+        """From within the worker (a signal handler): end the current wait."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.fd, b"\0")
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
 def _start_worker(state_dir: Path) -> bool:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     nofollow = os.O_NOFOLLOW  # (a symlink here is nothing we made: never write through it)
@@ -72,6 +136,7 @@ def _start_worker(state_dir: Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
+        wake_worker(state_dir)  # it runs: new work (or a new date) for it to look at
         return False
     try:
         log_path = state_dir / WORKER_LOG
@@ -109,6 +174,7 @@ def _start_worker(state_dir: Path) -> bool:
 _TASK_STATE = {
     **{status: TaskState(ending.value) for ending, status in ENDING_STATUS.items() if status},
     RecordStatus.QUEUED: TaskState.RUNNING,
+    RecordStatus.WAITING: TaskState.RUNNING,
     RecordStatus.RUNNING: TaskState.RUNNING,
 }
 
@@ -234,11 +300,21 @@ class BackgroundDownloadTask(Task):
                 download_dir=folder,
                 session_kind="background",
                 settings=transfer_settings(cfg),
+                schedule=self._schedule(),
             )
         self.records.tag_session(self.id, cfg.identifier)
         self._started = True
         ensure_worker(Path(cfg.state_dir))
         return self
+
+    def _schedule(self) -> Schedule:
+        when = self.earliest_begin_date
+        if isinstance(when, datetime):
+            when = (when if when.tzinfo else when.astimezone()).timestamp()
+        priority = float(self.priority)
+        if not 0.0 <= priority <= 1.0:
+            raise UsageError(f"a task's priority is 0.0-1.0, not {priority}")
+        return Schedule(float(when) if when is not None else None, priority)
 
     def run(self) -> BackgroundDownloadTask:
         self.resume()
@@ -254,7 +330,7 @@ class BackgroundDownloadTask(Task):
         while True:
             self.records.reconcile_dead_owners()
             record = self._record()
-            if record is None or record.status not in (RecordStatus.QUEUED, RecordStatus.RUNNING):
+            if record is None or record.status not in ACTIVE:
                 self._report()
                 return True
             if deadline is not None and time.monotonic() > deadline:

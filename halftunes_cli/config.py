@@ -58,6 +58,8 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "headers": ((dict,), "a table of strings"),
     "api_url": ((str,), "an http(s) URL"),
     "durability": ((str,), "power-cut or crash"),
+    "waits_for_connectivity": ((bool,), "true or false"),
+    "connectivity_probe_seconds": ((int, float), "a number of seconds from 0.1 to 3600"),
 }
 DURABILITY = ("power-cut", "crash")
 TIMEOUT_LIMITS = {"request_timeout": 86_400.0, "resource_timeout": 315_360_000.0}
@@ -132,6 +134,11 @@ class SessionConfiguration:
     # neither a crash nor a power cut can cost a byte or show a corrupt file; crash: nothing
     # is fsynced (a killed process loses nothing, a power cut may cost the partial).
     durability: str = "power-cut"
+    # waitsForConnectivity: a task that cannot reach its host waits (status `waiting`) and
+    # probes again, at most `connectivity_probe_seconds` apart, until the resource timeout,
+    # instead of failing. The background session's default is True, the others' False.
+    waits_for_connectivity: bool = False
+    connectivity_probe_seconds: float = 30.0
     protocol_classes: dict[str, Any] = field(default_factory=dict)
     # Mode of downloaded files; None: the process's umask decides (a background transfer
     # carries the umask of the command that queued it, since the worker's is 077).
@@ -264,6 +271,8 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
         bad = urlsplit(value).scheme not in ("http", "https")
     elif key == "durability":
         bad = value not in DURABILITY
+    elif key == "connectivity_probe_seconds":
+        bad = not 0.1 <= value <= 3600
     if bad:
         raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
     return value
@@ -360,6 +369,7 @@ def load_configuration(
             break
 
     kind = values.pop("session", "default")
+    values.setdefault("waits_for_connectivity", kind == "background")
     for key in ("download_dir", "state_dir"):
         if key in values:  # absolute from the start: the worker runs in another directory
             values[key] = Path(os.path.abspath(Path(values[key]).expanduser()))
@@ -389,6 +399,8 @@ TRANSFER_KEYS = (
     "retries",
     "allow_insecure_http",
     "durability",
+    "waits_for_connectivity",
+    "connectivity_probe_seconds",
 )
 TRANSFER_ENVIRONMENT = (
     "REQUESTS_CA_BUNDLE",

@@ -90,8 +90,11 @@ class TransferError(HalftunesError):
     # 403 that is no rate limit, an unknown host), `is_unreachable` (refused, unknown host:
     # worth one more attempt at most, unless the host answered before), `is_retryable`
     # (False: never tried again in this command, e.g. a failed TLS verification).
+    # `is_offline`: no connection could be made at all (refused, unknown host, no route, the
+    # network down, the connect timed out): what a task that waits for connectivity waits on.
     is_permanent = False
     is_unreachable = False
+    is_offline = False
     is_retryable = True
 
 

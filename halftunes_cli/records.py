@@ -37,6 +37,9 @@ from .targets import Target
 
 class RecordStatus(enum.StrEnum):
     QUEUED = "queued"  # waiting for the background worker
+    # waiting: with no owner, queued for the worker, not to start before its date (`--at`);
+    # with an owner, its transfer waits for connectivity (and probes) in that process
+    WAITING = "waiting"
     RUNNING = "running"  # an owner process is transferring it
     PAUSED = "paused"  # stopped with a checkpoint; `resume` continues it
     COMPLETED = "completed"  # the file is under its final name
@@ -89,15 +92,35 @@ ENDING_STATUS: dict[Ending, RecordStatus | None] = {
 }
 # Allowed moves; `None` is "no record yet". Deleting a record (cancel, clean) is always allowed.
 TRANSITIONS: dict[RecordStatus | None, frozenset[RecordStatus]] = {
-    None: frozenset({S.QUEUED, S.RUNNING}),
-    S.QUEUED: frozenset({S.QUEUED, S.RUNNING, S.PAUSED}),
+    None: frozenset({S.QUEUED, S.WAITING, S.RUNNING}),
+    S.QUEUED: frozenset({S.QUEUED, S.WAITING, S.RUNNING, S.PAUSED}),
+    S.WAITING: frozenset({S.QUEUED, S.WAITING, S.RUNNING, S.PAUSED, S.FAILED, S.COMPLETED}),
     # running -> queued/running: taking over a record whose owner died unnoticed
-    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.FAILED, S.QUEUED, S.RUNNING}),
-    S.PAUSED: frozenset({S.QUEUED, S.RUNNING, S.PAUSED}),
-    S.FAILED: frozenset({S.QUEUED, S.RUNNING}),
-    S.COMPLETED: frozenset({S.QUEUED, S.RUNNING}),
+    S.RUNNING: frozenset({S.PAUSED, S.COMPLETED, S.FAILED, S.QUEUED, S.WAITING, S.RUNNING}),
+    S.PAUSED: frozenset({S.QUEUED, S.WAITING, S.RUNNING, S.PAUSED}),
+    S.FAILED: frozenset({S.QUEUED, S.WAITING, S.RUNNING}),
+    S.COMPLETED: frozenset({S.QUEUED, S.WAITING, S.RUNNING}),
 }
-UNFINISHED = (S.QUEUED, S.RUNNING, S.PAUSED, S.FAILED)
+UNFINISHED = (S.QUEUED, S.WAITING, S.RUNNING, S.PAUSED, S.FAILED)
+ACTIVE = (S.QUEUED, S.WAITING, S.RUNNING)  # not ended: `wait` waits for these
+TO_START = (S.QUEUED, S.WAITING)  # handed to the worker, not started yet
+OWNED = (S.RUNNING, S.WAITING)  # with an owner: a transfer in a live process's hands
+DEFAULT_PRIORITY = 0.5  # Apple's NSURLSessionTaskPriorityDefault (low 0.25, high 0.75)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When and in which order the worker starts a queued download: not before `not_before`
+    (seconds since the epoch; None: at once), higher `priority` (0.0-1.0) first."""
+
+    not_before: float | None = None
+    priority: float | None = None
+
+    def status(self, now: float | None = None) -> RecordStatus:
+        """A queued record's status: waiting while its date is ahead, else queued."""
+        ahead = self.not_before is not None and self.not_before > (now or time.time())
+        return S.WAITING if ahead else S.QUEUED
+
 
 PUBLIC_KEYS = (
     "id",
@@ -151,6 +174,8 @@ class DownloadRecord:
     settings: str | None = None  # JSON: what the queuing command was given (no secrets)
     permanent: int = 0  # failed for good (404, 410, ...): `resume --all` leaves it alone
     metrics: str | None = None  # JSON: the last transfer's task metrics (curl's figures)
+    not_before: float | None = None  # the worker starts it no earlier (`--at`)
+    priority: float | None = None  # the worker starts higher ones first (None: 0.5)
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -167,6 +192,8 @@ class DownloadRecord:
         out = {key: getattr(self, key) for key in PUBLIC_KEYS}
         out["status"] = str(self.status)
         out["metrics"] = self.metrics_summary
+        out["earliest_begin_date"] = self.not_before
+        out["priority"] = self.priority if self.priority is not None else DEFAULT_PRIORITY
         return out
 
     @property
@@ -179,6 +206,11 @@ class DownloadRecord:
         except ValueError:
             return None
         return value if isinstance(value, dict) else None
+
+    @property
+    def is_for_worker(self) -> bool:
+        """Handed to the worker and not started yet (queued, or waiting for its date)."""
+        return self.status in TO_START and self.owner is None
 
     @property
     def is_finished_on_disk(self) -> bool:
@@ -300,7 +332,7 @@ class Records:
 
     def _is_busy(self, row: Row) -> AlreadyRunningError | None:
         """The error to give when someone else is transferring this record right now."""
-        if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
+        if _in_hand(row) and self.is_owner_alive(row["owner"]):
             return self.busy_error(DownloadRecord.from_row(row))
         return None
 
@@ -336,11 +368,13 @@ class Records:
         download_dir: Path,
         session_kind: str,
         settings: str | None = None,
+        schedule: Schedule | None = None,
     ) -> list[Claim]:
         """Create or take the records for `items` in one transaction.
 
         `owner` None with `queue` hands them to the background worker, with the `settings`
-        (JSON) that the worker is to use for them."""
+        (JSON) that the worker is to use for them, and their `schedule` (a record queued
+        again keeps its own unless one is given)."""
         listing = _DirListing()
         out: list[Claim] = []
         with self.store.transaction() as conn:
@@ -358,6 +392,7 @@ class Records:
                             session_kind,
                             listing,
                             settings,
+                            schedule,
                         )
                     )
                     continue
@@ -375,6 +410,7 @@ class Records:
                         target,
                         download_dir,
                         listing,
+                        schedule,
                     )
                 )
         return out
@@ -407,13 +443,15 @@ class Records:
         session_kind: str,
         listing: _DirListing,
         settings: str | None,
+        schedule: Schedule | None = None,
     ) -> Claim:
         path = self._choose_path(conn, target, download_dir, listing)
         if is_partial_busy(str(path) + ".part"):  # written by a process no record names
             return Claim(
                 target.id, ClaimOutcome.REFUSED, None, PartialBusy(Path(str(path) + ".part"))
             )
-        status = S.QUEUED if queue else S.RUNNING
+        schedule = schedule if queue and schedule is not None else Schedule()
+        status = schedule.status() if queue else S.RUNNING
         self._write(
             conn,
             None,
@@ -429,6 +467,8 @@ class Records:
             announced=0 if queue else 1,
             boot_id=self._boot,
             settings=settings,
+            not_before=schedule.not_before,
+            priority=schedule.priority,
         )
         record = DownloadRecord.from_row(self.store.row(conn, target.id) or {})
         return Claim(target.id, ClaimOutcome.QUEUED if queue else ClaimOutcome.CLAIMED, record)
@@ -445,6 +485,7 @@ class Records:
         target: Target | None,
         download_dir: Path,
         listing: _DirListing,
+        schedule: Schedule | None = None,
     ) -> Claim:
         rid = row["id"]
         busy = self._is_busy(row)
@@ -463,8 +504,19 @@ class Records:
                     f"run `halftunes wait {rid}` to wait for it",
                 ),
             )
-        if row["status"] == S.QUEUED and queue:
-            return Claim(rid, ClaimOutcome.QUEUED, DownloadRecord.from_row(row))
+        if row["status"] in TO_START and queue:
+            if schedule is not None:  # queued again with a new date or priority
+                self._write(
+                    conn,
+                    row,
+                    rid,
+                    status=schedule.status(),
+                    not_before=schedule.not_before,
+                    priority=schedule.priority,
+                )
+            return Claim(
+                rid, ClaimOutcome.QUEUED, DownloadRecord.from_row(self.store.row(conn, rid) or row)
+            )
         done = row["status"] == S.COMPLETED
         if done and Path(row["path"]).exists() and not force:
             claim = Claim(rid, ClaimOutcome.SKIPPED, DownloadRecord.from_row(row))
@@ -476,9 +528,15 @@ class Records:
             if wanted and str(row["path"]).casefold() not in {str(w).casefold() for w in wanted}:
                 claim.elsewhere = wanted[0]
             return claim
-        status = S.QUEUED if queue else S.RUNNING
+        if not queue:  # here and now: no date
+            schedule = Schedule(None, row["priority"])
+        elif schedule is None:  # queued again: its own date and priority
+            schedule = Schedule(row["not_before"], row["priority"])
+        status = schedule.status() if queue else S.RUNNING
         values: dict[str, Any] = {
             "status": status,
+            "not_before": schedule.not_before,
+            "priority": schedule.priority,
             "owner": owner,
             "request": None,
             "permanent": 0,
@@ -502,7 +560,7 @@ class Records:
                     part_path=str(path) + ".part",
                     title=target.title,
                 )
-        elif row["status"] == S.RUNNING:
+        elif _in_hand(row):
             # Its owner died before anyone noticed: keep only what may be trusted.
             values["bytes_received"] = self._recover_partial(row)
         self._write(conn, row, rid, **values)
@@ -510,10 +568,11 @@ class Records:
         return Claim(rid, ClaimOutcome.QUEUED if queue else ClaimOutcome.CLAIMED, record)
 
     def claim_queued(self, owner: str, limit: int) -> list[DownloadRecord]:
-        """The worker takes up to `limit` queued records, oldest first."""
+        """The worker takes up to `limit` queued records whose date has come, the highest
+        priority first, then the oldest."""
         claimed = []
         with self.store.transaction() as conn:
-            for row in self.store.with_status(conn, (S.QUEUED,), limit):
+            for row in self.store.due(conn, time.time(), limit):
                 self._write(
                     conn,
                     row,
@@ -531,10 +590,23 @@ class Records:
         """Call `leave` (the worker dropping its lock) only while no record is queued, inside
         the write transaction: a client that queues after this sees the lock free."""
         with self.store.transaction() as conn:
-            if self.store.count_status(conn, S.QUEUED) == 0:
+            if self.store.count_to_start(conn) == 0:
                 leave()
                 return True
         return False
+
+    def set_waiting(self, record_id: str, owner: str, waiting: bool) -> None:
+        """Its owner's transfer waits for connectivity (or no longer): `waiting` or
+        `running`, while the record is still that owner's."""
+        with self.store.transaction() as conn:
+            row = self.store.row(conn, record_id)
+            if row is None or row["owner"] != owner or row["status"] not in OWNED:
+                return
+            self._write(conn, row, record_id, status=S.WAITING if waiting else S.RUNNING)
+
+    def next_begin_date(self) -> float | None:
+        """The earliest date a waiting record may start at (None: none waits)."""
+        return self.store.earliest_date()
 
     def checkpoint(
         self,
@@ -614,13 +686,13 @@ class Records:
                 raise unknown_download(record_id)
             if seen is not None and seen is not S.COMPLETED and row["status"] == S.COMPLETED:
                 return StopResult(record_id, StopAction.FINISHED, DownloadRecord.from_row(row))
-            if row["status"] == S.RUNNING and self.is_owner_alive(row["owner"]):
+            if _in_hand(row) and self.is_owner_alive(row["owner"]):
                 self._write(conn, row, record_id, request=str(request))
                 return StopResult(record_id, StopAction.WAITING, DownloadRecord.from_row(row))
             if request is StopRequest.CANCEL:
                 self._forget(conn, row)
                 return StopResult(record_id, StopAction.FORGOTTEN, DownloadRecord.from_row(row))
-            if row["status"] in (S.QUEUED, S.RUNNING):
+            if row["status"] in ACTIVE:
                 self._write(conn, row, record_id, status=S.PAUSED, owner=None, request=None)
                 record = DownloadRecord.from_row(self.store.row(conn, record_id) or row)
                 return StopResult(record_id, StopAction.PAUSED, record)
@@ -648,7 +720,7 @@ class Records:
         deadline = time.monotonic() + timeout_seconds
         while True:
             record = self.get(record_id)
-            if record is None or record.status is not S.RUNNING:
+            if record is None or not (record.status in OWNED and record.owner):
                 return record
             if not self.is_owner_alive(record.owner):
                 self.reconcile_dead_owners()
@@ -693,8 +765,8 @@ class Records:
             return []
         fixed = []
         with self.store.transaction() as conn:
-            for row in self.store.with_status(conn, (S.RUNNING,)):
-                if row["owner"] not in dead:
+            for row in self.store.with_status(conn, OWNED):
+                if not _in_hand(row) or row["owner"] not in dead:
                     continue
                 if row["request"] == StopRequest.CANCEL:
                     self._forget(conn, row)
@@ -732,6 +804,11 @@ class Records:
             return checkpoint
         same_boot = self._boot is not None and row.get("boot_id") == self._boot
         return self.recover_partial(row["part_path"], checkpoint, same_boot, row["bytes_total"])
+
+
+def _in_hand(row: Row) -> bool:
+    """Running, or waiting for connectivity, in its owner's process."""
+    return row["status"] in OWNED and row["owner"] is not None
 
 
 class _DirListing:

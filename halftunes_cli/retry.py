@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .errors import HTTPStatusError
+from .errors import HTTPStatusError, TransferError
 from .headers import parse_retry_after
 
 __all__ = [
@@ -131,16 +131,31 @@ class RetryLoop:
         on_retry: Callable[[float, str], object] | None = None,
         has_reached_host: Callable[[], bool] = lambda: True,
         sleep: Callable[[float], object] | None = None,
+        waits_for_connectivity: bool = False,
+        probe_max_seconds: float = 30.0,
+        on_waiting: Callable[[bool], object] | None = None,
+        deadline: float | None = None,
     ):
         """`what` names what is retried in the log (or says it when called: a download adds
-        where it stands); `stop` cuts a wait short; `sleep` replaces the waiting (tests)."""
+        where it stands); `stop` cuts a wait short; `sleep` replaces the waiting (tests).
+
+        `waits_for_connectivity`: a failure to connect at all (`is_offline`) is not counted:
+        the loop waits for the network, probing again with back-off at most
+        `probe_max_seconds` apart, until `deadline` (time.monotonic()); `on_waiting(True)`
+        when it starts waiting, `on_waiting(False)` when an attempt got further."""
         self.policy = policy
         self.what = what
         self.stop = stop
         self.on_retry = on_retry
         self.has_reached_host = has_reached_host
         self.sleep = sleep
+        self.waits_for_connectivity = waits_for_connectivity
+        self.probe_max_seconds = probe_max_seconds
+        self.on_waiting = on_waiting
+        self.deadline = deadline
         self.failures = 0  # in a row, without progress
+        self.waiting = False  # for connectivity
+        self._probes = 0
 
     def gives_up(self, error: BaseException, failures: int) -> bool:
         if self.policy.gives_up_after(failures):
@@ -154,8 +169,14 @@ class RetryLoop:
             number += 1
             attempt = Attempt(self, number)
             yield attempt
+            offline = self.waits_for_connectivity and getattr(attempt.error, "is_offline", False)
+            if self.waiting and not offline:
+                self.connected()
             if attempt.error is None:
                 continue  # no failure said: go again at once (a clean restart)
+            if offline:
+                self._wait_for_network(attempt.error)
+                continue
             self.failures = 0 if attempt.progressed else self.failures + 1
             if self.gives_up(attempt.error, self.failures):
                 raise attempt.error
@@ -164,7 +185,38 @@ class RetryLoop:
             log.info("retry %d of %s in %.1fs after %s", self.failures, what, wait, attempt.error)
             if self.on_retry is not None:
                 self.on_retry(wait, short_reason(attempt.error))
-            if self.sleep is not None:
-                self.sleep(wait)
-            else:
-                sleep_unless_stopped(wait, self.stop)  # (a stop: the caller's next check ends it)
+            self._sleep(wait)
+
+    def _sleep(self, wait: float) -> None:
+        if self.sleep is not None:
+            self.sleep(wait)
+        else:
+            sleep_unless_stopped(wait, self.stop)  # (a stop: the caller's next check ends it)
+
+    def connected(self) -> None:
+        """The host answered: no longer waiting for connectivity (the caller may say it
+        first, when an attempt succeeds and leaves the loop)."""
+        if self.waiting:
+            self.waiting = False
+            self._probes = 0
+            if self.on_waiting is not None:
+                self.on_waiting(False)
+
+    def _wait_for_network(self, error: BaseException) -> None:
+        if not self.waiting:
+            self.waiting = True
+            if self.on_waiting is not None:
+                self.on_waiting(True)
+        self._probes += 1
+        wait = min(self.probe_max_seconds, self.policy.base_seconds * 2 ** (self._probes - 1))
+        wait *= 0.75 + 0.25 * self.policy.jitter()
+        what = self.what() if callable(self.what) else self.what
+        if self.deadline is not None and time.monotonic() + wait > self.deadline:
+            raise TransferError(
+                f"no connection for {what} before the resource timeout: {error}",
+                "the network or the host stayed away; `halftunes resume` tries again",
+            ) from error
+        log.info("waiting for the network for %s (next probe in %.1fs): %s", what, wait, error)
+        if self.on_retry is not None:
+            self.on_retry(wait, "waiting for the network")
+        self._sleep(wait)

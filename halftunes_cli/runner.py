@@ -72,6 +72,9 @@ class _RecordJournal:
         )
         return str(request) if request is not None else None
 
+    def waiting(self, waiting: bool) -> None:
+        self.records.set_waiting(self.record_id, self.owner, waiting)
+
 
 _Ended = tuple[DownloadTask, "Future[Outcome]", "Callable[[Outcome], None] | None"]
 

@@ -33,10 +33,13 @@ from .jobs.job import Job, ShardDone, run_dask, run_local
 from .liveness import is_worker_alive
 from .naming import TEMPLATE_FIELDS, template_fields
 from .records import (
+    ACTIVE,
+    OWNED,
     ClaimOutcome,
     DownloadRecord,
     Records,
     RecordStatus,
+    Schedule,
     StopAction,
     StopRequest,
 )
@@ -191,7 +194,9 @@ class DownloadService:
         output_dir: str | None = None,
         output: str | None = None,
         interruption: Interruption | None = None,
+        schedule: Schedule | None = None,
     ) -> BatchResult:
+        """`schedule`: when and in which order the worker starts them (background only)."""
         result = BatchResult(background=background)
         try:
             self._check_background(background)
@@ -208,6 +213,7 @@ class DownloadService:
                 spec.folder,
                 interruption,
                 refresh=lambda outcomes: self._refreshed(outcomes, tracks, spec),
+                schedule=schedule,
             )
         except HalftunesError as exc:
             self._error(result, exc)
@@ -442,9 +448,7 @@ class DownloadService:
                 self._error(result, unknown_download(item), item)
             elif record.is_finished_on_disk:
                 self.reporter.info(f"{item}: already completed: {record.path}")
-            elif record.status is RecordStatus.RUNNING and self.records.is_owner_alive(
-                record.owner
-            ):
+            elif record.status in OWNED and self.records.is_owner_alive(record.owner):
                 self._error(result, self.records.busy_error(record), item)
             else:
                 out.append(record)
@@ -460,6 +464,7 @@ class DownloadService:
         folder: Path,
         interruption: Interruption | None,
         refresh: Callable[[list[Outcome]], list[Target]] | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         """Claim the entries and run them here or hand them to the worker. `refresh` gives,
         for the downloads that failed here, targets worth one more try (a moved preview)."""
@@ -473,6 +478,7 @@ class DownloadService:
             download_dir=self._check_places(entries, folder),
             session_kind="background" if background else self.configuration.kind,
             settings=transfer_settings(self.configuration) if background else None,
+            schedule=schedule if background else None,
         )
         runnable: list[DownloadRecord] = []
         for claim in claims:
@@ -496,9 +502,15 @@ class DownloadService:
             result.outcomes += [Outcome(r.id, OutcomeStatus.QUEUED, r) for r in runnable]
             if runnable:
                 ensure_worker(Path(self.configuration.state_dir))
+                when = ""
+                if schedule is not None and schedule.status() is RecordStatus.WAITING:
+                    assert schedule.not_before is not None
+                    when = ", to start at " + time.strftime(
+                        "%Y-%m-%d %H:%M:%S", time.localtime(schedule.not_before)
+                    )
                 self.reporter.info(
                     f"{len(runnable)} download(s) handed to the background "
-                    "worker; `halftunes wait` waits for them"
+                    f"worker{when}; `halftunes wait` waits for them"
                 )
             return
         outcomes, interrupted = self._run_here(runnable, delegate, interruption)
@@ -713,11 +725,7 @@ class DownloadService:
             if self.records.get(item) is None:
                 raise unknown_download(item)
         if not ids:
-            active = [
-                r.id
-                for r in self.records.all()
-                if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)
-            ]
+            active = [r.id for r in self.records.all() if r.status in ACTIVE]
             ids = active + [r.id for r in self.records.unreported() if r.id not in active]
             if not ids:
                 return WaitResult([])
@@ -729,7 +737,7 @@ class DownloadService:
 
             def on_poll(records: list[DownloadRecord]) -> None:
                 for record in records:
-                    if record.status in (RecordStatus.QUEUED, RecordStatus.RUNNING):
+                    if record.status in ACTIVE:
                         shown.handle(record_event(record))
                     elif record.id not in ended:
                         ended.add(record.id)
@@ -758,10 +766,8 @@ class DownloadService:
         while True:
             self.records.reconcile_dead_owners()
             records = self.records.all(ids)
-            active = [r for r in records if r.status in (RecordStatus.QUEUED, RecordStatus.RUNNING)]
-            if any(r.status is RecordStatus.QUEUED for r in active) and not is_worker_alive(
-                state_dir
-            ):
+            active = [r for r in records if r.status in ACTIVE]
+            if any(r.is_for_worker for r in active) and not is_worker_alive(state_dir):
                 seen = tuple((r.id, r.status, r.bytes_received) for r in records)
                 # A worker we started that died without moving anything died at start-up.
                 failed_starts = failed_starts + 1 if seen == started_at else 0

@@ -34,7 +34,8 @@ _MIGRATIONS = {
 # Columns added within a format: an older halftunes of the same format reads records by
 # name and leaves them alone, so they need no new number (`metrics`: JSON, the last
 # transfer's task metrics).
-_ADDED_COLUMNS = {"metrics": "TEXT"}
+# `not_before`, `priority`: when and in which order the worker starts a queued download.
+_ADDED_COLUMNS = {"metrics": "TEXT", "not_before": "REAL", "priority": "REAL"}
 
 _SCHEMA = """
 CREATE TABLE downloads (
@@ -61,6 +62,8 @@ CREATE TABLE downloads (
     settings TEXT,
     permanent INTEGER NOT NULL DEFAULT 0,
     metrics TEXT,
+    not_before REAL,
+    priority REAL,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );
@@ -425,12 +428,35 @@ class Store:
             params += (limit,)
         return [dict(r) for r in conn.execute(sql, params)]
 
-    def count_status(self, conn: sqlite3.Connection, status: str) -> int:
-        sql = "SELECT COUNT(*) FROM downloads WHERE status = ?"
-        return int(conn.execute(sql, (status,)).fetchone()[0])
+    def due(self, conn: sqlite3.Connection, now: float, limit: int) -> list[Row]:
+        """Queued records, and waiting ones whose date has come: the highest priority first,
+        then the oldest."""
+        sql = (
+            "SELECT * FROM downloads WHERE status = 'queued' OR (status = 'waiting' AND "
+            "owner IS NULL AND COALESCE(not_before, 0) <= ?) "
+            "ORDER BY COALESCE(priority, 0.5) DESC, seq LIMIT ?"
+        )
+        return [dict(r) for r in conn.execute(sql, (now, limit))]
+
+    def earliest_date(self) -> float | None:
+        rows = self.query(
+            "SELECT MIN(not_before) AS d FROM downloads WHERE status = 'waiting' AND owner IS NULL"
+        )
+        return rows[0]["d"] if rows else None
+
+    def count_to_start(self, conn: sqlite3.Connection) -> int:
+        """Records handed to the worker and not started: queued, or waiting for a date."""
+        sql = (
+            "SELECT COUNT(*) FROM downloads WHERE status = 'queued' "
+            "OR (status = 'waiting' AND owner IS NULL)"
+        )
+        return int(conn.execute(sql).fetchone()[0])
 
     def running_owners(self) -> set[str | None]:
-        rows = self.query("SELECT DISTINCT owner FROM downloads WHERE status = 'running'")
+        rows = self.query(
+            "SELECT DISTINCT owner FROM downloads WHERE status IN ('running', 'waiting') "
+            "AND owner IS NOT NULL"
+        )
         return {r["owner"] for r in rows}
 
     def unreported(self, conn: sqlite3.Connection) -> list[Row]:

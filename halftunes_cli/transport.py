@@ -201,6 +201,7 @@ def _tracked_adapter(**kw: Any) -> Any:
         def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> None:
             metrics = _opening()
             if metrics is not None:
+                metrics.url = url if "://" in url else f"{self._origin()}{url}"
                 if self.sock is None:
                     self.connect()  # (http.client would, inside the request: timed apart)
                 metrics.is_reused_connection = self._served is not None and (
@@ -212,7 +213,6 @@ def _tracked_adapter(**kw: Any) -> Any:
                 metrics.remote_address, metrics.remote_port = address, port
                 metrics.local_address, metrics.local_port = local, local_port
                 metrics.is_proxy_connection = bool(self.proxy)
-                metrics.url = url if "://" in url else f"{self._origin()}{url}"
                 metrics.request_start = now()
             _attach_current(self.sock)
             super().request(method, url, *args, **kwargs)
@@ -512,6 +512,8 @@ _NETWORK_ERRNOS = frozenset(
 )
 REFUSED = "connection refused (nothing listens there)"
 UNKNOWN_HOST = "host not found (DNS)"
+NO_ROUTE = "no route to the host (the network is down or unreachable)"
+_NO_ROUTE_ERRNOS = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.ENETDOWN})
 
 
 def map_error(exc: BaseException, url: str) -> HalftunesError:
@@ -537,11 +539,13 @@ def map_error(exc: BaseException, url: str) -> HalftunesError:
         error.is_retryable = False
     elif isinstance(exc, requests.exceptions.Timeout):
         error = TransferError(f"timed out talking to {url}", "the server stalled; try again later")
+        error.is_offline = isinstance(exc, requests.exceptions.ConnectTimeout)
     elif isinstance(exc, requests.exceptions.ConnectionError):
         reason = _root_reason(exc)
         error = TransferError(f"could not connect to {url}: {reason}")
         error.is_unreachable = reason in (REFUSED, UNKNOWN_HOST)
         error.is_permanent = reason == UNKNOWN_HOST
+        error.is_offline = reason in (REFUSED, UNKNOWN_HOST, NO_ROUTE, "timed out")
     elif isinstance(exc, requests.exceptions.InvalidURL | requests.exceptions.MissingSchema):
         error = UnsupportedURLError(f"invalid URL {url!r}")
     elif isinstance(exc, requests.exceptions.InvalidSchema):
@@ -578,6 +582,10 @@ def _root_reason(exc: BaseException) -> str:
         return UNKNOWN_HOST
     if isinstance(seen, ConnectionRefusedError) or "Connection refused" in text:
         return REFUSED
+    if (isinstance(seen, OSError) and seen.errno in _NO_ROUTE_ERRNOS) or (
+        "Network is unreachable" in text or "No route to host" in text
+    ):
+        return NO_ROUTE
     if isinstance(seen, ConnectionResetError) or "Connection reset" in text:
         return "the connection was reset"
     if isinstance(seen, TimeoutError) or "timed out" in text:

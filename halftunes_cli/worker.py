@@ -14,18 +14,20 @@ import os
 import signal
 import sys
 import threading
+import time
 from concurrent.futures import Future
 from pathlib import Path
 
-from .background import LOG_MAX_BYTES, POLL_SECONDS, WORKER_LOG, WORKER_PID
+from .background import LOG_MAX_BYTES, POLL_SECONDS, WORKER_LOG, WORKER_PID, WakeChannel
 from .config import load_configuration, with_transfer_settings
 from .errors import ExitStatus, HalftunesError
-from .records import DownloadRecord
+from .records import DownloadRecord, Records
 from .runner import Outcome, Runner
 from .service import DownloadService
 from .session import Session
 
 log = logging.getLogger("halftunes_cli.worker")
+IDLE_SLEEP_MAX_SECONDS = 60.0
 
 
 def _setup_logging(state_dir: Path) -> None:
@@ -65,9 +67,11 @@ def run(state_dir: Path, lock_fd: int) -> int:
     runner = Runner(service.session, owner, session_for)
     runner.start_control()
     stop = threading.Event()
+    wake = WakeChannel(state_dir)
 
     def on_term(signum: int, frame: object) -> None:
         stop.set()
+        wake.wake()
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
@@ -97,7 +101,7 @@ def run(state_dir: Path, lock_fd: int) -> int:
                 running[record.id] = runner.submit(record, on_done=done)
             if not running and not claimed and records.exit_if_idle(leave):
                 break
-            stop.wait(POLL_SECONDS)
+            wake.wait(_sleep_for(records, bool(running or claimed)))
         if stop.is_set():
             log.info("SIGTERM: pausing every transfer")
             runner.stop_all("pause")
@@ -110,6 +114,7 @@ def run(state_dir: Path, lock_fd: int) -> int:
             if session is not service.session:
                 session.http.close()
         service.close()
+        wake.close()
         with contextlib.suppress(OSError):
             if (state_dir / WORKER_PID).read_text().strip() == str(os.getpid()):
                 (state_dir / WORKER_PID).unlink()
@@ -117,6 +122,18 @@ def run(state_dir: Path, lock_fd: int) -> int:
             os.close(lock_fd)
         log.info("worker exiting")
     return ExitStatus.OK
+
+
+def _sleep_for(records: Records, busy: bool) -> float:
+    """How long the worker may sleep: a moment while transfers run (their ends free slots);
+    when all that is left waits for its date, until the earliest one (at most a minute, in
+    case the clock was set). A queuing command wakes it sooner (`background.wake_worker`)."""
+    if busy:
+        return POLL_SECONDS
+    earliest = records.next_begin_date()
+    if earliest is None:
+        return POLL_SECONDS
+    return min(max(POLL_SECONDS, earliest - time.time()), IDLE_SLEEP_MAX_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -52,7 +52,14 @@ def test_transition_table(old, new, allowed):
 
 def test_every_status_has_a_row_and_json_values_are_unchanged():
     assert set(TRANSITIONS) == {None, *RecordStatus}
-    assert [str(s) for s in RecordStatus] == ["queued", "running", "paused", "completed", "failed"]
+    assert [str(s) for s in RecordStatus] == [  # (the design's list, in its order)
+        "queued",
+        "waiting",
+        "running",
+        "paused",
+        "completed",
+        "failed",
+    ]
     assert [str(r) for r in StopRequest] == ["pause", "cancel"]
 
 

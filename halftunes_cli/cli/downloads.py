@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,7 +13,7 @@ import typer
 from ..errors import UsageError
 
 if TYPE_CHECKING:
-    from ..records import DownloadRecord
+    from ..records import DownloadRecord, Schedule
     from ..render.writeout import WriteOut
     from ..runner import Outcome
     from ..service import BatchResult, DownloadService
@@ -103,6 +105,7 @@ def _run(
     background: bool,
     progress_mode: str,
     write_out: WriteOut | None = None,
+    wait_for_network: bool = False,
     **kw: Any,
 ) -> None:
     state = app_state(ctx)
@@ -111,6 +114,8 @@ def _run(
     flags: dict[str, Any] = {}
     if background:
         flags["session"] = "background"
+    if wait_for_network:
+        flags["waits_for_connectivity"] = True
     config = configuration(state, **flags)
 
     def run(service: DownloadService) -> BatchResult:
@@ -179,6 +184,31 @@ def download(
             "%{http_version} %{num_connects} %{json} ...; @FILE reads it from FILE.",
         ),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="TIME",
+            help="With -b: start no earlier than TIME (HH:MM, the next one to come, or ISO "
+            "8601 such as 2026-12-24T03:00; local time unless it says otherwise).",
+        ),
+    ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option(
+            "--priority",
+            metavar="low|default|high",
+            help="With -b: the worker starts higher priorities first (also 0.0-1.0).",
+        ),
+    ] = None,
+    wait_for_network: Annotated[
+        bool,
+        typer.Option(
+            "--wait-for-network",
+            help="When the host cannot be reached, wait (and probe) until it can, up to the "
+            "resource timeout, instead of failing (the background session does by default).",
+        ),
+    ] = False,
 ) -> None:
     """Download song previews (by trackId) or URLs, resumably.
 
@@ -194,6 +224,7 @@ def download(
       halftunes download 1000001 -w '%{time_starttransfer} %{speed_download}\\n'
     """
     template = _write_out(ctx, write_out, json_out, background)
+    schedule = _schedule(ctx, at, priority, background)
     _run(
         ctx,
         "download",
@@ -202,9 +233,11 @@ def download(
         background,
         progress,
         template,
+        wait_for_network,
         force=force,
         output_dir=output_dir,
         output=output,
+        schedule=schedule,
     )
 
 
@@ -259,3 +292,66 @@ def _write_out(
         return WriteOut(value)
     except UsageError as exc:
         fail(app_state(ctx), exc)
+
+
+PRIORITIES = {"low": 0.25, "default": 0.5, "high": 0.75}  # Apple's three
+
+
+def _schedule(
+    ctx: typer.Context, at: str | None, priority: str | None, background: bool
+) -> Schedule | None:
+    """--at and --priority, checked before anything is queued (bad: exit 2)."""
+    if at is None and priority is None:
+        return None
+    from ..records import Schedule
+
+    try:
+        if not background:
+            flag = "--at" if at is not None else "--priority"
+            raise UsageError(
+                f"{flag} schedules a background download: add -b",
+                "a download in this terminal starts now, in the order the ids are given",
+            )
+        return Schedule(
+            parse_start_time(at) if at is not None else None,
+            parse_priority(priority) if priority is not None else None,
+        )
+    except UsageError as exc:
+        fail(app_state(ctx), exc)
+
+
+def parse_priority(text: str) -> float:
+    value = PRIORITIES.get(text.strip().lower())
+    if value is None:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--priority must be low, default, high or 0.0-1.0, not {text!r}")
+    return value
+
+
+def parse_start_time(text: str, now: datetime | None = None) -> float:
+    """--at TIME as seconds since the epoch: HH:MM[:SS] is the next such local time (today,
+    or tomorrow once it has passed); otherwise ISO 8601, local time unless it has an offset."""
+    now = now or datetime.now().astimezone()
+    value = text.strip()
+    try:
+        if re.fullmatch(r"\d{1,2}:\d{2}(:\d{2})?", value):
+            clock = datetime.strptime(value, "%H:%M:%S" if value.count(":") == 2 else "%H:%M")
+            when = now.replace(
+                hour=clock.hour, minute=clock.minute, second=clock.second, microsecond=0
+            )
+            if when <= now:
+                when += timedelta(days=1)
+            return when.timestamp()
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--at must be HH:MM or an ISO 8601 date and time, not {text!r}",
+            "for example --at 03:30 or --at 2026-12-24T03:00",
+        ) from None
+    if when.tzinfo is None:
+        when = when.astimezone()  # (a naive time is local time)
+    return when.timestamp()

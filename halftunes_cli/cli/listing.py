@@ -45,7 +45,7 @@ def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> Non
             state,
             UsageError(
                 f"--status {sorted(bad)[0]!r} is not a status",
-                "statuses: queued, running, paused, completed, failed",
+                "statuses: " + ", ".join(str(s) for s in RecordStatus),
             ),
         )
     records = [

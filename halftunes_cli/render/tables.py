@@ -5,6 +5,7 @@ results, download records, the configuration."""
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,12 +168,36 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
         ]
         for r in rows
     ]
-    colors = {"completed": "green", "failed": "red", "paused": "yellow", "running": "cyan"}
+    colors = {
+        "completed": "green",
+        "failed": "red",
+        "paused": "yellow",
+        "running": "cyan",
+        "waiting": "blue",
+    }
     _print_table(layout(columns, table, width), color, [colors.get(str(r.status)) for r in rows])
     for r in rows:
-        if r.error and str(r.status) in ("paused", "failed"):
-            for line in wrap(f"{r.id}: {printable(r.error)}", width, "  ", "    "):
+        note = printable(r.error) if r.error and str(r.status) in ("paused", "failed") else ""
+        if str(r.status) == "waiting" and r.owner:  # (in its owner's hands: connectivity)
+            note = "waiting for the network: halftunes tries again now and then"
+        elif str(r.status) in ("queued", "waiting"):
+            note = schedule_note(r.not_before if str(r.status) == "waiting" else None, r.priority)
+        if note:
+            for line in wrap(f"{r.id}: {note}", width, "  ", "    "):
                 print(click.style(line, dim=True) if color else line)
+
+
+PRIORITY_NAMES = {0.25: "low", 0.5: "default", 0.75: "high"}
+
+
+def schedule_note(not_before: float | None, priority: float | None) -> str:
+    """`starts at 2026-12-24 03:00:00 · priority high` (what is not the default)."""
+    parts = []
+    if not_before is not None:
+        parts.append("starts at " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(not_before)))
+    if priority is not None and priority != 0.5:
+        parts.append(f"priority {PRIORITY_NAMES.get(priority, f'{priority:g}')}")
+    return " · ".join(parts)
 
 
 def config_table(

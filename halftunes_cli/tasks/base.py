@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -93,7 +94,14 @@ class Task:
         self.has_reached_host = False  # an answer came from the server in this task
         self.record_id: str | None = None  # the download record it runs for, if any
         # URLSessionTaskMetrics: every exchange's transactions, gathered when the task ends
+        # A background task starts no earlier than `earliest_begin_date` (a datetime, or
+        # seconds since the epoch), and before those of lower `priority` (0.0-1.0; Apple's
+        # low 0.25, default 0.5, high 0.75). A task of another session starts when resumed.
+        self.earliest_begin_date: Any = None
+        self.priority = 0.5
         self.metrics: TaskMetrics | None = None
+        # waitsForConnectivity: True while the host cannot be reached and the task waits
+        self.is_waiting_for_connectivity = False
         self.retries = 0
         self._started_at: float | None = None
         self._exchanges: list[RequestHandle] = []
@@ -214,7 +222,9 @@ class Task:
         self._exchanges.append(self._request)
         if self._stop.is_set():
             self._request.abort()
-        return self.session.http.send(method, self.url, headers, handle=self._request, **kw)
+        response = self.session.http.send(method, self.url, headers, handle=self._request, **kw)
+        self._set_waiting(False)  # (an answer: the network is back)
+        return response
 
     # -- for subclasses --------------------------------------------------------------------
     def _check_stop(self) -> None:
@@ -224,16 +234,36 @@ class Task:
     def _retries(self, what: str | Callable[[], str] | None = None) -> RetryLoop:
         """This task's retry loop: the session's policy, stopped by a stop request, heard by
         the delegate (`on_retry`), and the rule for hosts this task never reached."""
+        config = self.session.configuration
         return RetryLoop(
             self.session.retry_policy,
             what=what or self.url,
             stop=self._stop,
             on_retry=self._on_retry,
             has_reached_host=lambda: self.has_reached_host,
+            waits_for_connectivity=config.waits_for_connectivity,
+            probe_max_seconds=config.connectivity_probe_seconds,
+            on_waiting=self._set_waiting,
+            deadline=time.monotonic() + config.resource_timeout,
         )
 
+    def _set_waiting(self, waiting: bool) -> None:
+        """Waiting for connectivity starts (the delegate hears
+        `task_is_waiting_for_connectivity`) or ends (the host answered)."""
+        if waiting == self.is_waiting_for_connectivity:
+            return
+        self.is_waiting_for_connectivity = waiting
+        log.info("%s: %s", self.url, "waiting for the network" if waiting else "connected")
+        if waiting:
+            self._tell("task_is_waiting_for_connectivity")
+        self._connectivity_changed(waiting)
+
+    def _connectivity_changed(self, waiting: bool) -> None:
+        """For subclasses: a download records it (status `waiting` / `running`)."""
+
     def _on_retry(self, wait: float, reason: str) -> None:
-        self.retries += 1
+        if not self.is_waiting_for_connectivity:  # (a probe for the network is no retry)
+            self.retries += 1
         self._tell("on_retry", wait, reason)
 
     def _end_of_body(self, body_bytes: int) -> None:

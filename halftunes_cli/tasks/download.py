@@ -68,6 +68,9 @@ class Journal(Protocol):
 
     def checkpoint(self, task: DownloadTask) -> str | None: ...
 
+    def waiting(self, waiting: bool) -> None:
+        """The transfer waits for connectivity (record status `waiting`), or no longer."""
+
 
 DECODABLE = ("gzip", "x-gzip", "deflate")
 
@@ -402,6 +405,14 @@ class DownloadTask(Task):
             self.notes.append(message)
             log.info("%s: %s", self.url, message)
             self._tell("on_note", message)
+
+    def _connectivity_changed(self, waiting: bool) -> None:
+        if self.journal is None:
+            return
+        try:
+            self.journal.waiting(waiting)
+        except HalftunesError as exc:  # (the checkpoint's own refusal will stop it)
+            log.error("%s: cannot record that it waits for the network: %s", self.url, exc)
 
     def _journal_validators(self) -> None:
         # Queued when the response arrived; a body that ended first has its settlement
