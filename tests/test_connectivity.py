@@ -9,7 +9,7 @@ import threading
 import time
 
 from conftest import run_in_pty, sha256_file
-from test_background import stop_worker
+from test_background import stop_worker, worker_alive
 
 from halftunes_cli import Session, SessionConfiguration
 from halftunes_cli.testing.catalog import CatalogServer
@@ -70,8 +70,7 @@ def test_pause_and_cancel_reach_a_waiting_transfer_at_once(env):
     began = time.monotonic()
     assert env.run("cancel", "1000002").returncode == 0
     assert time.monotonic() - began < 5 and env.record("1000002") is None
-    env.wait_for(env.worker_pid, what="the worker's pid file")
-    stop_worker(env)
+    env.wait_for(lambda: not worker_alive(env), what="the worker leaves: nothing is left to do")
 
 
 def test_a_waiting_transfer_whose_worker_died_is_paused(env):
