@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import logging
+import math
 import os
 import select
 import stat
@@ -107,8 +108,8 @@ class WakeChannel:
             os.close(fd)
 
     def wait(self, timeout: float) -> None:
-        if self.fd is None:
-            time.sleep(timeout)
+        if self.fd is None:  # nobody can wake it: look again often (new work waits no longer)
+            time.sleep(min(timeout, POLL_SECONDS))
             return
         readable, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
         if readable:
@@ -279,6 +280,7 @@ class BackgroundDownloadTask(Task):
     # -- lifecycle --------------------------------------------------------------------------
     def resume(self) -> BackgroundDownloadTask:
         """Queue the download for the worker (and start the worker if none runs)."""
+        schedule = self._schedule()  # (bad values: a UsageError, the task untouched)
         if not self._started:
             self._move(TaskState.RUNNING)
         cfg = self.session.configuration
@@ -300,7 +302,7 @@ class BackgroundDownloadTask(Task):
                 download_dir=folder,
                 session_kind="background",
                 settings=transfer_settings(cfg),
-                schedule=self._schedule(),
+                schedule=schedule,
             )
         self.records.tag_session(self.id, cfg.identifier)
         self._started = True
@@ -308,13 +310,29 @@ class BackgroundDownloadTask(Task):
         return self
 
     def _schedule(self) -> Schedule:
+        """The task's earliest_begin_date (a datetime, or seconds since the epoch) and
+        priority (0.0-1.0), checked: anything else is a UsageError."""
         when = self.earliest_begin_date
-        if isinstance(when, datetime):
-            when = (when if when.tzinfo else when.astimezone()).timestamp()
-        priority = float(self.priority)
-        if not 0.0 <= priority <= 1.0:
-            raise UsageError(f"a task's priority is 0.0-1.0, not {priority}")
-        return Schedule(float(when) if when is not None else None, priority)
+        try:
+            if isinstance(when, datetime):
+                when = (when if when.tzinfo else when.astimezone()).timestamp()
+            elif when is not None and (isinstance(when, bool) or not isinstance(when, int | float)):
+                raise TypeError
+            if when is not None and not math.isfinite(when):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError, OSError):
+            raise UsageError(
+                f"a task's earliest_begin_date is a datetime or seconds since the epoch, "
+                f"not {self.earliest_begin_date!r}"
+            ) from None
+        priority: Any = self.priority  # (a caller may have set anything)
+        if (
+            isinstance(priority, bool)
+            or not isinstance(priority, int | float)
+            or not 0.0 <= priority <= 1.0
+        ):
+            raise UsageError(f"a task's priority is a number from 0.0 to 1.0, not {priority!r}")
+        return Schedule(float(when) if when is not None else None, float(priority))
 
     def run(self) -> BackgroundDownloadTask:
         self.resume()

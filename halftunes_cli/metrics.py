@@ -55,6 +55,7 @@ class TransactionMetrics:
     tls_cipher_suite: str | None = None
     status_code: int | None = None
     count_of_response_body_bytes_received: int = 0
+    exchange: int = 0  # (halftunes') which attempt of the task it belongs to, from 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -82,11 +83,11 @@ class TaskMetrics:
 
     @property
     def connects(self) -> int:
-        """New connections the task opened (curl's num_connects)."""
+        """New connections the task made (curl's num_connects; a refused one is none)."""
         return sum(
             1
             for t in self.transaction_metrics
-            if t.connect_start is not None and not t.is_reused_connection
+            if t.connect_end is not None and not t.is_reused_connection
         )
 
     @property
@@ -113,12 +114,17 @@ class TaskMetrics:
         curl); speeds in bytes per second over the whole task."""
         start = self.task_start
         last = self.transaction_metrics[-1] if self.transaction_metrics else TransactionMetrics()
+        # the last attempt's requests: its redirects are curl's (retries start a chain again)
+        chain = [t for t in self.transaction_metrics if t.exchange == last.exchange] or [last]
+        redirects = sum(1 for t in chain[:-1] if t.status_code in REDIRECT_STATUSES)
 
         def since(value: float | None, floor: float) -> float:
             return round(max(floor, value - start if value is not None else floor), 6)
 
-        redirect = since(last.fetch_start if len(self.transaction_metrics) > 1 else None, 0.0)
-        namelookup = since(last.domain_lookup_end, redirect)
+        redirect = 0.0  # how long the redirect steps before the final request took
+        if redirects and last.fetch_start is not None and chain[0].fetch_start is not None:
+            redirect = round(last.fetch_start - chain[0].fetch_start, 6)
+        namelookup = since(last.domain_lookup_end, 0.0)
         # curl's time_connect is the TCP connect's end; Apple's connect_end follows the TLS
         tcp_end = last.secure_connection_start or last.connect_end
         connect = since(tcp_end, namelookup)
@@ -134,13 +140,13 @@ class TaskMetrics:
             "time_connect": connect,
             "time_appconnect": appconnect,
             "time_pretransfer": pretransfer,
-            "time_redirect": redirect if len(self.transaction_metrics) > 1 else 0.0,
+            "time_redirect": redirect,
             "time_starttransfer": starttransfer,
             "time_total": total,
             "size_download": size,
             "speed_download": round(size / total) if total > 0 else 0,
             "num_connects": self.connects,
-            "num_redirects": self.redirect_count,
+            "num_redirects": redirects,
             "num_retries": self.retries,
             "http_code": last.status_code or 0,
             "http_version": protocol.split("/", 1)[-1] if protocol.startswith("http/") else "",

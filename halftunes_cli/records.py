@@ -339,9 +339,14 @@ class Records:
     @staticmethod
     def busy_error(record: DownloadRecord) -> AlreadyRunningError:
         who = "the background worker" if record.session == "background" else "another halftunes"
+        doing = (
+            "waits for the network in"
+            if record.status is S.WAITING
+            else "is being downloaded right now by"
+        )
         return AlreadyRunningError(
-            f"{record.id} is being downloaded right now by {who} (pid {record.owner_pid})",
-            f"run `halftunes wait {record.id}` to wait for it",
+            f"{record.id} {doing} {who} (pid {record.owner_pid})",
+            f"run `halftunes wait {record.id}` to wait for it, or `halftunes pause {record.id}`",
         )
 
     # -- transitions -----------------------------------------------------------------------------
@@ -595,14 +600,18 @@ class Records:
                 return True
         return False
 
-    def set_waiting(self, record_id: str, owner: str, waiting: bool) -> None:
-        """Its owner's transfer waits for connectivity (or no longer): `waiting` or
-        `running`, while the record is still that owner's."""
+    def set_waiting(
+        self, record_id: str, owner: str, waiting: bool, reason: str | None = None
+    ) -> None:
+        """Its owner's transfer waits for connectivity (`reason`: why the host cannot be
+        reached, kept as its message meanwhile) or no longer: `waiting` or `running`, while
+        the record is still that owner's."""
         with self.store.transaction() as conn:
             row = self.store.row(conn, record_id)
             if row is None or row["owner"] != owner or row["status"] not in OWNED:
                 return
-            self._write(conn, row, record_id, status=S.WAITING if waiting else S.RUNNING)
+            status = S.WAITING if waiting else S.RUNNING
+            self._write(conn, row, record_id, status=status, error=reason if waiting else None)
 
     def next_begin_date(self) -> float | None:
         """The earliest date a waiting record may start at (None: none waits)."""

@@ -135,6 +135,7 @@ class RetryLoop:
         probe_max_seconds: float = 30.0,
         on_waiting: Callable[[bool], object] | None = None,
         deadline: float | None = None,
+        on_offline: Callable[[BaseException], object] | None = None,
     ):
         """`what` names what is retried in the log (or says it when called: a download adds
         where it stands); `stop` cuts a wait short; `sleep` replaces the waiting (tests).
@@ -142,7 +143,8 @@ class RetryLoop:
         `waits_for_connectivity`: a failure to connect at all (`is_offline`) is not counted:
         the loop waits for the network, probing again with back-off at most
         `probe_max_seconds` apart, until `deadline` (time.monotonic()); `on_waiting(True)`
-        when it starts waiting, `on_waiting(False)` when an attempt got further."""
+        when it starts waiting, `on_waiting(False)` when an attempt got further;
+        `on_offline(error)` hears each failed probe first (why the host cannot be reached)."""
         self.policy = policy
         self.what = what
         self.stop = stop
@@ -153,6 +155,7 @@ class RetryLoop:
         self.probe_max_seconds = probe_max_seconds
         self.on_waiting = on_waiting
         self.deadline = deadline
+        self.on_offline = on_offline
         self.failures = 0  # in a row, without progress
         self.waiting = False  # for connectivity
         self._probes = 0
@@ -203,6 +206,8 @@ class RetryLoop:
                 self.on_waiting(False)
 
     def _wait_for_network(self, error: BaseException) -> None:
+        if self.on_offline is not None:
+            self.on_offline(error)
         if not self.waiting:
             self.waiting = True
             if self.on_waiting is not None:
@@ -211,11 +216,14 @@ class RetryLoop:
         wait = min(self.probe_max_seconds, self.policy.base_seconds * 2 ** (self._probes - 1))
         wait *= 0.75 + 0.25 * self.policy.jitter()
         what = self.what() if callable(self.what) else self.what
-        if self.deadline is not None and time.monotonic() + wait > self.deadline:
-            raise TransferError(
-                f"no connection for {what} before the resource timeout: {error}",
-                "the network or the host stayed away; `halftunes resume` tries again",
-            ) from error
+        if self.deadline is not None:  # the last probe is just before the deadline itself
+            left = self.deadline - time.monotonic() - 0.1
+            if left <= 0:
+                raise TransferError(
+                    f"no connection for {what} before the resource timeout: {error}",
+                    "the network or the host stayed away; `halftunes resume ID` tries again",
+                ) from error
+            wait = min(wait, left)
         log.info("waiting for the network for %s (next probe in %.1fs): %s", what, wait, error)
         if self.on_retry is not None:
             self.on_retry(wait, "waiting for the network")

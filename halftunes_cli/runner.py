@@ -72,8 +72,8 @@ class _RecordJournal:
         )
         return str(request) if request is not None else None
 
-    def waiting(self, waiting: bool) -> None:
-        self.records.set_waiting(self.record_id, self.owner, waiting)
+    def waiting(self, waiting: bool, reason: str | None = None) -> None:
+        self.records.set_waiting(self.record_id, self.owner, waiting, reason)
 
 
 _Ended = tuple[DownloadTask, "Future[Outcome]", "Callable[[Outcome], None] | None"]

@@ -5,6 +5,7 @@ wait, announce. It prints nothing: it tells a `Reporter` and returns outcomes.""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,8 @@ from .runner import Outcome, OutcomeStatus, Runner
 from .session import Session
 from .store import Store, state_file_exists
 from .targets import OutputSpec, Target, check_download_dir, target_for_track, url_target
+
+log = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
@@ -159,9 +162,18 @@ class DownloadService:
 
     # -- every command starts here -------------------------------------------------------
     def recover(self) -> None:
-        """Notice owners that died (their transfers become paused)."""
-        if self.records.is_persistent:
-            self.records.reconcile_dead_owners()
+        """Notice owners that died (their transfers become paused), and start the worker
+        again if downloads wait for their date with none to start them (it was killed, the
+        machine restarted): a `--at` time is kept by whichever command runs next."""
+        if not self.records.is_persistent:
+            return
+        self.records.reconcile_dead_owners()
+        state_dir = Path(self.configuration.state_dir)
+        if self.records.next_begin_date() is not None and not is_worker_alive(state_dir):
+            try:
+                ensure_worker(state_dir)
+            except HalftunesError as exc:  # (`wait` says it; this command has its own job)
+                log.warning("cannot start the worker for the dated downloads: %s", exc)
 
     def announcements(self) -> list[DownloadRecord]:
         """Background transfers that ended unwatched; each is returned once, ever."""
@@ -503,10 +515,10 @@ class DownloadService:
             if runnable:
                 ensure_worker(Path(self.configuration.state_dir))
                 when = ""
-                if schedule is not None and schedule.status() is RecordStatus.WAITING:
-                    assert schedule.not_before is not None
+                dates = [r.not_before for r in runnable if r.is_for_worker and r.not_before]
+                if dates and any(r.status is RecordStatus.WAITING for r in runnable):
                     when = ", to start at " + time.strftime(
-                        "%Y-%m-%d %H:%M:%S", time.localtime(schedule.not_before)
+                        "%Y-%m-%d %H:%M:%S", time.localtime(min(dates))
                     )
                 self.reporter.info(
                     f"{len(runnable)} download(s) handed to the background "

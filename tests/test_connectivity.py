@@ -38,7 +38,10 @@ def test_a_background_download_waits_while_the_host_is_down(env):
     queued = env.run("download", "-b", str(T1), env=probe)
     assert queued.returncode == 0, queued.stderr
     env.wait_for(lambda: env.record(str(T1))["status"] == "waiting", what="waiting")
-    assert "waiting for the network" in run_in_pty(env, ["list"], 120)
+    listing = run_in_pty(env, ["list"], 120)
+    assert "waiting for the network" in listing and "connection refused" in listing
+    busy = env.run("download", str(T1))  # in the worker's hands: not a second transfer
+    assert busy.returncode == 1 and "waits for the network in the background worker" in busy.stderr
     time.sleep(2 * PROBE)  # it probes, and keeps waiting (no failure is counted)
     assert env.record(str(T1))["status"] == "waiting"
     server = up_again(env, port)
@@ -92,8 +95,10 @@ def test_the_foreground_fails_fast_unless_asked_to_wait(env):
     assert failed.returncode == 1 and "connection refused" in failed.stderr
     assert time.monotonic() - began < 10  # two attempts, not a minute of retries
     limited = {"HALFTUNES_RESOURCE_TIMEOUT": "2", "HALFTUNES_CONNECTIVITY_PROBE_SECONDS": "0.3"}
+    began = time.monotonic()
     gave_up = env.run("download", str(T1), "--wait-for-network", env=limited)
     assert gave_up.returncode == 1 and "before the resource timeout" in gave_up.stderr
+    assert 1.8 <= time.monotonic() - began < 10  # it probed until the timeout itself
     assert env.record(str(T1))["status"] == "failed"
     threading.Timer(1.5, lambda: up_again(env, port)).start()
     probing = {"HALFTUNES_CONNECTIVITY_PROBE_SECONDS": "0.3"}

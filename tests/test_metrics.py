@@ -215,7 +215,21 @@ def test_write_out_counts_retries_and_redirects(env):
         "download", url, "-w", "%{num_retries} %{num_redirects} %{http_code} %{url_effective}"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"1 2 200 {env.server.url}/previews/{T1}/preview.m4a"
+    # one hop in the chain that succeeded (curl's count: a retry starts the chain again)
+    assert result.stdout == f"1 1 200 {env.server.url}/previews/{T1}/preview.m4a"
+
+
+def test_write_out_follows_the_order_the_ids_were_given(env):
+    for tid in (T1, T2, 1000003):
+        env.track(tid, size=10_000)
+    assert env.run("download", str(T1)).returncode == 0  # (then: already downloaded)
+    url = f"{env.server.url}/files/w.bin?size=5000"
+    items = [str(T2), str(T1), "bogus", url, "1000003", str(T2)]
+    result = env.run("download", *items, "-w", "%{id} %{status}\n")
+    ids = [line.split()[0] for line in result.stdout.splitlines()]
+    assert ids[:3] == [str(T2), str(T1), "bogus"] and ids[4] == "1000003"
+    assert ids[3].startswith("u") and len(ids) == 5  # (the URL by its record's id; T2 once)
+    assert result.stdout.splitlines()[1] == f"{T1} skipped"
 
 
 def test_write_out_from_a_file_and_bad_templates(env, tmp_path):
@@ -223,10 +237,15 @@ def test_write_out_from_a_file_and_bad_templates(env, tmp_path):
     (tmp_path / "fmt").write_text("%{http_code} %{size_download}\n")
     result = env.run("download", str(T1), "-w", f"@{tmp_path / 'fmt'}")
     assert (result.returncode, result.stdout) == (0, "200 30000\n")
+    piped = env.run("download", str(T1), "-w", "@-", input="%{status}")
+    assert (piped.returncode, piped.stdout) == (0, "skipped")
     for args, says in (
         (["-w", "%{time_nope}"], "unknown --write-out variable %{time_nope}"),
         (["-w", "%{http_code"], "without its closing }"),
         (["-w", "@" + str(tmp_path / "missing")], "cannot read the --write-out template"),
+        (["-w", "@"], "needs a file name after the @"),
+        (["-w", "@/dev/zero"], "is over 64 KiB"),
+        (["-w", "@-", "-"], "cannot both come from standard input"),
         (["-w", "x", "--json"], "--write-out and --json"),
         (["-w", "x", "-b"], "not the background worker's"),
     ):

@@ -37,8 +37,10 @@ def test_at_starts_no_byte_before_its_time_and_survives_a_worker_crash(env):
     assert worker_alive(env)  # a worker waits with it (it does not exit while work waits)
     env.wait_for(env.worker_pid, what="the worker's pid file")
     stop_worker(env)  # kill -9 before the date: the date and priority are in the record
-    assert env.record(str(T1))["status"] == "waiting"
-    waited = env.run("wait", str(T1), timeout=30)  # (starts a worker again)
+    assert not worker_alive(env)
+    assert env.run("list").returncode == 0  # any command starts a worker for dated work
+    assert worker_alive(env) and env.record(str(T1))["status"] == "waiting"
+    waited = env.run("wait", str(T1), timeout=30)
     assert waited.returncode == 0, waited.stderr
     record = env.record(str(T1))
     assert record["status"] == "completed" and record["priority"] == 0.75
@@ -95,6 +97,7 @@ def test_schedules_are_for_the_background_and_bad_ones_are_bad_input(env):
         (["--priority", "high"], "--priority schedules a background download"),
         (["-b", "--at", "25:00"], "--at must be HH:MM or an ISO 8601"),
         (["-b", "--at", "tomorrow"], "--at must be HH:MM or an ISO 8601"),
+        (["-b", "--at", "0001-01-01T00:00"], "--at must be HH:MM or an ISO 8601"),
         (["-b", "--priority", "urgent"], "--priority must be low, default, high"),
         (["-b", "--priority", "1.5"], "--priority must be low, default, high"),
     ):
@@ -145,3 +148,9 @@ def test_the_library_task_carries_its_date_and_priority(env, tmp_path):
     assert task.wait(30)
     assert task.error is None and env.preview_requests(T1)[0]["time"] >= began + 1.5
     assert sha256_file(task.location) == env.expected_sha(T1)
+    for when, priority in ((float("nan"), 0.5), ("2099-01-01", 0.5), (None, "high"), (None, 2)):
+        bad = session.download_task(url + "?other")
+        bad.earliest_begin_date, bad.priority = when, priority
+        with pytest.raises(UsageError):
+            bad.resume()
+        assert str(bad.state) == "suspended"

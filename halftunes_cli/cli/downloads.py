@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ..errors import UsageError
+from ..errors import HalftunesError, UsageError
 
 if TYPE_CHECKING:
     from ..records import DownloadRecord, Schedule
@@ -45,13 +46,12 @@ def _report(
     given: int,
     elapsed: float,
     write_out: WriteOut | None = None,
+    ids: list[str] | None = None,
 ) -> None:
     pairs = service.outcome_records(result)
     if write_out is not None:
-        for outcome, record in pairs:
-            print(write_out.render(_write_out_variables(outcome, record)), end="")
-        for item, error in result.failures:
-            print(write_out.render(_write_out_variables(None, None, item, error.message)), end="")
+        for values in _in_given_order(ids or [], pairs, result.failures):
+            print(write_out.render(values), end="")
     elif json_out:
         errors = [
             {"id": item, "status": "error", "error": error.message}
@@ -66,6 +66,30 @@ def _report(
                 print(record.path)
     if not result.background and given > 1:
         state.console.info(render.summary(given, [o.status for o in result.outcomes], elapsed))
+
+
+def _in_given_order(
+    ids: list[str],
+    pairs: list[tuple[Outcome, DownloadRecord]],
+    failures: list[tuple[str, HalftunesError]],
+) -> list[dict[str, Any]]:
+    """-w's values for each id, in the order the ids were given (a URL is found by its
+    record's id); anything not matched follows."""
+    from ..targets import url_record_id
+
+    ran = {outcome.id: (outcome, record) for outcome, record in pairs}
+    bad = {item: error.message for item, error in failures}
+    out = []
+    for item in ids:
+        if item in bad:
+            out.append(_write_out_variables(None, None, item, bad.pop(item)))
+            continue
+        key = url_record_id(item) if "://" in item and item not in ran else item
+        if key in ran:
+            out.append(_write_out_variables(*ran.pop(key)))
+    out += [_write_out_variables(outcome, record) for outcome, record in ran.values()]
+    out += [_write_out_variables(None, None, item, message) for item, message in bad.items()]
+    return out
 
 
 def _write_out_variables(
@@ -133,7 +157,9 @@ def _run(
                 )
             progress.close()
             given = len(ids) if action == "download" or not kw.get("all_") else len(result.outcomes)
-            _report(state, service, result, json_out, given, time.monotonic() - began, write_out)
+            _report(
+                state, service, result, json_out, given, time.monotonic() - began, write_out, ids
+            )
             return result
         finally:
             progress.close()
@@ -223,7 +249,7 @@ def download(
         jq '.[].trackId' | halftunes download -
       halftunes download 1000001 -w '%{time_starttransfer} %{speed_download}\\n'
     """
-    template = _write_out(ctx, write_out, json_out, background)
+    template = _write_out(ctx, write_out, json_out, background, "-" in items)
     schedule = _schedule(ctx, at, priority, background)
     _run(
         ctx,
@@ -262,7 +288,7 @@ def resume(
 
 
 def _write_out(
-    ctx: typer.Context, value: str | None, json_out: bool, background: bool
+    ctx: typer.Context, value: str | None, json_out: bool, background: bool, ids_on_stdin: bool
 ) -> WriteOut | None:
     """The -w template, checked before anything is downloaded (bad: exit 2)."""
     if value is None:
@@ -280,18 +306,36 @@ def _write_out(
                 "--write-out and --json both print on standard output: choose one",
                 "the --json records carry a metrics object",
             )
+        if value == "@-" and ids_on_stdin:
+            raise UsageError("-w @- and the ids (-) cannot both come from standard input")
         if value.startswith("@"):
-            try:
-                value = Path(value[1:]).expanduser().read_text(encoding="utf-8")
-            except OSError as exc:
-                raise UsageError(
-                    f"cannot read the --write-out template {value[1:]}: {exc.strerror}"
-                ) from None
-            except UnicodeDecodeError:
-                raise UsageError(f"the --write-out template {value[1:]} is not UTF-8") from None
+            value = _template_file(value[1:])
         return WriteOut(value)
     except UsageError as exc:
         fail(app_state(ctx), exc)
+
+
+TEMPLATE_MAX_BYTES = 64 * 1024
+
+
+def _template_file(name: str) -> str:
+    """-w @FILE (@- for stdin, as curl): at most 64 KiB of UTF-8."""
+    if not name:
+        raise UsageError("-w @ needs a file name after the @ (or @- for standard input)")
+    try:
+        if name == "-":
+            data = sys.stdin.buffer.read(TEMPLATE_MAX_BYTES + 1)
+        else:
+            with open(Path(name).expanduser(), "rb") as f:
+                data = f.read(TEMPLATE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the --write-out template {name}: {exc.strerror}") from None
+    if len(data) > TEMPLATE_MAX_BYTES:
+        raise UsageError(f"the --write-out template {name} is over 64 KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"the --write-out template {name} is not UTF-8") from None
 
 
 PRIORITIES = {"low": 0.25, "default": 0.5, "high": 0.75}  # Apple's three
@@ -347,11 +391,11 @@ def parse_start_time(text: str, now: datetime | None = None) -> float:
                 when += timedelta(days=1)
             return when.timestamp()
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if when.tzinfo is None:
+            when = when.astimezone()  # (a naive time is local time)
+        return when.timestamp()
+    except (ValueError, OverflowError, OSError):  # (OverflowError: year 1 or 9999 in a zone)
         raise UsageError(
             f"--at must be HH:MM or an ISO 8601 date and time, not {text!r}",
             "for example --at 03:30 or --at 2026-12-24T03:00",
         ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # (a naive time is local time)
-    return when.timestamp()

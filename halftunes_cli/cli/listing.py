@@ -55,6 +55,8 @@ def _list(ctx: typer.Context, json_out: bool, statuses: list[str] | None) -> Non
     ]
     if json_out:
         render.print_json([r.public() for r in records])
+    elif not records and wanted:
+        state.console.info(f"No downloads with the status {' or '.join(sorted(wanted))}.")
     elif not records:
         state.console.info("No downloads yet. Try: halftunes download TRACK_ID")
     elif sys.stdout.isatty():

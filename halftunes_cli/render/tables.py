@@ -179,7 +179,9 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
     for r in rows:
         note = printable(r.error) if r.error and str(r.status) in ("paused", "failed") else ""
         if str(r.status) == "waiting" and r.owner:  # (in its owner's hands: connectivity)
-            note = "waiting for the network: halftunes tries again now and then"
+            note = "waiting for the network, trying again now and then" + (
+                f" ({printable(r.error)})" if r.error else ""
+            )
         elif str(r.status) in ("queued", "waiting"):
             note = schedule_note(r.not_before if str(r.status) == "waiting" else None, r.priority)
         if note:

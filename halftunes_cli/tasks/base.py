@@ -102,6 +102,7 @@ class Task:
         self.metrics: TaskMetrics | None = None
         # waitsForConnectivity: True while the host cannot be reached and the task waits
         self.is_waiting_for_connectivity = False
+        self._offline_reason: str | None = None  # why the host cannot be reached
         self.retries = 0
         self._started_at: float | None = None
         self._exchanges: list[RequestHandle] = []
@@ -244,6 +245,7 @@ class Task:
             waits_for_connectivity=config.waits_for_connectivity,
             probe_max_seconds=config.connectivity_probe_seconds,
             on_waiting=self._set_waiting,
+            on_offline=self._on_offline,
             deadline=time.monotonic() + config.resource_timeout,
         )
 
@@ -260,6 +262,9 @@ class Task:
 
     def _connectivity_changed(self, waiting: bool) -> None:
         """For subclasses: a download records it (status `waiting` / `running`)."""
+
+    def _on_offline(self, error: BaseException) -> None:
+        self._offline_reason = str(error)
 
     def _on_retry(self, wait: float, reason: str) -> None:
         if not self.is_waiting_for_connectivity:  # (a probe for the network is no retry)
@@ -373,6 +378,9 @@ class Task:
 
     def _complete(self) -> None:
         # (Apple's order: the metrics first, then the completion)
+        for number, exchange in enumerate(self._exchanges):
+            for transaction in exchange.transactions:
+                transaction.exchange = number
         self.metrics = TaskMetrics(
             self._started_at or now(),
             now(),

@@ -68,8 +68,9 @@ class Journal(Protocol):
 
     def checkpoint(self, task: DownloadTask) -> str | None: ...
 
-    def waiting(self, waiting: bool) -> None:
-        """The transfer waits for connectivity (record status `waiting`), or no longer."""
+    def waiting(self, waiting: bool, reason: str | None = None) -> None:
+        """The transfer waits for connectivity (record status `waiting`; `reason`: why the
+        host cannot be reached), or no longer."""
 
 
 DECODABLE = ("gzip", "x-gzip", "deflate")
@@ -410,7 +411,7 @@ class DownloadTask(Task):
         if self.journal is None:
             return
         try:
-            self.journal.waiting(waiting)
+            self.journal.waiting(waiting, self._offline_reason if waiting else None)
         except HalftunesError as exc:  # (the checkpoint's own refusal will stop it)
             log.error("%s: cannot record that it waits for the network: %s", self.url, exc)
 
