@@ -60,6 +60,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "durability": ((str,), "power-cut or crash"),
     "waits_for_connectivity": ((bool,), "true or false"),
     "connectivity_probe_seconds": ((int, float), "a number of seconds from 0.1 to 3600"),
+    "limit_rate": ((int, str), "bytes per second, or with k, M or G (1024-based), e.g. 500k"),
 }
 DURABILITY = ("power-cut", "crash")
 TIMEOUT_LIMITS = {"request_timeout": 86_400.0, "resource_timeout": 315_360_000.0}
@@ -139,6 +140,8 @@ class SessionConfiguration:
     # instead of failing. The background session's default is True, the others' False.
     waits_for_connectivity: bool = False
     connectivity_probe_seconds: float = 30.0
+    # bytes per second for all transfers of the process together (None, 0: no limit)
+    limit_rate: int | None = None
     protocol_classes: dict[str, Any] = field(default_factory=dict)
     # Mode of downloaded files; None: the process's umask decides (a background transfer
     # carries the umask of the command that queued it, since the worker's is 077).
@@ -273,9 +276,31 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
         bad = value not in DURABILITY
     elif key == "connectivity_probe_seconds":
         bad = not 0.1 <= value <= 3600
+    elif key == "limit_rate":
+        value = parse_rate(value)
+        bad = value is None
     if bad:
         raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
     return value
+
+
+_RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_rate(value: int | str) -> int | None:
+    """A rate as curl's --limit-rate takes it: bytes per second, or a number with k, M or G
+    (1024-based; a decimal point allowed: 1.5M). 0 means no limit. None: not a rate."""
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    text = value.strip().lower().removesuffix("/s").removesuffix("b")
+    number, unit = text[:-1], text[-1:]
+    if unit not in _RATE_UNITS or not unit:
+        number, unit = text, ""
+    amount = parse_decimal(number)
+    if amount is None or amount < 0:
+        return None
+    rate = int(amount * _RATE_UNITS[unit])
+    return rate if rate < 1 << 50 else None
 
 
 def _read_config_file(path: Path, explicit: bool) -> dict[str, Any]:
@@ -401,6 +426,7 @@ TRANSFER_KEYS = (
     "durability",
     "waits_for_connectivity",
     "connectivity_probe_seconds",
+    "limit_rate",
 )
 TRANSFER_ENVIRONMENT = (
     "REQUESTS_CA_BUNDLE",

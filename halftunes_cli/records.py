@@ -176,6 +176,7 @@ class DownloadRecord:
     metrics: str | None = None  # JSON: the last transfer's task metrics (curl's figures)
     not_before: float | None = None  # the worker starts it no earlier (`--at`)
     priority: float | None = None  # the worker starts higher ones first (None: 0.5)
+    checksum: str | None = None  # ALGO=HEX the finished file must have (`--checksum`)
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -374,12 +375,14 @@ class Records:
         session_kind: str,
         settings: str | None = None,
         schedule: Schedule | None = None,
+        checksum: str | None = None,
     ) -> list[Claim]:
         """Create or take the records for `items` in one transaction.
 
         `owner` None with `queue` hands them to the background worker, with the `settings`
         (JSON) that the worker is to use for them, and their `schedule` (a record queued
-        again keeps its own unless one is given)."""
+        again keeps its own unless one is given). `checksum` (ALGO=HEX), when given, is what
+        their finished file must hash to."""
         listing = _DirListing()
         out: list[Claim] = []
         with self.store.transaction() as conn:
@@ -400,6 +403,7 @@ class Records:
                             schedule,
                         )
                     )
+                    self._set_checksum(conn, out[-1], checksum)
                     continue
                 if row is None:
                     raise unknown_download(item.id)
@@ -418,7 +422,16 @@ class Records:
                         schedule,
                     )
                 )
+                self._set_checksum(conn, out[-1], checksum)
         return out
+
+    def _set_checksum(self, conn: Connection, claim: Claim, checksum: str | None) -> None:
+        """A transfer this claim starts (here or in the worker) must end with this digest."""
+        if checksum is None or claim.record is None:
+            return
+        if claim.outcome in (ClaimOutcome.CLAIMED, ClaimOutcome.QUEUED):
+            self.store.update_record(conn, claim.id, checksum=checksum)
+            claim.record.checksum = checksum
 
     def _choose_path(
         self,

@@ -148,6 +148,9 @@ class Runner:
             journal=_RecordJournal(self.records, self.owner, record.id),
         )
         task.title = record.display_name
+        if record.checksum:
+            algorithm, _, digest = record.checksum.partition("=")
+            task.checksum = (algorithm, digest)
         task.requires_content = not is_url_record_id(record.id)  # an empty preview is none
         # durable files are fsynced in groups by the settling thread (crash: no fsync at all)
         task.group_commit = task.session.configuration.is_durable

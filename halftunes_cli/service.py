@@ -207,13 +207,20 @@ class DownloadService:
         output: str | None = None,
         interruption: Interruption | None = None,
         schedule: Schedule | None = None,
+        checksum: str | None = None,
     ) -> BatchResult:
-        """`schedule`: when and in which order the worker starts them (background only)."""
+        """`schedule`: when and in which order the worker starts them (background only);
+        `checksum` (ALGO=HEX, one item only): what the finished file must hash to."""
         result = BatchResult(background=background)
         try:
             self._check_background(background)
             if not items:
                 raise UsageError("nothing to download", "give track ids, URLs, or - for stdin")
+            if checksum is not None and len(items) > 1:
+                raise UsageError(
+                    f"--checksum is for one id or URL, not {len(items)}",
+                    "download the others without it (or one at a time, each with its own)",
+                )
             spec = self.output_spec(len(items), output_dir, output)
             entries, tracks = self._resolve(items, result, spec, force)
             self._claim_and_run(
@@ -226,6 +233,7 @@ class DownloadService:
                 interruption,
                 refresh=lambda outcomes: self._refreshed(outcomes, tracks, spec),
                 schedule=schedule,
+                checksum=checksum,
             )
         except HalftunesError as exc:
             self._error(result, exc)
@@ -477,6 +485,7 @@ class DownloadService:
         interruption: Interruption | None,
         refresh: Callable[[list[Outcome]], list[Target]] | None = None,
         schedule: Schedule | None = None,
+        checksum: str | None = None,
     ) -> None:
         """Claim the entries and run them here or hand them to the worker. `refresh` gives,
         for the downloads that failed here, targets worth one more try (a moved preview)."""
@@ -491,6 +500,7 @@ class DownloadService:
             session_kind="background" if background else self.configuration.kind,
             settings=transfer_settings(self.configuration) if background else None,
             schedule=schedule if background else None,
+            checksum=checksum,
         )
         runnable: list[DownloadRecord] = []
         for claim in claims:

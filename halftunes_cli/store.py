@@ -35,7 +35,8 @@ _MIGRATIONS = {
 # name and leaves them alone, so they need no new number (`metrics`: JSON, the last
 # transfer's task metrics).
 # `not_before`, `priority`: when and in which order the worker starts a queued download.
-_ADDED_COLUMNS = {"metrics": "TEXT", "not_before": "REAL", "priority": "REAL"}
+# `checksum`: ALGO=HEX the finished file must have (`--checksum`).
+_ADDED_COLUMNS = {"metrics": "TEXT", "not_before": "REAL", "priority": "REAL", "checksum": "TEXT"}
 
 _SCHEMA = """
 CREATE TABLE downloads (
@@ -64,6 +65,7 @@ CREATE TABLE downloads (
     metrics TEXT,
     not_before REAL,
     priority REAL,
+    checksum TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );

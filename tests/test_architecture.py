@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.protocols",),
     ("halftunes_cli.ranges",),
     ("halftunes_cli.itunes",),
-    ("halftunes_cli.retry",),
+    ("halftunes_cli.retry", "halftunes_cli.ratelimit"),
     ("halftunes_cli.liveness",),
     ("halftunes_cli.config",),
     ("halftunes_cli.naming",),

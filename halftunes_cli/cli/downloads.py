@@ -130,6 +130,7 @@ def _run(
     progress_mode: str,
     write_out: WriteOut | None = None,
     wait_for_network: bool = False,
+    limit_rate: str | None = None,
     **kw: Any,
 ) -> None:
     state = app_state(ctx)
@@ -140,6 +141,8 @@ def _run(
         flags["session"] = "background"
     if wait_for_network:
         flags["waits_for_connectivity"] = True
+    if limit_rate is not None:
+        flags["limit_rate"] = limit_rate
     config = configuration(state, **flags)
 
     def run(service: DownloadService) -> BatchResult:
@@ -227,6 +230,24 @@ def download(
             help="With -b: the worker starts higher priorities first (also 0.0-1.0).",
         ),
     ] = None,
+    limit_rate: Annotated[
+        str | None,
+        typer.Option(
+            "--limit-rate",
+            metavar="RATE",
+            help="At most RATE bytes per second for all transfers together: 500k, 2M "
+            "(1024-based, as curl).",
+        ),
+    ] = None,
+    checksum: Annotated[
+        str | None,
+        typer.Option(
+            "--checksum",
+            metavar="ALGO=HEX",
+            help="The file must have this sha256, sha1 or md5 digest, or it is not kept "
+            "(one id or URL).",
+        ),
+    ] = None,
     wait_for_network: Annotated[
         bool,
         typer.Option(
@@ -250,6 +271,7 @@ def download(
       halftunes download 1000001 -w '%{time_starttransfer} %{speed_download}\\n'
     """
     template = _write_out(ctx, write_out, json_out, background, "-" in items)
+    digest = _checksum(ctx, checksum)
     schedule = _schedule(ctx, at, priority, background)
     _run(
         ctx,
@@ -264,6 +286,8 @@ def download(
         output_dir=output_dir,
         output=output,
         schedule=schedule,
+        checksum=digest,
+        limit_rate=limit_rate,
     )
 
 
@@ -336,6 +360,27 @@ def _template_file(name: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"the --write-out template {name} is not UTF-8") from None
+
+
+DIGEST_LENGTHS = {"sha256": 64, "sha1": 40, "md5": 32}
+
+
+def _checksum(ctx: typer.Context, value: str | None) -> str | None:
+    """--checksum ALGO=HEX, checked (bad: exit 2); returned as algo=lowercase hex."""
+    if value is None:
+        return None
+    algorithm, _, digest = value.strip().partition("=")
+    algorithm, digest = algorithm.strip().lower().replace("-", ""), digest.strip().lower()
+    size = DIGEST_LENGTHS.get(algorithm)
+    if size is None or len(digest) != size or not re.fullmatch(r"[0-9a-f]+", digest):
+        fail(
+            app_state(ctx),
+            UsageError(
+                f"--checksum must be sha256=HEX, sha1=HEX or md5=HEX, not {value!r}",
+                "for example --checksum sha256=" + "0" * 8 + "... (64 hex digits)",
+            ),
+        )
+    return f"{algorithm}={digest}"
 
 
 PRIORITIES = {"low": 0.25, "default": 0.5, "high": 0.75}  # Apple's three

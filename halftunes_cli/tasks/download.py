@@ -4,6 +4,7 @@ If-Range by the decisions of `ranges`, and rename when the size checks out."""
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import logging
 import time
@@ -12,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from .. import ranges
+from .. import ranges, ratelimit
 from ..errors import (
     HalftunesError,
     HTTPStatusError,
@@ -141,6 +142,10 @@ class DownloadTask(Task):
         self.group_commit = False
         # A preview of zero bytes is no preview: set for track downloads (a URL may be empty).
         self.requires_content = False
+        # `--checksum`: (algorithm, hex digest) the finished file must have, or it is not kept
+        self.checksum: tuple[str, str] | None = None
+        rate = session.configuration.limit_rate
+        self._limit = ratelimit.shared(rate) if rate else None  # `--limit-rate`
         self._handed_total: int | None = None
         part_path = Path(str(self.destination) + ".part")
         synced = 0
@@ -456,6 +461,8 @@ class DownloadTask(Task):
         must equal the partial's before a single byte is appended."""
         readinto = body_reader(response.raw, self.url)
         view = memoryview(bytearray(CHUNK_BYTES))  # one buffer for the whole body
+        limit = self._limit
+        reads = view[: limit.chunk_bytes] if limit is not None else view  # (paced: smaller)
         partial = self.partial
         partial.open_at(offset)
         complete = False  # the whole body is in
@@ -464,14 +471,16 @@ class DownloadTask(Task):
             if start < offset:
                 self._verify_overlap(readinto, view, partial.read_back(start, offset))
             while self._committed or not self._stop.is_set():
-                n = readinto(view)
+                n = readinto(reads)
                 if not n:
                     complete = self._body_ended = total is None or partial.length >= total
                     if complete and not self._committed and not self._commit():
                         complete = False  # a stop came first: it wins
                     break
-                partial.write(view[:n])
+                partial.write(reads[:n])
                 self.bytes_fetched += n
+                if limit is not None:
+                    limit.take(n, self._stop)
                 if total is not None and partial.length > total:
                     raise _BodyError(f"{self.url}: more bytes than announced")
                 if total is not None and partial.length == total:
@@ -540,6 +549,31 @@ class DownloadTask(Task):
         self._handed_off = False
         self._guarded(step)
 
+    def _verify(self, path: Path) -> None:
+        """The file's digest is the one asked for, or nothing of it is kept (no final file,
+        no partial) and the download fails for good, saying both digests."""
+        assert self.checksum is not None
+        algorithm, expected = self.checksum
+        digest = hashlib.new(algorithm)
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        except OSError as exc:
+            raise disk_error(exc, path) from exc
+        if digest.hexdigest() == expected:
+            return
+        self.partial.discard()
+        if path == self.destination:
+            path.unlink(missing_ok=True)
+        error = TransferError(
+            f"{self.destination.name}: checksum mismatch: expected {algorithm} {expected}, "
+            f"got {digest.hexdigest()}; the file was not kept",
+            "check the checksum you gave, or whether the server's file changed",
+        )
+        error.is_permanent = True
+        raise error
+
     def abandon_handed_off(self, error: HalftunesError) -> None:
         """End a handed-off task without renaming it (its group cannot be committed: the
         state file is gone): failed with `error`, the partial kept."""
@@ -552,9 +586,14 @@ class DownloadTask(Task):
         self._guarded(step)
 
     def _finish_now(self, total: int | None) -> None:
-        """Rename the whole body to its final name (size-checked): a committed download
-        completes, whatever stop arrives meanwhile."""
+        """Rename the whole body to its final name (size-checked, and checked against
+        `checksum` when one is given): a committed download completes, whatever stop
+        arrives meanwhile."""
+        if self.checksum is not None and self.content_encoding is None:
+            self._verify(self.part_path)
         size = self.partial.finish(self.destination, total, self.content_encoding)
+        if self.checksum is not None and self.content_encoding is not None:
+            self._verify(self.destination)  # (decoded only now: checked where it lies)
         self.bytes_total = size if total is None else total
         self.location = self.destination
         self._move(TaskState.COMPLETED)
