@@ -61,6 +61,8 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "waits_for_connectivity": ((bool,), "true or false"),
     "connectivity_probe_seconds": ((int, float), "a number of seconds from 0.1 to 3600"),
     "limit_rate": ((int, str), "bytes per second, or with k, M or G (1024-based), e.g. 500k"),
+    "embed_metadata": ((bool,), "true or false"),
+    "embed_artwork": ((bool,), "true or false"),
 }
 DURABILITY = ("power-cut", "crash")
 TIMEOUT_LIMITS = {"request_timeout": 86_400.0, "resource_timeout": 315_360_000.0}
@@ -142,6 +144,9 @@ class SessionConfiguration:
     connectivity_probe_seconds: float = 30.0
     # bytes per second for all transfers of the process together (None, 0: no limit)
     limit_rate: int | None = None
+    # write the track's details / its artwork into a finished preview (mutagen: `tags` extra)
+    embed_metadata: bool = False
+    embed_artwork: bool = False
     protocol_classes: dict[str, Any] = field(default_factory=dict)
     # Mode of downloaded files; None: the process's umask decides (a background transfer
     # carries the umask of the command that queued it, since the worker's is 077).
@@ -427,6 +432,8 @@ TRANSFER_KEYS = (
     "waits_for_connectivity",
     "connectivity_probe_seconds",
     "limit_rate",
+    "embed_metadata",
+    "embed_artwork",
 )
 TRANSFER_ENVIRONMENT = (
     "REQUESTS_CA_BUNDLE",

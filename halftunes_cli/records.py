@@ -626,6 +626,13 @@ class Records:
             status = S.WAITING if waiting else S.RUNNING
             self._write(conn, row, record_id, status=status, error=reason if waiting else None)
 
+    def resized(self, record_id: str, size: int) -> None:
+        """A completed download's file was rewritten (tags): its size is now `size`."""
+        with self.store.transaction() as conn:
+            row = self.store.row(conn, record_id)
+            if row is not None and row["status"] == S.COMPLETED:
+                self.store.update_record(conn, record_id, bytes_received=size, bytes_total=size)
+
     def next_begin_date(self) -> float | None:
         """The earliest date a waiting record may start at (None: none waits)."""
         return self.store.earliest_date()

@@ -234,6 +234,7 @@ class DownloadService:
                 refresh=lambda outcomes: self._refreshed(outcomes, tracks, spec),
                 schedule=schedule,
                 checksum=checksum,
+                tracks=tracks,
             )
         except HalftunesError as exc:
             self._error(result, exc)
@@ -486,6 +487,7 @@ class DownloadService:
         refresh: Callable[[list[Outcome]], list[Target]] | None = None,
         schedule: Schedule | None = None,
         checksum: str | None = None,
+        tracks: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         """Claim the entries and run them here or hand them to the worker. `refresh` gives,
         for the downloads that failed here, targets worth one more try (a moved preview)."""
@@ -550,7 +552,61 @@ class DownloadService:
             more, interrupted = self._run_here(retried, delegate, interruption)
             by_id = {o.id: o for o in more}
             outcomes = [by_id.get(o.id, o) for o in outcomes]
+        for outcome in outcomes:
+            if outcome.status is OutcomeStatus.COMPLETED and outcome.record is not None:
+                try:
+                    self.embed(outcome.record, self.session, tracks)
+                except HalftunesError as exc:  # (the file is kept, untagged)
+                    self._error(result, exc, outcome.id)
         self._report_run(outcomes, result, interruption if interrupted else None)
+
+    # -- tags and artwork ---------------------------------------------------------------------
+    def embed(
+        self,
+        record: DownloadRecord,
+        session: Session,
+        tracks: dict[str, dict[str, Any]] | None = None,
+    ) -> bool:
+        """--embed-metadata / --embed-artwork, as the transfer's configuration says, into a
+        completed preview (its track details from `tracks` or the cache; a URL download has
+        none): the tagged file replaces it whole, the record's size follows. True if it
+        wrote tags."""
+        config = session.configuration
+        if not (config.embed_metadata or config.embed_artwork):
+            return False
+        from . import tagging
+
+        tagging.check_available()
+        track = (tracks or {}).get(record.id)
+        if track is None:
+            cached = self.records.store.get_tracks(config.api_url, [record.id])
+            track = cached[record.id][0] if record.id in cached else None
+        if track is None:
+            return False  # (a URL download: no details to write)
+        artwork = None
+        if config.embed_artwork and isinstance(track.get("artworkUrl100"), str):
+            artwork = self._artwork(session, tagging.artwork_url(track["artworkUrl100"]))
+        size = tagging.embed(
+            Path(record.path),
+            track,
+            artwork,
+            metadata=config.embed_metadata,
+            durable=config.is_durable,
+        )
+        self.records.resized(record.id, size)
+        return True
+
+    @staticmethod
+    def _artwork(session: Session, url: str) -> bytes:
+        from .tagging import TagError
+
+        task = session.data_task(url)
+        task.run()
+        status = getattr(task.response, "status_code", None)
+        if task.error is not None or status != 200 or not task.data:
+            why = task.error or f"HTTP {status}"
+            raise TagError(f"cannot fetch the artwork {url}: {why}", "the file is kept untagged")
+        return bytes(task.data)
 
     def _check_places(self, entries: Sequence[Target | DownloadRecord], folder: Path) -> Path:
         """Make sure each folder a file of `entries` goes in exists (as wget -P makes it) and

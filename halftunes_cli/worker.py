@@ -83,6 +83,12 @@ def run(state_dir: Path, lock_fd: int) -> int:
     def done(outcome: Outcome) -> None:
         suffix = f" ({outcome.error})" if outcome.error is not None else ""
         log.info("%s: %s%s", outcome.id, outcome.status, suffix)
+        if outcome.status == "completed" and outcome.record is not None:
+            try:  # tags and artwork, if the queuing command asked (its cached track details)
+                if service.embed(outcome.record, session_for(outcome.record)):
+                    log.info("%s: tags written", outcome.id)
+            except HalftunesError as exc:
+                log.error("%s: %s (the file is kept)", outcome.id, exc)
 
     lock_open = True
 

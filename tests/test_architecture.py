@@ -46,7 +46,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.retry", "halftunes_cli.ratelimit"),
     ("halftunes_cli.liveness",),
     ("halftunes_cli.config",),
-    ("halftunes_cli.naming",),
+    ("halftunes_cli.naming", "halftunes_cli.tagging"),
     ("halftunes_cli.headers",),
     ("halftunes_cli.metrics",),
     ("halftunes_cli.errors", "halftunes_cli._version"),

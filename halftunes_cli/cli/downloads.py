@@ -131,12 +131,13 @@ def _run(
     write_out: WriteOut | None = None,
     wait_for_network: bool = False,
     limit_rate: str | None = None,
+    flags: dict[str, Any] | None = None,
     **kw: Any,
 ) -> None:
     state = app_state(ctx)
     began = time.monotonic()
     progress = progress_for(state, progress_mode)
-    flags: dict[str, Any] = {}
+    flags = {k: v for k, v in (flags or {}).items() if v}  # (a flag not given: config decides)
     if background:
         flags["session"] = "background"
     if wait_for_network:
@@ -248,6 +249,18 @@ def download(
             "(one id or URL).",
         ),
     ] = None,
+    embed_metadata: Annotated[
+        bool,
+        typer.Option(
+            "--embed-metadata",
+            help="Write the track's title, artist, album, numbers, genre, date and iTunes ids "
+            "into the file (MP4 atoms, ID3 for .mp3; needs the tags extra).",
+        ),
+    ] = False,
+    embed_artwork: Annotated[
+        bool,
+        typer.Option("--embed-artwork", help="Write the album artwork (600x600) into the file."),
+    ] = False,
     wait_for_network: Annotated[
         bool,
         typer.Option(
@@ -272,6 +285,15 @@ def download(
     """
     template = _write_out(ctx, write_out, json_out, background, "-" in items)
     digest = _checksum(ctx, checksum)
+    tags: dict[str, Any] = {}
+    if embed_metadata or embed_artwork:
+        from ..tagging import check_available
+
+        try:
+            check_available()
+        except UsageError as exc:
+            fail(app_state(ctx), exc)
+        tags = {"embed_metadata": embed_metadata, "embed_artwork": embed_artwork}
     schedule = _schedule(ctx, at, priority, background)
     _run(
         ctx,
@@ -288,6 +310,7 @@ def download(
         schedule=schedule,
         checksum=digest,
         limit_rate=limit_rate,
+        flags=tags,
     )
 
 

@@ -17,8 +17,10 @@ import gzip
 import hashlib
 import json
 import random
+import re
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -215,6 +217,15 @@ def _item_id(item: dict) -> int | None:
     return None
 
 
+def _atom(name: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + name + payload
+
+
+def artwork_bytes(track_id: int, width: int, height: int) -> bytes:
+    """What /art/ serves: JPEG markers around words that say which picture at which size."""
+    return b"\xff\xd8\xff\xe0" + f"artwork {track_id} {width}x{height}".encode() + b"\xff\xd9"
+
+
 def build_tracks(
     base_url: str, count: int = 300, preview_base: str | None = None
 ) -> dict[int, dict]:
@@ -240,7 +251,7 @@ def build_tracks(
             "currency": "USD",
             "primaryGenreName": "Pop",
             "releaseDate": "2005-03-01T08:00:00Z",
-            "artworkUrl100": f"{base_url}/art/{track_id}.jpg",
+            "artworkUrl100": f"{base_url}/art/{track_id}/100x100bb.jpg",  # (Apple's shape)
         }
         if preview is not None:
             t["previewUrl"] = f"{preview_base or base_url}/previews/{track_id}/{preview}"
@@ -289,6 +300,9 @@ class CatalogState:
         self.styles: dict[int, str] = {}
         self.mtimes: dict[int, float] = {}
         self.gzip_tracks: set[int] = set()
+        # Tracks whose preview is a real MP4 container (ftyp, moov, mdat) that a tagger can
+        # open; the others are plain bytes.
+        self.mp4_tracks: set[int] = set()
         # A wide-area link on loopback: seconds before each response's first byte, and the
         # TCP connections clients opened (connection reuse is part of being fast).
         self.first_byte_delay = 0.0
@@ -331,7 +345,20 @@ class CatalogState:
         return track_id * 1000 + self.versions.get(track_id, 1)
 
     def sha256_of(self, track_id: int) -> str:
+        if track_id in self.mp4_tracks:
+            return hashlib.sha256(self.mp4_body(track_id)).hexdigest()
         return body_sha256(self.seed_of(track_id), self.size_of(track_id))
+
+    def mp4_body(self, track_id: int) -> bytes:
+        """A minimal M4A of the track's size: ftyp, moov (mvhd: 30 s), mdat of seeded bytes."""
+        ftyp = _atom(b"ftyp", b"M4A " + bytes(4) + b"M4A mp42isom")
+        moov = _atom(
+            b"moov", _atom(b"mvhd", bytes(4) + struct.pack(">IIII", 0, 0, 1000, 30000) + bytes(80))
+        )
+        head = ftyp + moov
+        size = max(self.size_of(track_id), len(head) + 8)
+        payload = body_slice(self.seed_of(track_id), 0, size - len(head) - 8)
+        return head + _atom(b"mdat", payload)
 
     def take_fault(self, path: str) -> dict | None:
         with self.lock:
@@ -507,6 +534,12 @@ class _Handler(BaseHTTPRequestHandler):
             return self._file(entry, path, fault)
         if path.startswith("/auth/"):
             return self._auth(entry, path)
+        if path.startswith("/art/"):  # /art/<id>/<W>x<H>bb.jpg, as Apple's artwork URLs
+            match = re.fullmatch(r"/art/(\d+)/(\d+)x(\d+)bb\.jpg", path)
+            if match is None:
+                return self._send_json(entry, 404, {"errorMessage": "no such artwork"})
+            tid, width, height = (int(g) for g in match.groups())
+            return self._send_bytes(entry, 200, artwork_bytes(tid, width, height), "image/jpeg")
         if path.startswith("/r/"):  # a redirect chain: /r/2/x -> /r/1/x -> /x
             hops, _, rest = path[3:].partition("/")
             target = (
@@ -603,12 +636,15 @@ class _Handler(BaseHTTPRequestHandler):
         etag, mtime = st.validators_of(track_id, now)
         if st.mtimes.get(track_id) == MODIFIED_NOW:
             self._date = mtime  # Last-Modified and Date name the same second
-        encoded = None
-        if track_id in st.gzip_tracks:  # Apache force-gzip: ranges count the gzip bytes
-            encoded = gzip.compress(body_slice(st.seed_of(track_id), 0, size), mtime=0)
-            size = len(encoded)
+        body = st.mp4_body(track_id) if track_id in st.mp4_tracks else None
+        gzipped = track_id in st.gzip_tracks
+        if gzipped:  # Apache force-gzip: ranges count the gzip bytes
+            plain = body if body is not None else body_slice(st.seed_of(track_id), 0, size)
+            body = gzip.compress(plain, mtime=0)
+        if body is not None:
+            size = len(body)
         self._serve_body(
-            entry, st.seed_of(track_id), size, etag, mtime, fault, "audio/mp4", encoded
+            entry, st.seed_of(track_id), size, etag, mtime, fault, "audio/mp4", body, gzipped
         )
 
     def _file(self, entry: dict, path: str, fault: dict | None) -> None:
@@ -634,7 +670,10 @@ class _Handler(BaseHTTPRequestHandler):
             )
         self._serve_body(entry, 99, 10_000, '"auth-1"', None, None, "application/octet-stream")
 
-    def _serve_body(self, entry, seed, size, etag, mtime, fault, ctype, encoded=None) -> None:
+    def _serve_body(
+        self, entry, seed, size, etag, mtime, fault, ctype, encoded=None, gzipped=False
+    ) -> None:
+        """`encoded`: the body's bytes when they are not the seed's (gzipped: compressed)."""
         kind = fault["kind"] if fault else None
         gate = self.state.gate
         if gate is not None:
@@ -681,7 +720,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
-        if encoded is not None:
+        if gzipped:
             self.send_header("Content-Encoding", "gzip")
         if etag:
             self.send_header("ETag", etag)
