@@ -196,3 +196,22 @@ def test_a_bar_at_its_widest_leaves_the_last_two_cells_free(columns):
     assert cells(line) <= columns - 2 and line.endswith(end), (columns, line)
     if columns >= 72:
         assert style.desc_width >= 15
+
+
+def test_an_event_after_the_bars_ended_draws_nothing(capfd):
+    """`wait` polls on another thread than the one Ctrl-C ends it on: an event that arrives
+    after the final lines must not draw a fresh bar under them (seen as a stale 0% line)."""
+    from halftunes_cli.events import EventKind, TransferEvent
+    from halftunes_cli.render.bars import BarProgress
+
+    bars = BarProgress()
+    bars.begin(2)
+    bars.handle(TransferEvent(EventKind.PROGRESS, "1", "one", 10, 100, delta=10))
+    bars.abort("still running")
+    capfd.readouterr()
+    bars.handle(TransferEvent(EventKind.PROGRESS, "2", "two", 0, 100))
+    assert capfd.readouterr().err == ""
+    bars.begin(1)  # (a command's second round draws again)
+    bars.handle(TransferEvent(EventKind.PROGRESS, "3", "three", 5, 100, delta=5))
+    bars.close()
+    assert "three" in capfd.readouterr().err

@@ -107,6 +107,7 @@ class BarProgress(Progress):
         self._ended = 0
         self._collapsed_bytes = 0  # bytes of the bars that made way (no longer in _bars)
         self._collapse = False
+        self._closed = False  # the final lines are out: nothing is drawn after them
         size = shutil.get_terminal_size((80, 24))
         self._style = BarStyle(size.columns)
         self._rows = size.lines
@@ -123,6 +124,7 @@ class BarProgress(Progress):
 
     def begin(self, count: int, labels: list[str] | None = None) -> None:
         with self._lock:
+            self._closed = False  # (a command's second round: a refreshed address)
             self._shown = distinct(labels or [], self._style.desc_width)
             if labels:  # as wide as the longest label needs (aligned, without a wide gap)
                 shown = [cells(printable(self._shown.get(x, x))) for x in labels]
@@ -152,6 +154,8 @@ class BarProgress(Progress):
 
     def handle(self, event: TransferEvent) -> None:
         with self._lock:
+            if self._closed:  # (an event that raced the end: a bar now would be stale)
+                return
             if event.kind is EventKind.ENDED:
                 self._end(event)
                 return
@@ -265,6 +269,9 @@ class BarProgress(Progress):
         """Clear the live bars, then print how each ended, in their order, under the
         overall line: the screen holds the final state and nothing else."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             if self._console is not None:
                 self._console.sink = None
             bars = sorted(self._bars.values(), key=lambda b: abs(b.pos))
