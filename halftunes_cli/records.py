@@ -522,7 +522,7 @@ class Records:
                     f"run `halftunes wait {rid}` to wait for it",
                 ),
             )
-        if row["status"] in TO_START and queue:
+        if row["status"] in TO_START and row["owner"] is None and queue:
             if schedule is not None:  # queued again with a new date or priority
                 self._write(
                     conn,

@@ -180,3 +180,15 @@ def test_completed_record_with_its_file_is_skipped_unless_forced(records, tmp_pa
     assert claim(records, tmp_path, records.get("1")).outcome == "skipped"
     forced = claim(records, tmp_path, records.get("1"), force=True)
     assert forced.outcome == "claimed" and forced.record.bytes_received == 0
+
+
+def test_queueing_a_record_whose_waiting_owner_died_takes_it_over(records, tmp_path):
+    """A transfer waiting for the network in a process that died is not 'queued already':
+    queueing it again hands it to the worker (owner cleared), it is not left waiting."""
+    c = claim(records, tmp_path, target(tmp_path))
+    with records.store.transaction() as conn:  # (as a dead process left it)
+        records.store.update_record(conn, c.id, status="waiting", owner="gone-owner-token")
+    again = claim(records, tmp_path, c.record, owner=None, queue=True, session_kind="background")
+    assert again.outcome == "queued"
+    record = records.get(c.id)
+    assert record.status == "queued" and record.owner is None
