@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import tagging
 from .background import WORKER_LOG, ensure_worker
 from .config import SessionConfiguration, transfer_settings
 from .errors import (
@@ -574,8 +575,6 @@ class DownloadService:
         config = session.configuration
         if not (config.embed_metadata or config.embed_artwork):
             return False
-        from . import tagging
-
         tagging.check_available()
         track = (tracks or {}).get(record.id)
         if track is None:
@@ -598,14 +597,14 @@ class DownloadService:
 
     @staticmethod
     def _artwork(session: Session, url: str) -> bytes:
-        from .tagging import TagError
-
         task = session.data_task(url)
         task.run()
         status = getattr(task.response, "status_code", None)
         if task.error is not None or status != 200 or not task.data:
             why = task.error or f"HTTP {status}"
-            raise TagError(f"cannot fetch the artwork {url}: {why}", "the file is kept untagged")
+            raise tagging.TagError(
+                f"cannot fetch the artwork {url}: {why}", "the file is kept untagged"
+            )
         return bytes(task.data)
 
     def _check_places(self, entries: Sequence[Target | DownloadRecord], folder: Path) -> Path:
