@@ -25,8 +25,11 @@ install: $(CLI_STAMP)
 
 dev: $(STAMP)
 
+# Two test processes per core: most tests wait (on servers, throttled transfers, other
+# processes) more than they compute; 2 cores: 4 workers, 137 s -> 110 s.
+TEST_WORKERS ?= $(shell $(PYTHON) -c 'import os; print(2 * (os.cpu_count() or 1))')
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n auto
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 # The body reader relies on urllib3 2 internals: run the transfer tests against the oldest
 # urllib3 that pyproject admits too (the newest is what `make test` installs).
