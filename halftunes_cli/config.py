@@ -65,6 +65,8 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "embed_artwork": ((bool,), "true or false"),
 }
 DURABILITY = ("power-cut", "crash")
+# Apple's NSURLSessionTaskPriorityLow, Default and High, by the names `--priority` takes
+PRIORITIES = {"low": 0.25, "default": 0.5, "high": 0.75}
 TIMEOUT_LIMITS = {"request_timeout": 86_400.0, "resource_timeout": 315_360_000.0}
 CONFIG_KEYS = tuple(_KEYS)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from .config import PRIORITIES
 from .errors import (
     AlreadyRunningError,
     IllegalTransition,
@@ -105,7 +106,7 @@ UNFINISHED = (S.QUEUED, S.WAITING, S.RUNNING, S.PAUSED, S.FAILED)
 ACTIVE = (S.QUEUED, S.WAITING, S.RUNNING)  # not ended: `wait` waits for these
 TO_START = (S.QUEUED, S.WAITING)  # handed to the worker, not started yet
 OWNED = (S.RUNNING, S.WAITING)  # with an owner: a transfer in a live process's hands
-DEFAULT_PRIORITY = 0.5  # Apple's NSURLSessionTaskPriorityDefault (low 0.25, high 0.75)
+DEFAULT_PRIORITY = PRIORITIES["default"]
 
 
 @dataclass(frozen=True)

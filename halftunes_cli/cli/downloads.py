@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..config import PRIORITIES
 from ..errors import HalftunesError, UsageError
 
 if TYPE_CHECKING:
@@ -404,9 +405,6 @@ def _checksum(ctx: typer.Context, value: str | None) -> str | None:
             ),
         )
     return f"{algorithm}={digest}"
-
-
-PRIORITIES = {"low": 0.25, "default": 0.5, "high": 0.75}  # Apple's three
 
 
 def _schedule(

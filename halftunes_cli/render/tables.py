@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from ..config import PRIORITIES
 from .formats import cells, duration, fit, human_bytes, percent, printable, wrap
 
 
@@ -189,16 +190,14 @@ def records_table(rows: list[Any], color: bool, width: int | None = None) -> Non
                 print(click.style(line, dim=True) if color else line)
 
 
-PRIORITY_NAMES = {0.25: "low", 0.5: "default", 0.75: "high"}
-
-
 def schedule_note(not_before: float | None, priority: float | None) -> str:
     """`starts at 2026-12-24 03:00:00 · priority high` (what is not the default)."""
     parts = []
     if not_before is not None:
         parts.append("starts at " + time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(not_before)))
-    if priority is not None and priority != 0.5:
-        parts.append(f"priority {PRIORITY_NAMES.get(priority, f'{priority:g}')}")
+    if priority is not None and priority != PRIORITIES["default"]:
+        names = {value: name for name, value in PRIORITIES.items()}
+        parts.append(f"priority {names.get(priority, f'{priority:g}')}")
     return " · ".join(parts)
 
 
