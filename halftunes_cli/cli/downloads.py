@@ -106,8 +106,8 @@ def _write_out_variables(
     values = TaskMetrics(0.0, 0.0).summary()
     values.update(id=item, status="error", errormsg=error)
     if outcome is not None and record is not None:
-        ran = outcome.status in ("completed", "paused", "failed")
-        values.update(record.metrics_summary or {} if ran else {})
+        if outcome.status in ("completed", "paused", "failed"):  # (a transfer ran)
+            values.update(record.metrics_summary or {})
         values.update(
             id=record.id,
             status=str(outcome.status),
