@@ -629,6 +629,111 @@ def s8_shaped() -> None:
     results["scenarios"]["S8 shaped link"] = json.loads(proc.stdout)
 
 
+def s9_connections(servers: Servers, have: dict) -> None:
+    """One file over 8 connections. Capped: the catalog serves each request at S9_CAP bytes/s
+    (a CDN's per-connection cap), against aria2c -x 8 -s 8 -k 1M. Uncapped: the loopback
+    nginx file of S1, -x 8 against one connection."""
+    cap, size = S9_CAP, S9_SIZE
+    capped = subprocess.Popen(
+        [sys.executable, "-m", "halftunes_cli.catalog", "--port", "0", "--throttle", str(cap)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert capped.stdout is not None
+    api = capped.stdout.readline().strip()
+    eight = {**os.environ, "HALFTUNES_MAX_CONNECTIONS_PER_HOST": "8"}
+    envs = {
+        "halftunes -x 8": eight,
+        "halftunes -x 8 (durability=crash)": {**eight, "HALFTUNES_DURABILITY": "crash"},
+        "halftunes -x 1": eight,
+    }
+
+    def ht(url: str, n: int):
+        return lambda d: [
+            HALFTUNES,
+            "--session",
+            "ephemeral",
+            "-q",
+            "download",
+            "-x",
+            str(n),
+            url,
+            "-P",
+            str(d),
+        ]
+
+    def aria(url: str):
+        return lambda d: [
+            "aria2c",
+            "-q",
+            "-x8",
+            "-s8",
+            "-k1M",
+            "--allow-overwrite=true",
+            "--file-allocation=none",
+            "-d",
+            str(d),
+            "-o",
+            "s9.bin",
+            url,
+        ]
+
+    rows: dict = {}
+    try:
+        url = f"{api}/files/s9.bin?size={size}&seed=11"
+        tools = {
+            "halftunes -x 8": ht(url, 8),
+            "halftunes -x 8 (durability=crash)": ht(url, 8),
+        }
+        if have["aria2c"]:
+            tools["aria2c -x 8 -s 8 -k 1M"] = aria(url)
+        links: dict[str, list[float]] = {name: [] for name in tools}
+
+        def check(d: Path) -> bool:
+            # the server's clock: first request in to last byte out (no start-up)
+            log_ = [e for e in _admin(api, "/_admin/log") if e["path"] == "/files/s9.bin"]
+            links[current[0]].append(
+                max(e["ended"] or e["time"] for e in log_) - min(e["time"] for e in log_)
+            )
+            _admin(api, "/_admin/clear", {})
+            return (d / "s9.bin").stat().st_size == size
+
+        current = [""]
+        samples: dict[str, list] = {name: [] for name in tools}
+        for run in range(RUNS + 1):  # run 0 is the warm-up
+            for name, build in tools.items():
+                current[0] = name
+                d = fresh(WORK / "s9")
+                sample = measure(build(d), env=envs.get(name))
+                if not check(d):
+                    raise RuntimeError(f"{name} produced a wrong result")
+                if run > 0:
+                    samples[name].append(sample)
+                else:
+                    links[name].clear()
+            log(f"  run {run}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in links.items() if v))
+        for name, got in samples.items():
+            summary = summarize(got, size)
+            summary["of_8_caps"] = summary["mib_per_s"] * MIB / (8 * cap)
+            summary["link_seconds"] = statistics.median(links[name])
+            rows[f"capped {cap // MIB} MiB/s per connection: {name}"] = summary
+    finally:
+        capped.terminate()
+        capped.wait()
+    big = make_big_file(servers, "big.bin", GIB)
+    tools = {"halftunes -x 8": ht(big, 8), "halftunes -x 1": ht(big, 1)}
+    samples = alternate(
+        tools, WORK / "s9", lambda d: (d / "big.bin").stat().st_size == GIB, settle=2.0, envs=envs
+    )
+    for name, got in samples.items():
+        rows[f"loopback, no cap, 1 GiB: {name}"] = summarize(got, GIB)
+    results["scenarios"]["S9 one file over 8 connections"] = rows
+
+
+S9_CAP = 4 * MIB  # bytes per second per connection
+S9_SIZE = 128 * MIB
+
+
 def s10_jobs(have: dict, n: int = 20_000, size: int = 100_000) -> None:
     """A job of n items of `size` bytes on loopback: items/s of the local and Dask engines
     against aria2c -j 16 -i and wget -i, and the local engine's peak RSS at n/10 and n."""
@@ -839,6 +944,28 @@ def report() -> str:
             "to the last, without the tools' start-up.",
             "",
         ]
+    if "S9 one file over 8 connections" in sc:
+        lines += [
+            "## S9 one file over 8 connections",
+            "",
+            "| tool | wall s | CPU s | peak RSS MiB | MiB/s | of 8 × the cap | server's clock s |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, r in sc["S9 one file over 8 connections"].items():
+            share, link = r.get("of_8_caps"), r.get("link_seconds")
+            lines.append(
+                f"| {name} | {fmt_range(r, 'wall')} | {fmt_range(r, 'cpu')} | "
+                f"{fmt_range(r, 'rss_mib', digits=1)} | {r['mib_per_s']:.0f} | "
+                f"{'-' if share is None else f'{100 * share:.0f}%'} | "
+                f"{'-' if link is None else f'{link:.2f}'} |"
+            )
+        lines += [
+            "",
+            "The server's clock runs from the first request in to the last byte out: the "
+            "transfer without the tool's start-up (halftunes: about 0.25 s of Python start-up "
+            "and imports before its first request).",
+            "",
+        ]
     if "S10 jobs (100 KB items)" in sc:
         lines += [
             "## S10 jobs (items of 100 KB)",
@@ -900,6 +1027,9 @@ def main() -> int:
         if not only or "S7" in only:
             log("S7 memory")
             s7_memory(servers)
+        if not only or "S9" in only:
+            log("S9 one file over 8 connections")
+            s9_connections(servers, have)
     finally:
         servers.stop()
     if not only or "S8" in only:

@@ -63,6 +63,7 @@ _KEYS: dict[str, tuple[tuple[type, ...], str]] = {
     "limit_rate": ((int, str), "bytes per second, or with k, M or G (1024-based), e.g. 500k"),
     "embed_metadata": ((bool,), "true or false"),
     "embed_artwork": ((bool,), "true or false"),
+    "connections_per_file": ((int, str), "a number of connections from 1 to 16, or auto"),
 }
 DURABILITY = ("power-cut", "crash")
 # Apple's NSURLSessionTaskPriorityLow, Default and High, by the names `--priority` takes
@@ -149,6 +150,9 @@ class SessionConfiguration:
     # write the track's details / its artwork into a finished preview (mutagen: `tags` extra)
     embed_metadata: bool = False
     embed_artwork: bool = False
+    # connections for one file (`-x`): a file is split into ranges fetched at once when the
+    # server serves ranges with a validator; 0 is auto (8 for files of 64 MiB or more)
+    connections_per_file: int = 1
     protocol_classes: dict[str, Any] = field(default_factory=dict)
     # Mode of downloaded files; None: the process's umask decides (a background transfer
     # carries the umask of the command that queued it, since the worker's is 077).
@@ -286,9 +290,30 @@ def _coerce(key: str, raw: Any, origin: str, from_text: bool = True) -> Any:
     elif key == "limit_rate":
         value = parse_rate(value)
         bad = value is None
+    elif key == "connections_per_file":
+        value = parse_connections(value)
+        bad = value is None
     if bad:
         raise ConfigError(f"{origin}: {key} = {raw!r} is not valid", f"expected {expected}")
     return value
+
+
+MAX_CONNECTIONS_PER_FILE = 16
+
+
+def parse_connections(value: int | str) -> int | None:
+    """`-x N|auto`: 1 to 16 connections, or auto (0). None: not a count."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return 0
+        number = parse_uint(text)
+        if number is None:
+            return None
+        value = number
+    if isinstance(value, bool):
+        return None
+    return value if 1 <= value <= MAX_CONNECTIONS_PER_FILE else None
 
 
 _RATE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -436,6 +461,7 @@ TRANSFER_KEYS = (
     "limit_rate",
     "embed_metadata",
     "embed_artwork",
+    "connections_per_file",
 )
 TRANSFER_ENVIRONMENT = (
     "REQUESTS_CA_BUNDLE",

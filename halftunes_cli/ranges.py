@@ -190,3 +190,54 @@ def decide(
     if status in RETRYABLE_STATUSES:
         return Decision(Action.RETRY, known_total, f"HTTP {status}")
     return Decision(Action.FAIL, known_total, f"HTTP {status}")
+
+
+# -- one segment of a file fetched over several connections --------------------------------
+def segment_headers(start: int, end: int, etag: str | None, last_modified: str | None) -> dict:
+    """Headers asking for bytes [start, end] (inclusive) of a resource known by its validator:
+    a segment never asks without If-Range (a changed resource must answer 200, not a splice)."""
+    validator = validator_for(etag, last_modified)
+    if validator is None:
+        raise ValueError("a segment needs a validator")
+    return {
+        "Accept-Encoding": "identity",
+        "Range": f"bytes={start}-{end}",
+        "If-Range": validator,
+    }
+
+
+def decide_segment(
+    status: int, headers: Mapping[str, str], start: int, end: int, total: int
+) -> Decision:
+    """What to do with the answer to `segment_headers(start, end, ...)` for a resource of
+    `total` bytes: APPEND (206 from exactly `start`, the same total, no encoding), RESTART
+    (200: If-Range did not match, the resource changed; or ranges are no longer served),
+    REFETCH (any other answer that cannot be trusted for this range), RETRY, FAIL."""
+    if status == 206:
+        cr = parse_content_range(_header(headers, "Content-Range"))
+        if cr is None or cr.start is None or cr.end is None:
+            return Decision(Action.REFETCH, None, "invalid Content-Range: restarting from 0")
+        if cr.start != start or cr.end > end:
+            return Decision(
+                Action.REFETCH,
+                None,
+                f"server answered bytes {cr.start}-{cr.end}, not {start}-{end}: restarting",
+            )
+        if cr.total != total:
+            return Decision(Action.REFETCH, None, "file size changed on the server: restarting")
+        encoding = (_header(headers, "Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity":
+            return Decision(Action.REFETCH, None, "server encoded a range: restarting")
+        return Decision(Action.APPEND, total, "")
+    if status == 200:
+        return Decision(
+            Action.RESTART,
+            None,
+            "server sent the whole file to a segment's request (the file changed, or it no "
+            "longer serves ranges): restarting from 0",
+        )
+    if status == 416:
+        return Decision(Action.REFETCH, None, "range not satisfiable: restarting from 0")
+    if status in RETRYABLE_STATUSES:
+        return Decision(Action.RETRY, total, f"HTTP {status}")
+    return Decision(Action.FAIL, total, f"HTTP {status}")

@@ -178,6 +178,9 @@ class DownloadRecord:
     not_before: float | None = None  # the worker starts it no earlier (`--at`)
     priority: float | None = None  # the worker starts higher ones first (None: 0.5)
     checksum: str | None = None  # ALGO=HEX the finished file must have (`--checksum`)
+    # JSON: the segments of a file fetched over several connections, each with its durable
+    # length (`bytes_received` is then their sum, not a length of the partial)
+    segments: str | None = None
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -267,6 +270,7 @@ class Settlement:
     error: str | None
     permanent: bool = False
     metrics: str | None = None  # JSON (the task's metrics summary)
+    segments: str | None = None  # JSON: the durable plan of several connections, if any
 
 
 RecoverPartial = Callable[[str, int, bool, "int | None"], int]
@@ -570,7 +574,9 @@ class Records:
         moved = target is not None and target.url != row["url"]
         if done or force or moved:  # start over: the file is gone, the user asked, it moved
             remove_partial(row["part_path"])
-            values.update(bytes_received=0, bytes_total=None, etag=None, last_modified=None)
+            values.update(
+                bytes_received=0, bytes_total=None, etag=None, last_modified=None, segments=None
+            )
             if target is not None:  # ...where this command asks for it (-P / -o)
                 path = self._choose_path(conn, target, download_dir, listing, row["path"])
                 values.update(
@@ -646,8 +652,11 @@ class Records:
         bytes_total: int | None,
         etag: str | None,
         last_modified: str | None,
+        segments: str | None = None,
     ) -> StopRequest | None:
-        """Record a fsynced length; returns a pending stop request, if any."""
+        """Record a fsynced length (for several connections: the plan of `segments`, each
+        with its fsynced length, summed in `bytes_received`); returns a pending stop
+        request, if any."""
         with self.store.transaction() as conn:
             row = self.store.row(conn, record_id)
             if row is None:
@@ -662,6 +671,7 @@ class Records:
                 bytes_total=bytes_total,
                 etag=etag,
                 last_modified=last_modified,
+                segments=segments,
                 boot_id=self._boot,
             )
             return StopRequest(row["request"]) if row["request"] else None
@@ -698,6 +708,7 @@ class Records:
             request=None,
             etag=e.etag,
             last_modified=e.last_modified,
+            segments=e.segments if status is not S.COMPLETED else None,
             **({"metrics": e.metrics} if e.metrics is not None else {}),
         )
         return DownloadRecord.from_row(self.store.row(conn, e.record_id) or row), True
@@ -830,7 +841,9 @@ class Records:
         which (its checkpoint, its boot), the partial's keeper (`recover_partial`, given by
         the session: the file work is not the records') makes it so."""
         checkpoint = int(row["bytes_received"] or 0)
-        if self.recover_partial is None:
+        if self.recover_partial is None or row.get("segments"):
+            # (a segmented partial is as long as the whole file: its length vouches for
+            # nothing, only each segment's recorded length does)
             return checkpoint
         same_boot = self._boot is not None and row.get("boot_id") == self._boot
         return self.recover_partial(row["part_path"], checkpoint, same_boot, row["bytes_total"])

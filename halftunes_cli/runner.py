@@ -69,6 +69,7 @@ class _RecordJournal:
             task.bytes_total,
             task.etag,
             task.last_modified,
+            task.segment_record,
         )
         return str(request) if request is not None else None
 
@@ -138,6 +139,7 @@ class Runner:
             record.bytes_total,
             record.etag,
             record.last_modified,
+            segments=record.segments,
         )
         task = DownloadTask(
             self.session_for(record),
@@ -254,6 +256,7 @@ class Runner:
                     str(task.error) if task.error else "failed",
                     bool(getattr(task.error, "is_permanent", False)),
                     json.dumps(summary, separators=(",", ":")) if summary else None,
+                    task.segment_record,
                 )
             )
         settled = self.records.settle_many(endings)

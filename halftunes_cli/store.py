@@ -22,14 +22,18 @@ STATE_FILE_NAME = "downloads.db"
 # How long a command waits for another process's transaction before it says "busy". (The
 # environment variable exists for the chaos suite, which holds the lock longer than this.)
 BUSY_TIMEOUT_SECONDS = parse_decimal(os.environ.get("HALFTUNES_BUSY_TIMEOUT_SECONDS")) or 30.0
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Format 1 -> 2: each record carries the settings of the command that queued it, and whether
 # its failure is permanent (404, 410, ...).
+# Format 2 -> 3: `segments`, the plan of a file fetched over several connections (`-x`). A new
+# number, not an added column: a halftunes that ignored it would take the partial's length
+# (the whole file's, sparse) for bytes received.
 _MIGRATIONS = {
     1: (
         "ALTER TABLE downloads ADD COLUMN settings TEXT",
         "ALTER TABLE downloads ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0",
-    )
+    ),
+    2: ("ALTER TABLE downloads ADD COLUMN segments TEXT",),
 }
 # Columns added within a format: an older halftunes of the same format reads records by
 # name and leaves them alone, so they need no new number (`metrics`: JSON, the last
@@ -66,6 +70,7 @@ CREATE TABLE downloads (
     not_before REAL,
     priority REAL,
     checksum TEXT,
+    segments TEXT,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );

@@ -321,6 +321,43 @@ def _build(config: SessionConfiguration, environment: dict[str, str] | None) -> 
     return http
 
 
+class HostSlots:
+    """How many connections a session holds per host: every download holds one while it runs
+    (the runner's threads bound those), and a segmented download takes more only while the
+    host's total stays within max_connections_per_host."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._held: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def hold(self, host: str) -> Iterator[None]:
+        with self._lock:
+            self._held[host] = self._held.get(host, 0) + 1
+        try:
+            yield
+        finally:
+            self.give_back(host)
+
+    def try_take(self, host: str) -> bool:
+        with self._lock:
+            if self._held.get(host, 0) >= self.limit:
+                return False
+            self._held[host] = self._held.get(host, 0) + 1
+            return True
+
+    def give_back(self, host: str) -> None:
+        with self._lock:
+            self._held[host] -= 1
+            if not self._held[host]:
+                del self._held[host]
+
+    def held(self, host: str) -> int:
+        with self._lock:
+            return self._held.get(host, 0)
+
+
 class HttpClient:
     """Holds the pooled session of one `Session`; built on first use (keeps start-up fast)."""
 
@@ -333,6 +370,7 @@ class HttpClient:
         self.environment = environment
         self._http: requests.Session | None = None
         self._lock = threading.Lock()
+        self.slots = HostSlots(configuration.max_connections_per_host)
 
     @property
     def session(self) -> requests.Session:

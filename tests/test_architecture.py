@@ -33,6 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("halftunes_cli.background",),
     ("halftunes_cli.tasks",),
     ("halftunes_cli.tasks.download", "halftunes_cli.tasks.data", "halftunes_cli.tasks.upload"),
+    ("halftunes_cli.tasks.segments",),
     ("halftunes_cli.tasks.partial",),
     ("halftunes_cli.tasks.checkpointer",),
     ("halftunes_cli.tasks.base",),

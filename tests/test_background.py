@@ -283,6 +283,7 @@ def test_a_state_file_of_format_1_is_migrated(env):
     env.state_dir.mkdir(mode=0o700)
     db = sqlite3.connect(env.state_dir / "downloads.db")
     v1 = store._SCHEMA.replace("    settings TEXT,\n", "")
+    v1 = v1.replace("    segments TEXT,\n", "")
     db.executescript(v1.replace("    permanent INTEGER NOT NULL DEFAULT 0,\n", ""))
     db.execute(
         "INSERT INTO downloads (id, seq, url, path, path_key, part_path, status, "
@@ -294,6 +295,7 @@ def test_a_state_file_of_format_1_is_migrated(env):
     db.close()
     assert [r["id"] for r in env.json("list")] == ["u1"]
     db = sqlite3.connect(env.state_dir / "downloads.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert db.execute("PRAGMA user_version").fetchone()[0] == store.SCHEMA_VERSION == 3
+    assert "segments" in [c[1] for c in db.execute("PRAGMA table_info(downloads)")]
     assert "settings" in [c[1] for c in db.execute("PRAGMA table_info(downloads)")]
     db.close()

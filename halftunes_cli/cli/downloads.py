@@ -232,6 +232,16 @@ def download(
             help="With -b: the worker starts higher priorities first (also 0.0-1.0).",
         ),
     ] = None,
+    connections: Annotated[
+        str | None,
+        typer.Option(
+            "-x",
+            "--connections",
+            metavar="N|auto",
+            help="Fetch each file over up to N connections at once (1-16; auto: 8 for files "
+            "of 64 MiB or more), where the server serves ranges; resumable per range.",
+        ),
+    ] = None,
     limit_rate: Annotated[
         str | None,
         typer.Option(
@@ -283,10 +293,11 @@ def download(
       halftunes search jack johnson --json |
         jq '.[].trackId' | halftunes download -
       halftunes download 1000001 -w '%{time_starttransfer} %{speed_download}\\n'
+      halftunes download -x 8 https://example.org/big.iso
     """
     template = _write_out(ctx, write_out, json_out, background, "-" in items)
     digest = _checksum(ctx, checksum)
-    tags: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     if embed_metadata or embed_artwork:
         from ..tagging import check_available
 
@@ -294,7 +305,9 @@ def download(
             check_available()
         except UsageError as exc:
             fail(app_state(ctx), exc)
-        tags = {"embed_metadata": embed_metadata, "embed_artwork": embed_artwork}
+        settings = {"embed_metadata": embed_metadata, "embed_artwork": embed_artwork}
+    if connections is not None:
+        settings["connections_per_file"] = connections
     schedule = _schedule(ctx, at, priority, background)
     _run(
         ctx,
@@ -311,7 +324,7 @@ def download(
         schedule=schedule,
         checksum=digest,
         limit_rate=limit_rate,
-        flags=tags,
+        flags=settings,
     )
 
 

@@ -232,14 +232,17 @@ class Task:
         if self._stop.is_set():
             raise Cancelled(self._stop_reason or "cancel")
 
-    def _retries(self, what: str | Callable[[], str] | None = None) -> RetryLoop:
-        """This task's retry loop: the session's policy, stopped by a stop request, heard by
-        the delegate (`on_retry`), and the rule for hosts this task never reached."""
+    def _retries(
+        self, what: str | Callable[[], str] | None = None, stop: threading.Event | None = None
+    ) -> RetryLoop:
+        """This task's retry loop: the session's policy, stopped by a stop request (or by
+        `stop`: one connection of several), heard by the delegate (`on_retry`), and the rule
+        for hosts this task never reached."""
         config = self.session.configuration
         return RetryLoop(
             self.session.retry_policy,
             what=what or self.url,
-            stop=self._stop,
+            stop=stop or self._stop,
             on_retry=self._on_retry,
             has_reached_host=lambda: self.has_reached_host,
             waits_for_connectivity=config.waits_for_connectivity,

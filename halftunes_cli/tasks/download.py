@@ -7,11 +7,13 @@ import enum
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from .. import ranges, ratelimit
 from ..errors import (
@@ -29,6 +31,7 @@ from ..transport import body_reader
 from .base import Task, TaskHost, TaskState
 from .checkpointer import shared_checkpointer
 from .partial import PartialFile, PartialShrank, start_writeback
+from .segments import SegmentedDownload, SegmentPlan, _Changed, connections_for
 
 CHUNK_BYTES = 1 << 20
 RESUME_DATA_VERSION = 1
@@ -47,6 +50,9 @@ class ResumeData:
     etag: str | None = None
     last_modified: str | None = None
     version: int = RESUME_DATA_VERSION
+    # a file fetched over several connections: its segments' plan as the last checkpoint
+    # recorded it (JSON; `segments.SegmentPlan`), None for one connection
+    segments: str | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self)).encode()
@@ -147,6 +153,16 @@ class DownloadTask(Task):
         rate = session.configuration.limit_rate
         self._limit = ratelimit.shared(rate) if rate else None  # `--limit-rate`
         self._handed_total: int | None = None
+        cfg = session.configuration
+        # `-x`: connections for one file (0: auto), when the server allows (`_may_split`)
+        self.connections = cfg.connections_per_file
+        self._plan: SegmentPlan | None = None  # the segments, while several connections run
+        self._recorded_plan: str | None = None  # the plan as the last checkpoint recorded it
+        self._recorded_bytes = 0  # ... and the bytes it vouches for
+        self._unreadable_plan = False  # a recorded plan that does not fit: trust nothing
+        self._engine: SegmentedDownload | None = None
+        self._journal_lock = threading.Lock()
+        self._progress_lock = threading.Lock()
         part_path = Path(str(self.destination) + ".part")
         synced = 0
         if resume_data is not None:
@@ -155,7 +171,16 @@ class DownloadTask(Task):
             self.bytes_total = resume_data.bytes_total
             self.etag = resume_data.etag
             self.last_modified = resume_data.last_modified
-        cfg = session.configuration
+            if resume_data.segments:
+                self._plan = SegmentPlan.from_record(resume_data.segments, self.bytes_total)
+                if (
+                    self._plan is None
+                    or ranges.validator_for(self.etag, self.last_modified) is None
+                ):
+                    self._plan, self._unreadable_plan = None, True
+                else:
+                    self._recorded_plan = resume_data.segments
+                    self._recorded_bytes = self._plan.done_bytes
         self.checkpointer = shared_checkpointer()
         self.partial = PartialFile(
             part_path,
@@ -174,7 +199,17 @@ class DownloadTask(Task):
     @property
     def bytes_received(self) -> int:
         """Bytes in the partial (some may still await their checkpoint)."""
-        return self.partial.length
+        plan = self._plan
+        return plan.done_bytes if plan is not None else self.partial.length
+
+    @property
+    def host(self) -> str:
+        return (urlsplit(self.url).hostname or "").lower()
+
+    @property
+    def segment_record(self) -> str | None:
+        """The segments' plan as the last checkpoint made it durable (None: one connection)."""
+        return self._recorded_plan
 
     @property
     def label(self) -> str:
@@ -194,6 +229,8 @@ class DownloadTask(Task):
     @property
     def bytes_synced(self) -> int:
         """Bytes of the partial known to be on disk: what a checkpoint records."""
+        if self._recorded_plan is not None:
+            return self._recorded_bytes
         return self.partial.synced
 
     @property
@@ -225,6 +262,7 @@ class DownloadTask(Task):
             bytes_total=self.bytes_total,
             etag=self.etag,
             last_modified=self.last_modified,
+            segments=self._recorded_plan,
         )
 
     # -- the engine ------------------------------------------------------------------------
@@ -233,7 +271,19 @@ class DownloadTask(Task):
             self.destination.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise disk_error(exc, self.destination.parent) from exc
-        offset = self.partial.starting_offset(self.bytes_total)
+        with self.session.http.slots.hold(self.host):  # (max_connections_per_host)
+            self._transfer()
+
+    def _transfer(self) -> None:
+        if self._unreadable_plan:
+            self._note("the record of the segments does not fit the file: restarting from 0")
+            self._forget_plan()
+            self.bytes_total = self.etag = self.last_modified = None
+            offset = self.partial.truncate(0)
+        elif self._plan is not None:
+            offset = 0  # (each segment knows its own)
+        else:
+            offset = self.partial.starting_offset(self.bytes_total)
         deadline = time.monotonic() + self.session.configuration.resource_timeout
         high_water = offset
         for attempt in self._retries(lambda: f"{self.url} from byte {self.bytes_received}"):
@@ -268,6 +318,8 @@ class DownloadTask(Task):
 
     def _attempt(self, offset: int) -> _Result:
         """One request with `offset` bytes in hand, and what came of it."""
+        if self._plan is not None:  # resuming a file fetched over several connections
+            return self._run_segments(None)
         headers = ranges.request_headers(offset, self.etag, self.last_modified)
         try:
             response = self._send_once("GET", headers, auth=self._auth)
@@ -337,6 +389,8 @@ class DownloadTask(Task):
             # it ahead of that checkpoint: the receiving thread does not wait for it. Were
             # it lost to a crash, the resume would find no validator and start from 0.
             self.checkpointer.submit(self._journal_validators)
+        if offset == 0 and self._may_split(response):
+            return self._run_segments(response)
         return self._receive(response, offset, start)
 
     def _status_error(self, response: Any, offset: int) -> HTTPStatusError:
@@ -429,11 +483,13 @@ class DownloadTask(Task):
     def _journal(self) -> None:
         """Write the checkpoint into the record, and act on a stop request found there. A
         state file that refuses it (moved, deleted, broken) stops the transfer: its bytes
-        would no longer be recorded anywhere."""
+        would no longer be recorded anywhere. (One at a time: what a call writes is the
+        task's state when it runs, never an older one after a newer.)"""
         if self.journal is None:
             return
         try:
-            request = self.journal.checkpoint(self)
+            with self._journal_lock:
+                request = self.journal.checkpoint(self)
         except HalftunesError as exc:
             log.error("%s: cannot record the checkpoint: %s", self.url, exc)
             self._journal_error = self._journal_error or exc
@@ -455,6 +511,132 @@ class DownloadTask(Task):
             if self._committed:
                 return  # the body is whole: it completes (a stop must not lose a finished file)
         super().request_stop(reason)
+        engine = self._engine
+        if engine is not None:
+            engine.stop()
+
+    # -- several connections -----------------------------------------------------------------
+    def _may_split(self, response: Any) -> bool:
+        """Whether this first answer lets the file go over several connections: ranges served,
+        a validator every segment's If-Range can carry, a known length, no encoding. If so,
+        the plan is made (`_plan`)."""
+        total = self.bytes_total
+        if self.connections == 1 or total is None:
+            return False
+        n = connections_for(self.connections, total)
+        reason = None
+        if n < 2:
+            reason = f"the file is small ({total} bytes)" if self.connections > 1 else ""
+        elif urlsplit(self.url).scheme not in ("http", "https"):
+            reason = "not an HTTP URL"
+        elif "bytes" not in (response.headers.get("Accept-Ranges") or "").lower():
+            reason = "the server does not say it serves ranges (Accept-Ranges)"
+        elif ranges.validator_for(self.etag, self.last_modified) is None:
+            reason = "the server gives no strong validator (ETag or Last-Modified)"
+        elif self.content_encoding is not None:
+            reason = "the server compresses the body"
+        if reason is not None:
+            if reason:
+                log.info("%s: one connection: %s", self.url, reason)
+            return False
+        self._plan = SegmentPlan.split(total, n)
+        log.info("%s: planned %d connections", self.url, n)
+        return True
+
+    def _run_segments(self, first: Any) -> _Result:
+        """Fetch the file over several connections (`first`: the answer to the first request,
+        whose body is the first segment's; None when resuming a recorded plan)."""
+        plan = self._plan
+        assert plan is not None and self.bytes_total is not None
+        fresh = first is not None
+        if fresh:
+            # The record says the partial is segmented before the partial grows to its full
+            # length: a length that vouches for nothing must never be trusted after a crash.
+            self._recorded_plan, self._recorded_bytes = plan.snapshot()
+            self._journal()
+            self._check_stop()
+        try:
+            self.partial.open_segments(self.bytes_total, fresh)
+        except PartialShrank as exc:
+            if first is not None:
+                first.close()
+            return self._restart_segments(str(exc))
+        engine = self._engine = SegmentedDownload(self, plan, plan.connections)
+        if self._stop.is_set():
+            engine.stop()
+        complete = False
+        try:
+            complete = engine.run(first)
+        except _Changed as exc:
+            self._settle_segments(engine)
+            return self._restart_segments(str(exc))
+        except BaseException:
+            self._settle_segments(engine)
+            raise
+        if plan.steals:
+            log.info("%s: %d ranges taken over by idle connections", self.url, plan.steals)
+        if complete and not self._commit():
+            complete = False  # a stop came before the last byte: it wins (resume completes it)
+        if not complete:
+            self._settle_segments(engine)
+            self._check_stop()
+            raise TransferError(f"{self.url}: the segments ended before the file was whole")
+        self._settle_segments(engine, complete=True)
+        self._finish(self.bytes_total)
+        return _Result(_Step.DONE)
+
+    def _settle_segments(self, engine: SegmentedDownload, complete: bool = False) -> None:
+        """After the connections ended: count their bytes, and checkpoint (fsync, then the
+        record), or, once the file is whole, fsync it for the rename (unless the group commit
+        does) and let no stop undo it."""
+        self._engine = None
+        self.bytes_fetched += engine.bytes_fetched
+        self._fetched_before = self.bytes_fetched - engine.first_bytes
+        try:
+            if complete:  # from here on it is one whole partial, as one connection leaves it
+                assert self.bytes_total is not None
+                self.partial.length = self.bytes_total
+                if not self.group_commit:  # (else the group commit fsyncs it)
+                    self.partial.sync()
+                    self.partial.synced = self.bytes_total
+                self._forget_plan()
+            else:
+                self._checkpoint_segments()
+        finally:
+            self.partial.close()
+
+    def _checkpoint_segments(self) -> None:
+        """fsync the partial, then record the plan as it was before the fsync (each segment's
+        bytes then written are all on disk)."""
+        plan = self._plan
+        if plan is None:
+            return
+        text, done = plan.snapshot()
+        self.partial.sync()
+        self._recorded_plan, self._recorded_bytes = text, done
+        self._journal()
+
+    def _segment_progress(self, n: int) -> None:
+        """Bytes written by one of the connections (any thread)."""
+        with self._progress_lock:
+            received = self.bytes_received
+            if received == self.bytes_total:
+                self._commit()  # every byte is here: a stop from now on changes nothing
+            self._tell("on_data_written", n, received, self.bytes_total)
+
+    def _restart_segments(self, reason: str) -> _Result:
+        """The server's copy is not the partial's: start again from 0 (never a splice)."""
+        self._check_stop()
+        self._note(reason)
+        self._forget_plan()
+        self.partial.truncate(0)
+        self.bytes_total = self.etag = self.last_modified = None
+        return _Result(_Step.AGAIN)
+
+    def _forget_plan(self) -> None:
+        self._plan = None
+        self._unreadable_plan = False
+        self._recorded_plan, self._recorded_bytes = None, 0
 
     def _stream(self, response: Any, offset: int, start: int) -> None:
         """Write the body at `offset`; its first `offset - start` bytes are the overlap, which

@@ -167,6 +167,76 @@ class PartialFile:
         self.length = self._written_back = offset
         self._last_checkpoint = self._clock()
 
+    # -- written in place, by segments (several connections) --------------------------------
+    def open_segments(self, total: int, fresh: bool) -> None:
+        """Open for writing ranges in place (`write_at`). `fresh`: a new plan, the partial is
+        cut to 0 and made `total` bytes long, sparse until filled; otherwise the partial must
+        already be `total` bytes long (a segmented partial that is not was cut or replaced
+        while paused: PartialShrank, the transfer starts again). Call only once the record
+        says the partial is segmented: its length then vouches for nothing."""
+        self.wait_for_checkpoint()
+        f = self._open_for_writing()
+        try:
+            self._set_mode(f)
+            size = os.fstat(f.fileno()).st_size
+            if fresh:
+                if size:
+                    f.truncate(0)
+                f.truncate(total)
+            elif size != total:
+                f.truncate(0)
+                self.length = self.synced = 0
+                raise PartialShrank(f"{self.path} changed size while paused: restarting from 0")
+        except OSError as exc:
+            f.close()
+            raise disk_error(exc, self.path) from exc
+        except BaseException:
+            f.close()
+            raise
+        self._file = f
+
+    def write_at(self, position: int, chunk: memoryview) -> None:
+        """Write `chunk` at `position` (any thread; the kernel orders nothing else)."""
+        assert self._file is not None
+        if self._sync_error is not None:
+            raise disk_error(self._sync_error, self.path) from self._sync_error
+        fd = self._file.fileno()
+        try:
+            while chunk:
+                written = os.pwrite(fd, chunk, position)
+                chunk, position = chunk[written:], position + written
+        except OSError as exc:
+            raise disk_error(exc, self.path) from exc
+
+    def write_back(self, position: int, length: int) -> None:
+        """Start writeback of [position, position + length) on the checkpointer's thread (a
+        hint, as for appending: a checkpoint's fsync then finds little left to write)."""
+        if not self.durable or self._checkpointer is None or self._writeback is None:
+            return
+        assert self._file is not None
+        try:
+            fd = os.dup(self._file.fileno())
+        except OSError:
+            return  # a hint only (out of descriptors: the checkpoint's fsync does it all)
+        writeback = self._writeback
+
+        def job() -> None:
+            try:
+                writeback(fd, position, length)
+            finally:
+                os.close(fd)
+
+        self._checkpointer.submit(job)
+
+    def sync(self) -> None:
+        """fsync what has been written in place (power-cut durability; crash: nothing)."""
+        assert self._file is not None
+        try:
+            self._fsync(self._file.fileno())
+        except OSError as exc:
+            self._sync_error = exc
+            raise disk_error(exc, self.path) from exc
+
     def _set_mode(self, f: BinaryIO) -> None:
         if self.mode is not None:
             os.fchmod(f.fileno(), self.mode)  # not subject to the umask
@@ -193,22 +263,7 @@ class PartialFile:
         thread (submitting I/O costs CPU the receiving thread should not spend)."""
         start = self._written_back
         end = self._written_back = self.length
-        if not self.durable or self._checkpointer is None or self._writeback is None:
-            return
-        assert self._file is not None
-        try:
-            fd = os.dup(self._file.fileno())
-        except OSError:
-            return  # a hint only (out of descriptors: the checkpoint's fsync does it all)
-        writeback = self._writeback
-
-        def job() -> None:
-            try:
-                writeback(fd, start, end - start)
-            finally:
-                os.close(fd)
-
-        self._checkpointer.submit(job)
+        self.write_back(start, end - start)
 
     def read_back(self, start: int, end: int) -> bytes:
         """The partial's bytes [start, end), read from disk (the overlap to compare)."""

@@ -656,7 +656,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(entry, 400, {"errorMessage": "bad size"})
         etag = None if "no_etag" in query else f'"f{seed}-{size}"'
         mtime = None if "no_etag" in query else formatdate(1_200_000_000, usegmt=True)
-        self._serve_body(entry, seed, size, etag, mtime, fault, "application/octet-stream")
+        served = "no_ranges" not in query  # (a server that serves no ranges at all)
+        kind = "application/octet-stream"
+        self._serve_body(entry, seed, size, etag, mtime, fault, kind, ranges_served=served)
 
     def _auth(self, entry: dict, path: str) -> None:
         expected = "Basic " + base64.b64encode(b"user:secret").decode()
@@ -671,7 +673,17 @@ class _Handler(BaseHTTPRequestHandler):
         self._serve_body(entry, 99, 10_000, '"auth-1"', None, None, "application/octet-stream")
 
     def _serve_body(
-        self, entry, seed, size, etag, mtime, fault, ctype, encoded=None, gzipped=False
+        self,
+        entry,
+        seed,
+        size,
+        etag,
+        mtime,
+        fault,
+        ctype,
+        encoded=None,
+        gzipped=False,
+        ranges_served=True,
     ) -> None:
         """`encoded`: the body's bytes when they are not the seed's (gzipped: compressed)."""
         kind = fault["kind"] if fault else None
@@ -682,7 +694,7 @@ class _Handler(BaseHTTPRequestHandler):
         if_range = self.headers.get("If-Range")
         if rng and if_range is not None and if_range not in (etag, mtime):
             rng = None  # validator mismatch: send the whole (new) representation
-        if kind == "ignore_range":
+        if kind == "ignore_range" or not ranges_served:
             rng = None
         start, end, status = 0, size, 200
         if rng:
@@ -705,7 +717,8 @@ class _Handler(BaseHTTPRequestHandler):
         entry["status"] = status
         self.send_response(status)
         self.send_header("Content-Type", ctype)
-        self.send_header("Accept-Ranges", "bytes")
+        if ranges_served:
+            self.send_header("Accept-Ranges", "bytes")
         length = end - start
         announced = length
         if kind == "short":
