@@ -181,6 +181,7 @@ class DownloadRecord:
     # JSON: the segments of a file fetched over several connections, each with its durable
     # length (`bytes_received` is then their sum, not a length of the partial)
     segments: str | None = None
+    http_status: int | None = None  # the HTTP status that failed it, if one did
     seq: int = 0
     created: float = 0.0
     updated: float = 0.0
@@ -271,6 +272,7 @@ class Settlement:
     permanent: bool = False
     metrics: str | None = None  # JSON (the task's metrics summary)
     segments: str | None = None  # JSON: the durable plan of several connections, if any
+    http_status: int | None = None  # the HTTP status of the answer that failed it
 
 
 RecoverPartial = Callable[[str, int, bool, "int | None"], int]
@@ -709,6 +711,7 @@ class Records:
             etag=e.etag,
             last_modified=e.last_modified,
             segments=e.segments if status is not S.COMPLETED else None,
+            http_status=e.http_status if status is S.FAILED else None,
             **({"metrics": e.metrics} if e.metrics is not None else {}),
         )
         return DownloadRecord.from_row(self.store.row(conn, e.record_id) or row), True

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .errors import HalftunesError
+from .errors import HalftunesError, HTTPStatusError
 from .records import DownloadRecord, Ending, Records, Settlement
 from .session import Session
 from .store import StateFileReplaced
@@ -257,6 +257,7 @@ class Runner:
                     bool(getattr(task.error, "is_permanent", False)),
                     json.dumps(summary, separators=(",", ":")) if summary else None,
                     task.segment_record,
+                    task.error.status if isinstance(task.error, HTTPStatusError) else None,
                 )
             )
         settled = self.records.settle_many(endings)

@@ -966,12 +966,15 @@ def run_job(
     scheduler: str | None = None,
     on_shard: ShardDone | None = None,
     on_dashboard: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> JobResult:
     """Plan (once), run every shard without a manifest, report the job's counts.
 
     Exit status: 0 when every item completed or was skipped, 1 when some failed."""
     if engine not in ("local", "dask"):
         raise UsageError(f"--engine must be local or dask, not {engine!r}")
+    if workers is not None and not 1 <= workers <= 256:
+        raise UsageError(f"--workers must be from 1 to 256, not {workers}")
     job = Job(job_dir)
     lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
     job.make_plan(input_path, output or str(configuration.download_dir), shard_size, lookups)
@@ -979,10 +982,15 @@ def run_job(
     if engine == "dask":
         run_dask(job, overrides, scheduler, on_shard, on_dashboard)
     else:
-        run_local(job, overrides, on_shard)
+        run_local(job, overrides, on_shard, workers)
     status = job.status()
     return JobResult(status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK)
 
 
 def job_status(job_dir: Path) -> dict[str, Any]:
     return Job(job_dir).status()
+
+
+def job_failures(job_dir: Path) -> list[dict[str, Any]]:
+    """The failed items of a job's finished shards (their manifest lines)."""
+    return Job(job_dir).failed_items()

@@ -27,13 +27,17 @@ SCHEMA_VERSION = 3
 # its failure is permanent (404, 410, ...).
 # Format 2 -> 3: `segments`, the plan of a file fetched over several connections (`-x`). A new
 # number, not an added column: a halftunes that ignored it would take the partial's length
-# (the whole file's, sparse) for bytes received.
+# (the whole file's, sparse) for bytes received. And `http_status`: the status of the answer
+# that failed a download, as a number (job manifests carry it).
 _MIGRATIONS = {
     1: (
         "ALTER TABLE downloads ADD COLUMN settings TEXT",
         "ALTER TABLE downloads ADD COLUMN permanent INTEGER NOT NULL DEFAULT 0",
     ),
-    2: ("ALTER TABLE downloads ADD COLUMN segments TEXT",),
+    2: (
+        "ALTER TABLE downloads ADD COLUMN segments TEXT",
+        "ALTER TABLE downloads ADD COLUMN http_status INTEGER",
+    ),
 }
 # Columns added within a format: an older halftunes of the same format reads records by
 # name and leaves them alone, so they need no new number (`metrics`: JSON, the last
@@ -71,6 +75,7 @@ CREATE TABLE downloads (
     priority REAL,
     checksum TEXT,
     segments TEXT,
+    http_status INTEGER,
     created REAL NOT NULL,
     updated REAL NOT NULL
 );

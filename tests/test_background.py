@@ -283,7 +283,7 @@ def test_a_state_file_of_format_1_is_migrated(env):
     env.state_dir.mkdir(mode=0o700)
     db = sqlite3.connect(env.state_dir / "downloads.db")
     v1 = store._SCHEMA.replace("    settings TEXT,\n", "")
-    v1 = v1.replace("    segments TEXT,\n", "")
+    v1 = v1.replace("    segments TEXT,\n", "").replace("    http_status INTEGER,\n", "")
     db.executescript(v1.replace("    permanent INTEGER NOT NULL DEFAULT 0,\n", ""))
     db.execute(
         "INSERT INTO downloads (id, seq, url, path, path_key, part_path, status, "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -66,6 +68,18 @@ def test_a_mixed_job_and_a_rerun_that_sends_nothing(env, tmp_path):
     assert items["999"]["error"] == "no track with id 999"
     assert "is an album" in items[str(ALBUM)]["error"]
     assert items["1000005"]["status"] == "failed" and items["1000005"]["http_status"] == 404
+    # the summary names every failed item (up to 10) and the command that lists them all
+    for named in ("failed: 999  -  no track with id 999", f"failed: {ALBUM}  -  ", "HTTP 404"):
+        assert named in first.stderr, first.stderr
+    assert f"halftunes job status {job} --failed" in first.stderr
+    failed = env.json("job", "status", str(job), "--failed")
+    assert [(f["id"], f["http_status"], f["shard"]) for f in failed] == [
+        ("999", None, 1),
+        (str(ALBUM), None, 1),
+        ("1000005", 404, 1),
+    ]
+    listed = env.run("job", "status", str(job), "--failed")
+    assert listed.returncode == 0 and listed.stdout.splitlines()[2].startswith("1000005\tHTTP 404")
     requests_before = len(env.server.state.log)
     second = env.run(*args)
     assert second.returncode == 1 and json.loads(second.stdout)["completed"] == 4
@@ -90,6 +104,8 @@ def test_an_interrupted_job_continues_where_it_stopped(env, tmp_path):
         str(out),
         "--shard-size",
         "2",
+        "--workers",
+        "2",
     ]
     env.server.state.throttle_bps = 1_000_000
     proc = env.spawn(*args)
@@ -113,7 +129,7 @@ def test_an_interrupted_job_continues_where_it_stopped(env, tmp_path):
     served = sum(
         e["bytes_sent"] for e in env.server.state.log if e["path"].startswith("/previews/")
     )
-    running = 2  # at most the transfers of the interrupted shard
+    running = 4  # at most the transfers of the two shards that were running
     assert served <= 6 * 1_000_000 + running * (65536 + 1_000_000)  # overlap + one checkpoint
 
 
@@ -425,3 +441,84 @@ def test_one_name_twice_in_a_job_never_shares_a_file(env, tmp_path):
     }
     for m in manifests(job):
         assert sha256_file(m["path"]) == env.expected_sha(int(m["id"]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_local_engine_runs_shards_in_parallel_processes(env, tmp_path, workers):
+    # four shards of one slow item each (2 s): one worker starts them 2 s apart, two
+    # workers two at a time
+    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "4")]
+    for tid in ids:
+        env.track(int(tid), size=800_000)
+    (tmp_path / "in.txt").write_text("\n".join(ids) + "\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    env.server.state.throttle_bps = 400_000
+    result = env.run_process(
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(tmp_path / "in.txt"),
+        "-P",
+        str(out),
+        "--shard-size",
+        "1",
+        "--workers",
+        str(workers),
+    )
+    assert result.returncode == 0, result.stderr
+    done = manifests(job)
+    assert sorted(m["id"] for m in done) == sorted(ids)
+    assert all(sha256_file(m["path"]) == env.expected_sha(int(m["id"])) for m in done)
+    starts = sorted(e["time"] for e in env.server.state.log if e["path"].startswith("/previews/"))
+    assert len(starts) == 4
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    if workers == 1:
+        assert min(gaps) >= 1.8, gaps  # one after the other
+    else:
+        assert gaps[0] < 1.0 and gaps[2] < 1.0, gaps  # two at a time ...
+        assert starts[2] - starts[0] >= 1.8, gaps  # ... and no more
+
+
+def test_a_killed_job_leaves_no_worker_behind_and_a_rerun_finishes(env, tmp_path):
+    import os
+
+    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "4")]
+    for tid in ids:
+        env.track(int(tid), size=2_000_000)
+    (tmp_path / "in.txt").write_text("\n".join(ids) + "\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    args = ["job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P", str(out)]
+    args += ["--shard-size", "1", "--workers", "2"]
+    env.server.state.throttle_bps = 500_000
+    proc = env.spawn(*args)
+    env.wait_for(
+        lambda: len([p for p in out.glob("*.part") if p.stat().st_size > 100_000]) == 2,
+        what="two shards under way",
+    )
+    children = [
+        int(pid)
+        for pid in (Path("/proc") / str(proc.pid) / "task" / str(proc.pid) / "children")
+        .read_text()
+        .split()
+    ]
+    assert len(children) >= 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def gone(pid: int) -> bool:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # (we are the subreaper: reap what we can)
+        try:
+            state = (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1][0]
+        except OSError:
+            return True
+        return state == "Z"
+
+    env.wait_for(lambda: all(gone(pid) for pid in children), what="the workers to die with it")
+    env.server.state.throttle_bps = None
+    result = env.run(*args)
+    assert result.returncode == 0, result.stderr
+    done = manifests(job)
+    assert sorted(m["id"] for m in done) == sorted(ids)
+    assert all(sha256_file(m["path"]) == env.expected_sha(int(m["id"])) for m in done)

@@ -333,8 +333,8 @@ def test_a_first_connection_fast_enough_keeps_the_file_to_itself(env, monkeypatc
     monkeypatch.setattr(segments, "PROBE_BYTES", 64 * 1024)
     monkeypatch.setattr(segments, "FAST_BYTES_PER_SECOND", 256 * 1024)
     monkeypatch.setattr(segments, "EARLY_SECONDS", 1.0)  # (a loaded machine is no slow link)
-    size = 8 * MiB
-    result = env.run("-v", "download", "-x", "8", file_url(env, size), env=EIGHT)
+    size = 16 * MiB  # (two halves of 8 MiB: the probe decides long before the first ends)
+    result = env.run("-v", "download", "-x", "2", file_url(env, size), env=EIGHT)
     assert result.returncode == 0, result.stderr
     assert sha256_file(result.stdout.strip()) == body_sha256(5, size)
     (only,) = file_requests(env)

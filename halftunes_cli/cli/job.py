@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -69,6 +70,14 @@ def job_run(
     shard_size: Annotated[
         int, typer.Option("--shard-size", metavar="N", help="Items per shard.")
     ] = 1000,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="local engine: shards at once, each in its own process (default: one per core).",
+        ),
+    ] = None,
     json_out: JsonOption = False,
 ) -> None:
     """Download every item of a list in shards; a manifest per finished shard.
@@ -99,6 +108,7 @@ def job_run(
             scheduler=scheduler,
             on_shard=bar.shard,
             on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"),
+            workers=workers,
         )
     except HalftunesError as exc:
         fail(state, exc)
@@ -109,6 +119,8 @@ def job_run(
     finally:
         bar.close()
     _show(state, result.status, json_out)
+    if result.status["failed"]:
+        _name_failures(state, job_dir)
     exit_with(result.exit_code)
 
 
@@ -117,21 +129,62 @@ def job_status(
     ctx: typer.Context,
     job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR")],
     json_out: JsonOption = False,
+    failed: Annotated[
+        bool,
+        typer.Option(
+            "--failed", help="List every failed item (id, HTTP status, error, url, shard)."
+        ),
+    ] = False,
 ) -> None:
     """Counts of a job: shards (done), items, completed, failed, skipped, bytes.
 
-    Example:
+    Examples:
 
       halftunes job status ./job --json
+
+      halftunes job status ./job --failed
     """
+    from ..service import job_failures
     from ..service import job_status as status_of  # (start-up speed)
 
     state = app_state(ctx)
     try:
-        status = status_of(job_dir)
+        if failed:
+            items = job_failures(job_dir)
+        else:
+            status = status_of(job_dir)
     except HalftunesError as exc:
         fail(state, exc)
-    _show(state, status, json_out)
+    if not failed:
+        _show(state, status, json_out)
+    elif json_out:
+        render.print_json(items)
+    else:
+        for item in items:
+            print(_failure_line(item))
+
+
+FAILURES_NAMED = 10  # in the summary of a run; `job status --failed` lists them all
+
+
+def _failure_line(item: dict[str, Any]) -> str:
+    status = f"HTTP {item['http_status']}" if item.get("http_status") else "-"
+    return f"{item['id']}\t{status}\t{item.get('error') or 'failed'}"
+
+
+def _name_failures(state: AppState, job_dir: Path) -> None:
+    """Up to FAILURES_NAMED failed items with their reasons on stderr, and where the rest are."""
+    from ..service import job_failures
+
+    try:
+        items = job_failures(job_dir)
+    except HalftunesError:
+        return
+    for item in items[:FAILURES_NAMED]:
+        state.console.info(f"failed: {_failure_line(item)}".replace("\t", "  "))
+    more = f" (and {len(items) - FAILURES_NAMED} more)" if len(items) > FAILURES_NAMED else ""
+    where = shlex.quote(str(job_dir))
+    state.console.info(f"all failed items{more}: halftunes job status {where} --failed")
 
 
 def _show(state: AppState, status: dict[str, Any], json_out: bool) -> None:

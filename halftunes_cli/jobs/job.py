@@ -309,19 +309,34 @@ class Job:
             )
         else:
             out["error"] = record.error or f"ended {record.status}"
-            if record.error and "HTTP " in record.error:
-                with contextlib.suppress(ValueError, IndexError):
-                    out["http_status"] = int(record.error.split("HTTP ", 1)[1].split()[0])
+            out["http_status"] = record.http_status
         return out
 
     # -- the whole job -------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
+    def failed_items(self) -> list[dict[str, Any]]:
+        """Every failed item of the finished shards, as its manifest line says (plus its
+        shard), in the input's order."""
+        plan = self._known_plan()
+        out = []
+        for k in range(plan["shards"]):
+            with contextlib.suppress(FileNotFoundError):
+                for line in self.manifest_path(k).read_text().splitlines():
+                    item = json.loads(line)
+                    if item["status"] == "failed":
+                        out.append({**item, "shard": k})
+        return sorted(out, key=lambda item: item.get("line") or 0)
+
+    def _known_plan(self) -> dict[str, Any]:
         plan = self.plan()
         if plan is None:
             raise UsageError(
                 f"{self.dir} is not a job dir (no plan.json)",
                 "start one with `halftunes job run JOB_DIR --input FILE`",
             )
+        return plan
+
+    def status(self) -> dict[str, Any]:
+        plan = self._known_plan()
         counts = {"completed": 0, "failed": 0, "skipped": 0}
         done, nbytes = 0, 0
         for k in range(plan["shards"]):
@@ -364,16 +379,150 @@ ShardDone = Callable[[int, dict[str, int], int], None]  # (shard, its counts, sh
 
 
 def run_local(
-    job: Job, overrides: dict[str, Any] | None = None, on_shard: ShardDone | None = None
+    job: Job,
+    overrides: dict[str, Any] | None = None,
+    on_shard: ShardDone | None = None,
+    workers: int | None = None,
 ) -> None:
-    """The local engine: the shards one after the other, each with up to
-    max_connections_per_host transfers at once (the same engine as `download`)."""
+    """The local engine: up to `workers` shards at once (default: one per core), each in a
+    worker process of its own with up to max_connections_per_host transfers (the same
+    shard code as the Dask engine); one worker runs them here, one after the other."""
     plan = job.plan()
     assert plan is not None
-    for k in range(plan["shards"]):
-        counts = job.run_shard(k, overrides)
+    total = plan["shards"]
+    todo = [k for k in range(total) if not job.is_done(k)]
+    for k in range(total):
+        if k not in todo and on_shard is not None:
+            on_shard(k, {"skipped_shard": 1}, total)
+    count = min(workers or os.cpu_count() or 1, len(todo))
+    if count <= 1:
+        for k in todo:
+            counts = job.run_shard(k, overrides)
+            if on_shard is not None:
+                on_shard(k, counts, total)
+        return
+
+    def shard_done(k: int, counts: dict[str, int]) -> None:
         if on_shard is not None:
-            on_shard(k, counts, plan["shards"])
+            on_shard(k, counts, total)
+
+    _run_in_processes(job, todo, overrides or {}, count, shard_done)
+
+
+def _run_in_processes(
+    job: Job,
+    todo: list[int],
+    overrides: dict[str, Any],
+    count: int,
+    on_shard: Callable[[int, dict[str, int]], object],
+) -> None:
+    """Shards in `count` worker processes (spawned: no thread of ours is forked). A stop
+    (Ctrl-C, SIGTERM) reaches them as SIGTERM: each pauses its transfers at a checkpoint and
+    exits; a worker that dies (kill -9) leaves its shard for the next run to finish. Every
+    worker is reaped before this returns."""
+    import multiprocessing
+    import queue
+    import signal
+
+    context = multiprocessing.get_context("spawn")
+    tasks: Any = context.Queue()
+    results: Any = context.Queue()
+    for k in todo:
+        tasks.put(k)
+    processes = [
+        context.Process(
+            target=_shard_worker,
+            args=(str(job.dir), overrides, tasks, results),
+            name=f"halftunes-shard-worker-{i}",
+        )
+        for i in range(count)
+    ]
+    for process in processes:
+        process.start()
+    errors: list[str] = []
+    pending = len(todo)
+    try:
+        while pending:
+            try:
+                k, counts, error = results.get(timeout=0.5)
+            except queue.Empty:
+                if not any(p.is_alive() for p in processes):
+                    break
+                continue
+            pending -= 1
+            if error is not None:
+                errors.append(error)
+            else:
+                on_shard(k, counts)
+    except BaseException:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(process.pid, signal.SIGTERM)  # pause at a checkpoint, then exit
+        raise
+    finally:
+        for _ in processes:
+            tasks.put(None)  # (no more shards: a worker that is still waiting ends)
+        for process in processes:
+            process.join(timeout=60)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        tasks.close()
+        results.close()
+    if errors:
+        raise HalftunesError(errors[0])
+    if pending:
+        raise HalftunesError(
+            f"{pending} shard(s) did not finish: a worker process died",
+            "run the same command again: it continues where they stopped",
+        )
+
+
+def _shard_worker(job_dir: str, overrides: dict[str, Any], tasks: Any, results: Any) -> None:
+    """A local worker process: shards from `tasks` until there are none (or a stop)."""
+    import queue
+    import signal
+
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the parent decides, and says SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    job = Job(Path(job_dir))
+    while True:
+        try:
+            k = tasks.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        except KeyboardInterrupt:
+            return
+        if k is None:
+            return
+        try:
+            counts = job.run_shard(k, overrides)
+        except KeyboardInterrupt:
+            return  # (its transfers were paused at a checkpoint)
+        except HalftunesError as exc:
+            results.put((k, None, str(exc)))
+            continue
+        results.put((k, counts, None))
+
+
+def _die_with_parent() -> None:
+    """Linux: this process gets SIGTERM when its parent dies (a killed `job run` leaves no
+    worker behind)."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 def _fixed_name(name: str) -> Callable[[str], str]:

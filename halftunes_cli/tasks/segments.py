@@ -58,6 +58,7 @@ class Segment:
     done: int = 0  # bytes written from `start`
     writing: int = 0  # bytes being written right now (claimed, not yet counted in `done`)
     active: bool = False  # a connection works on it
+    ending: bool = False  # its connection has claimed its last bytes (and will stop)
 
     @property
     def position(self) -> int:
@@ -130,10 +131,11 @@ class SegmentPlan:
             return all(s.remaining == 0 for s in self.segments)
 
     def keep_only(self, lead: Segment) -> bool:
-        """Make `lead` the whole file (one connection), if no other segment has started."""
+        """Make `lead` the whole file (one connection), if no other segment has started and
+        its connection is still reading (it has not claimed its last bytes)."""
         with self._lock:
             others = [s for s in self.segments if s is not lead]
-            if any(s.active or s.done for s in others):
+            if any(s.active or s.done for s in others) or not lead.active or lead.ending:
                 return False
             lead.end = self.total
             self.segments = [lead]
@@ -168,6 +170,7 @@ class SegmentPlan:
         with self._lock:
             allowed = max(0, min(n, segment.remaining))
             segment.writing = allowed
+            segment.ending = allowed == segment.remaining
             return segment.position, allowed
 
     def wrote(self, segment: Segment, n: int) -> None:
@@ -210,6 +213,10 @@ class SegmentedDownload:
     def run(self, first: Any = None) -> bool:
         task = self.task
         lead = self.plan.take()  # (the first answer's body is the first segment's)
+        if first is not None:  # (a stop must wake its reads too)
+            with self._lock:
+                self._live.add(first)
+                self._handles.add(task._request)
         threads = [self._start(lead, first, extra_slot=False)]
         try:
             if first is not None and self._one_is_enough(lead):
