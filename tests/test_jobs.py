@@ -443,29 +443,25 @@ def test_one_name_twice_in_a_job_never_shares_a_file(env, tmp_path):
         assert sha256_file(m["path"]) == env.expected_sha(int(m["id"]))
 
 
+def four_one_item_shards(env, tmp_path, size: int, workers: int) -> tuple[list[str], Path, list]:
+    """Four shards of one preview of `size` bytes each; the ids, the job dir, the command."""
+    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "4")]
+    for tid in ids:
+        env.track(int(tid), size=size)
+    (tmp_path / "in.txt").write_text("\n".join(ids) + "\n")
+    job = tmp_path / "job"
+    args = ["job", "run", str(job), "--input", str(tmp_path / "in.txt")]
+    args += ["-P", str(tmp_path / "out"), "--shard-size", "1", "--workers", str(workers)]
+    return ids, job, args
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_the_local_engine_runs_shards_in_parallel_processes(env, tmp_path, workers):
     # four shards of one slow item each (2 s): one worker starts them 2 s apart, two
     # workers two at a time
-    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "4")]
-    for tid in ids:
-        env.track(int(tid), size=800_000)
-    (tmp_path / "in.txt").write_text("\n".join(ids) + "\n")
-    job, out = tmp_path / "job", tmp_path / "out"
+    ids, job, args = four_one_item_shards(env, tmp_path, 800_000, workers)
     env.server.state.throttle_bps = 400_000
-    result = env.run_process(
-        "job",
-        "run",
-        str(job),
-        "--input",
-        str(tmp_path / "in.txt"),
-        "-P",
-        str(out),
-        "--shard-size",
-        "1",
-        "--workers",
-        str(workers),
-    )
+    result = env.run_process(*args)
     assert result.returncode == 0, result.stderr
     done = manifests(job)
     assert sorted(m["id"] for m in done) == sorted(ids)
@@ -483,13 +479,8 @@ def test_the_local_engine_runs_shards_in_parallel_processes(env, tmp_path, worke
 def test_a_killed_job_leaves_no_worker_behind_and_a_rerun_finishes(env, tmp_path):
     import os
 
-    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "4")]
-    for tid in ids:
-        env.track(int(tid), size=2_000_000)
-    (tmp_path / "in.txt").write_text("\n".join(ids) + "\n")
-    job, out = tmp_path / "job", tmp_path / "out"
-    args = ["job", "run", str(job), "--input", str(tmp_path / "in.txt"), "-P", str(out)]
-    args += ["--shard-size", "1", "--workers", "2"]
+    ids, job, args = four_one_item_shards(env, tmp_path, 2_000_000, 2)
+    out = tmp_path / "out"
     env.server.state.throttle_bps = 500_000
     proc = env.spawn(*args)
     env.wait_for(
