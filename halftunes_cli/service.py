@@ -953,6 +953,9 @@ TRACK_CACHE_SECONDS = 3600.0
 class JobResult:
     status: dict[str, Any]
     exit_code: int
+    # what this run planned: {"added": items planned now, "gone": items of the plan no
+    # longer in the input, "new_shards": ...}
+    growth: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def run_job(
@@ -962,11 +965,12 @@ def run_job(
     configuration: SessionConfiguration,
     output: str | None,
     engine: str,
-    shard_size: int,
+    shard_size: int | None,
     scheduler: str | None = None,
     on_shard: ShardDone | None = None,
     on_dashboard: Callable[[str], None] | None = None,
     workers: int | None = None,
+    retry_failed: bool = False,
 ) -> JobResult:
     """Plan (once), run every shard without a manifest, report the job's counts.
 
@@ -977,14 +981,18 @@ def run_job(
         raise UsageError(f"--workers must be from 1 to 256, not {workers}")
     job = Job(job_dir)
     lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
-    job.make_plan(input_path, output or str(configuration.download_dir), shard_size, lookups)
+    plan = job.make_plan(input_path, output, shard_size, lookups)
+    if retry_failed:
+        job.resolve_again(lookups)
     overrides = {"max_connections_per_host": configuration.max_connections_per_host}
     if engine == "dask":
-        run_dask(job, overrides, scheduler, on_shard, on_dashboard)
+        run_dask(job, overrides, scheduler, on_shard, on_dashboard, retry_failed)
     else:
-        run_local(job, overrides, on_shard, workers)
+        run_local(job, overrides, on_shard, workers, retry_failed)
     status = job.status()
-    return JobResult(status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK)
+    return JobResult(
+        status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK, plan["growth"]
+    )
 
 
 def job_status(job_dir: Path) -> dict[str, Any]:

@@ -513,3 +513,87 @@ def test_a_killed_job_leaves_no_worker_behind_and_a_rerun_finishes(env, tmp_path
     done = manifests(job)
     assert sorted(m["id"] for m in done) == sorted(ids)
     assert all(sha256_file(m["path"]) == env.expected_sha(int(m["id"])) for m in done)
+
+
+def _job_args(job: Path, input_file: Path, out: Path, *extra: str) -> list[str]:
+    return ["job", "run", str(job), "--input", str(input_file), "-P", str(out), *extra]
+
+
+def test_a_rerun_with_added_ids_fetches_only_those_and_keeps_the_rest(env, tmp_path):
+    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "5")]
+    first_ids, added = ids[:3], ids[3:]
+    job, out, listing = tmp_path / "job", tmp_path / "out", tmp_path / "in.txt"
+    listing.write_text("\n".join(first_ids) + "\n")
+    first = env.run(*_job_args(job, listing, out, "--shard-size", "2"))
+    assert first.returncode == 0, first.stderr
+    assert sorted(m["id"] for m in manifests(job)) == sorted(first_ids)
+    # the input grows by two ids and loses one: only the two are fetched
+    listing.write_text("\n".join(first_ids[1:] + added) + "\n")
+    with env.server.state.lock:
+        env.server.state.log.clear()
+    again = env.run(*_job_args(job, listing, out))
+    assert again.returncode == 0, again.stderr
+    assert "2 new item(s) of the input planned into 1 new shard(s)" in again.stderr
+    assert "1 item(s) of the job are no longer in the input" in again.stderr
+    fetched = sorted(
+        e["path"].split("/")[2] for e in env.server.state.log if e["path"].startswith("/previews/")
+    )
+    assert fetched == sorted(added)
+    lookups = [e for e in env.server.state.log if e["path"] == "/lookup"]
+    assert len(lookups) == 1 and set(
+        lookups[0]["raw_path"].split("id=")[1].split("&")[0].split(",")
+    ) == set(added)
+    done = {m["id"]: m for m in manifests(job)}
+    assert sorted(done) == sorted(ids) and all(m["status"] == "completed" for m in done.values())
+    assert all(sha256_file(m["path"]) == env.expected_sha(int(m["id"])) for m in done.values())
+    status = env.json("job", "status", str(job))
+    assert status["shards"] == 3 and status["items"] == 5 and status["completed"] == 5
+
+
+def test_a_rerun_with_another_output_or_shard_size_is_refused(env, tmp_path):
+    job, out, listing = tmp_path / "job", tmp_path / "out", tmp_path / "in.txt"
+    listing.write_text("1000001\n")
+    assert env.run(*_job_args(job, listing, out, "--shard-size", "2")).returncode == 0
+    before = len(env.server.state.log)
+    other = env.run(*_job_args(job, listing, tmp_path / "elsewhere"))
+    assert other.returncode == 2 and f"-P {tmp_path / 'elsewhere'}" in other.stderr
+    assert f"the job's: {out}" in other.stderr and "Traceback" not in other.stderr
+    size = env.run(*_job_args(job, listing, out, "--shard-size", "3"))
+    assert size.returncode == 2 and "--shard-size 3 (the job's: 2)" in size.stderr
+    assert len(env.server.state.log) == before  # nothing was asked of the server
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_transient_failures_are_retried_by_every_rerun_permanent_ones_on_request(env, tmp_path):
+    ids = [str(t["trackId"]) for t in env.json("search", "jack johnson", "--limit", "3")]
+    flaky, gone, fine = ids
+    job, out, listing = tmp_path / "job", tmp_path / "out", tmp_path / "in.txt"
+    listing.write_text("\n".join(ids) + "\n")
+    env.fault(path=f"/previews/{flaky}/", kind="status", status=503, times=-1)
+    env.fault(path=f"/previews/{gone}/", kind="status", status=404, times=-1)
+    no_retries = {"HALFTUNES_RETRIES": "0"}
+    first = env.run(*_job_args(job, listing, out), env=no_retries)
+    assert first.returncode == 1
+    lines = {m["id"]: m for m in manifests(job)}
+    assert (lines[flaky]["http_status"], lines[flaky]["permanent"]) == (503, False)
+    assert (lines[gone]["http_status"], lines[gone]["permanent"]) == (404, True)
+    assert lines[fine]["status"] == "completed"
+    with env.server.state.lock:
+        env.server.state.faults.clear()
+        env.server.state.log.clear()
+    # a rerun tries the 503 again (and only it); the 404 stays as it was
+    second = env.run(*_job_args(job, listing, out))
+    assert second.returncode == 1, second.stderr
+    asked = [e["path"] for e in env.server.state.log if e["path"].startswith("/previews/")]
+    assert asked == [f"/previews/{flaky}/preview.m4a"]
+    lines = {m["id"]: m for m in manifests(job)}
+    assert lines[flaky]["status"] == "completed"
+    assert sha256_file(lines[flaky]["path"]) == env.expected_sha(int(flaky))
+    assert lines[gone]["status"] == "failed" and lines[fine]["status"] == "completed"
+    assert [m["id"] for m in manifests(job)] == ids  # every line kept, in its place
+    # --retry-failed tries the permanent one too
+    third = env.run(*_job_args(job, listing, out, "--retry-failed"))
+    assert third.returncode == 0, third.stderr
+    lines = {m["id"]: m for m in manifests(job)}
+    assert all(m["status"] == "completed" for m in lines.values())
+    assert sha256_file(lines[gone]["path"]) == env.expected_sha(int(gone))

@@ -68,8 +68,19 @@ def job_run(
         ),
     ] = None,
     shard_size: Annotated[
-        int, typer.Option("--shard-size", metavar="N", help="Items per shard.")
-    ] = 1000,
+        int | None,
+        typer.Option(
+            "--shard-size", metavar="N", help="Items per shard (default 1000; fixed by the plan)."
+        ),
+    ] = None,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed",
+            help="Also try again the items that failed for good (404, 410, no track): every "
+            "run tries the others (5xx, 429, timeouts, resets) again anyway.",
+        ),
+    ] = False,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -109,6 +120,7 @@ def job_run(
             on_shard=bar.shard,
             on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"),
             workers=workers,
+            retry_failed=retry_failed,
         )
     except HalftunesError as exc:
         fail(state, exc)
@@ -118,6 +130,7 @@ def job_run(
         exit_with(130)
     finally:
         bar.close()
+    _say_growth(state, result.growth, result.status)
     _show(state, result.status, json_out)
     if result.status["failed"]:
         _name_failures(state, job_dir)
@@ -162,6 +175,18 @@ def job_status(
     else:
         for item in items:
             print(_failure_line(item))
+
+
+def _say_growth(state: AppState, growth: dict[str, int], status: dict[str, Any]) -> None:
+    """What a rerun changed in the plan (nothing said for a new job or an unchanged input)."""
+    added, gone = growth.get("added", 0), growth.get("gone", 0)
+    if added and added != status["items"]:
+        shards = growth.get("new_shards", 0)
+        state.console.info(f"{added} new item(s) of the input planned into {shards} new shard(s)")
+    if gone:
+        state.console.info(
+            f"{gone} item(s) of the job are no longer in the input: they stay as they are"
+        )
 
 
 FAILURES_NAMED = 10  # in the summary of a run; `job status --failed` lists them all

@@ -104,20 +104,31 @@ class Job:
 
     # -- planning ------------------------------------------------------------------------
     def make_plan(
-        self, input_path: Path, output: str, shard_size: int, config: SessionConfiguration
+        self,
+        input_path: Path,
+        output: str | None,
+        shard_size: int | None,
+        config: SessionConfiguration,
     ) -> dict[str, Any]:
-        """Read the input, resolve ids (batched, paced, cached lookups) and write the shards;
-        a job planned before keeps its plan (a rerun continues it)."""
+        """Read the input, resolve ids (batched, paced, cached lookups) and write the shards.
+
+        A job planned before keeps its plan and grows: the input's items that the plan does
+        not have (keyed by id or URL) are planned into new shards; items no longer in the
+        input stay as they are (`plan["growth"]` says how many of each). Another output
+        folder or shard size than the plan's is refused (UsageError). `output` and
+        `shard_size` None: the plan's (or the defaults: the download dir, 1000)."""
         existing = self.plan()
         if existing is not None:
-            return existing
+            return self._grow(existing, input_path, output, shard_size, config)
+        shard_size = DEFAULT_SHARD_SIZE if shard_size is None else shard_size
         if shard_size < 1:
             raise UsageError(f"--shard-size must be at least 1, not {shard_size}")
+        output = output or str(config.download_dir)
         remote = "://" in output
         if remote:
             _filesystem(output)  # fails early (exit 2) without the extra
         items = read_items(input_path)
-        folder = self.staging if remote else Path(os.path.abspath(Path(output).expanduser()))
+        folder = self._folder(output)
         entries = self._resolve(items, folder, config)
         shards = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         for k, shard in enumerate(shards):
@@ -132,11 +143,92 @@ class Job:
             "created": time.time(),
         }
         write_atomically(self.plan_path, json.dumps(plan, indent=1))
-        return plan
+        return {**plan, "growth": {"added": len(entries), "gone": 0, "new_shards": len(shards)}}
+
+    def _folder(self, output: str) -> Path:
+        return self.staging if "://" in output else Path(os.path.abspath(Path(output).expanduser()))
+
+    def _grow(
+        self,
+        plan: dict[str, Any],
+        input_path: Path,
+        output: str | None,
+        shard_size: int | None,
+        config: SessionConfiguration,
+    ) -> dict[str, Any]:
+        differs = []
+        if output is not None:
+            wanted = output.rstrip("/") if "://" in output else str(self._folder(output))
+            if wanted != plan["output"]:
+                differs.append(f"-P {wanted} (the job's: {plan['output']})")
+        if shard_size is not None and shard_size != plan["shard_size"]:
+            differs.append(f"--shard-size {shard_size} (the job's: {plan['shard_size']})")
+        if differs:
+            raise UsageError(
+                f"{self.dir} was planned otherwise: " + "; ".join(differs),
+                "run it as it was planned (or leave those options out), or start another "
+                "job in another JOB_DIR",
+            )
+        items = read_items(input_path)
+        folder = self._folder(plan["output"])
+        planned = [Entry(**e) for k in range(plan["shards"]) for e in self.shard_entries(k)]
+        known = {e.id for e in planned}
+        spec = OutputSpec(folder)
+        fresh = [i for i in items if _item_key(i, spec) not in known]
+        keys = {_item_key(i, spec) for i in items}
+        gone = sum(1 for e in planned if e.id not in keys)
+        growth = {"added": 0, "gone": gone, "new_shards": 0}
+        if fresh:
+            names = {e.name.casefold() for e in planned if e.name}
+            entries = self._resolve(fresh, folder, config, names)
+            size, first = plan["shard_size"], plan["shards"]
+            shards = [entries[i : i + size] for i in range(0, len(entries), size)]
+            for n, shard in enumerate(shards):
+                write_atomically(self.shard_path(first + n), json.dumps([asdict(e) for e in shard]))
+            # the plan last: shard files beyond its count are ignored (and written again)
+            plan = {
+                **plan,
+                "input": str(input_path.absolute()),
+                "items": plan["items"] + len(entries),
+                "shards": first + len(shards),
+            }
+            write_atomically(self.plan_path, json.dumps(plan, indent=1))
+            growth.update(added=len(entries), new_shards=len(shards))
+        return {**plan, "growth": growth}
+
+    def resolve_again(self, config: SessionConfiguration) -> int:
+        """`--retry-failed`: the ids that found no downloadable track when planned (unknown,
+        no preview) are looked up again, and their shard files rewritten with what is found
+        now. Returns how many were resolved."""
+        plan = self._known_plan()
+        folder = self._folder(plan["output"])
+        shards = {k: [Entry(**e) for e in self.shard_entries(k)] for k in range(plan["shards"])}
+        names = {e.name.casefold() for entries in shards.values() for e in entries if e.name}
+        found = 0
+        for k, entries in shards.items():
+            stale = [e for e in entries if e.url is None and "://" not in e.id]
+            if not stale:
+                continue
+            fresh = self._resolve([Item(e.line, e.id) for e in stale], folder, config, names)
+            better = {e.id: e for e in fresh if e.url is not None}
+            if better:
+                merged = [better.get(e.id, e) for e in entries]
+                write_atomically(self.shard_path(k), json.dumps([asdict(e) for e in merged]))
+                found += len(better)
+        return found
+
+    def shard_entries(self, k: int) -> list[dict[str, Any]]:
+        entries: list[dict[str, Any]] = json.loads(self.shard_path(k).read_text())
+        return entries
 
     def _resolve(
-        self, items: list[Item], folder: Path, config: SessionConfiguration
+        self,
+        items: list[Item],
+        folder: Path,
+        config: SessionConfiguration,
+        names: set[str] | None = None,
     ) -> list[Entry]:
+        """`names`: the (case-folded) file names the job's plan has given already."""
         spec = OutputSpec(folder)
         ids = list(dict.fromkeys(i.value for i in items if not i.is_url))
         tracks: dict[str, dict[str, Any]] = {}
@@ -156,7 +248,7 @@ class Job:
             finally:
                 session.close()
         entries = []
-        names: set[str] = set()
+        names = set() if names is None else names
 
         def unique(target: Target) -> str:
             # Shards run in parallel, each checking names only against its own records: the
@@ -201,15 +293,43 @@ class Job:
         return entries
 
     # -- one shard -------------------------------------------------------------------------
+    def manifest_lines(self, k: int) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.manifest_path(k).read_text().splitlines()]
+
+    def to_retry(self, k: int, retry_failed: bool) -> set[str]:
+        """Ids of a finished shard's failed items to run again: the transient failures (a 5xx,
+        429, a timeout, a reset), and with `retry_failed` the permanent ones too."""
+        if not self.is_done(k):
+            return set()
+        return {
+            line["id"]
+            for line in self.manifest_lines(k)
+            if line["status"] == "failed" and (retry_failed or not _is_permanent(line))
+        }
+
+    def has_work(self, k: int, retry_failed: bool = False) -> bool:
+        return not self.is_done(k) or bool(self.to_retry(k, retry_failed))
+
     def run_shard(
-        self, k: int, overrides: dict[str, Any] | None = None, delegate: Any = None
+        self,
+        k: int,
+        overrides: dict[str, Any] | None = None,
+        delegate: Any = None,
+        retry_failed: bool = False,
     ) -> dict[str, int]:
-        """Download shard k's items and write its manifest last; nothing when it exists."""
+        """Download shard k's items and write its manifest last. A finished shard runs again
+        only its failed items (`to_retry`), and its manifest is replaced whole."""
+        previous: list[dict[str, Any]] | None = None
         if self.is_done(k):
-            return {"skipped_shard": 1}
+            again = self.to_retry(k, retry_failed)
+            if not again:
+                return {"skipped_shard": 1}
+            previous = self.manifest_lines(k)
         plan = self.plan()
         assert plan is not None
-        entries = [Entry(**e) for e in json.loads(self.shard_path(k).read_text())]
+        entries = [Entry(**e) for e in self.shard_entries(k)]
+        if previous is not None:
+            entries = [e for e in entries if e.id in again]
         remote = plan["output"] if "://" in plan["output"] else None
         folder = self.staging if remote else Path(plan["output"])
         uploads = _Uploads(self.dir / "state" / f"{k:06d}" / "uploaded.jsonl")
@@ -256,6 +376,8 @@ class Job:
             lines = []
             for e in entries:
                 line = self._manifest_line(e, records.get(e.id), started)
+                if previous is not None and line["status"] == "failed":
+                    line["attempts"] = _attempts(previous, e.id) + 1
                 if remote is not None:
                     line = (
                         uploads.upload(e.id, line, remote)
@@ -265,6 +387,9 @@ class Job:
                 lines.append(line)
         finally:
             session.close()
+        if previous is not None:  # the retried items' lines replace theirs, in place
+            fresh = {line["id"]: line for line in lines}
+            lines = [fresh.get(line["id"], line) for line in previous]
         _parquet_manifest(self.manifest_path(k).with_suffix(".parquet"), lines)
         write_atomically(self.manifest_path(k), "".join(json.dumps(x) + "\n" for x in lines))
         counts = {"completed": 0, "failed": 0, "skipped": 0, "bytes": 0}
@@ -292,6 +417,9 @@ class Job:
             "kind": entry.kind,
             "time_to_first_byte": None,  # seconds from the transfer's start (its metrics)
             "bytes_per_second": None,
+            # failed for good (no track, an album, 404, 410...): a rerun tries it again only
+            # with --retry-failed; any other failure is tried again by every rerun
+            "permanent": entry.error is not None,
         }
         if record is None:
             return out
@@ -310,6 +438,7 @@ class Job:
         else:
             out["error"] = record.error or f"ended {record.status}"
             out["http_status"] = record.http_status
+            out["permanent"] = bool(record.permanent)
         return out
 
     # -- the whole job -------------------------------------------------------------------------
@@ -383,6 +512,7 @@ def run_local(
     overrides: dict[str, Any] | None = None,
     on_shard: ShardDone | None = None,
     workers: int | None = None,
+    retry_failed: bool = False,
 ) -> None:
     """The local engine: up to `workers` shards at once (default: one per core), each in a
     worker process of its own with up to max_connections_per_host transfers (the same
@@ -390,14 +520,14 @@ def run_local(
     plan = job.plan()
     assert plan is not None
     total = plan["shards"]
-    todo = [k for k in range(total) if not job.is_done(k)]
+    todo = [k for k in range(total) if job.has_work(k, retry_failed)]
     for k in range(total):
         if k not in todo and on_shard is not None:
             on_shard(k, {"skipped_shard": 1}, total)
     count = min(workers or os.cpu_count() or 1, len(todo))
     if count <= 1:
         for k in todo:
-            counts = job.run_shard(k, overrides)
+            counts = job.run_shard(k, overrides, retry_failed=retry_failed)
             if on_shard is not None:
                 on_shard(k, counts, total)
         return
@@ -406,7 +536,7 @@ def run_local(
         if on_shard is not None:
             on_shard(k, counts, total)
 
-    _run_in_processes(job, todo, overrides or {}, count, shard_done)
+    _run_in_processes(job, todo, {**(overrides or {})}, count, shard_done, retry_failed)
 
 
 def _run_in_processes(
@@ -415,6 +545,7 @@ def _run_in_processes(
     overrides: dict[str, Any],
     count: int,
     on_shard: Callable[[int, dict[str, int]], object],
+    retry_failed: bool = False,
 ) -> None:
     """Shards in `count` worker processes (spawned: no thread of ours is forked). A stop
     (Ctrl-C, SIGTERM) reaches them as SIGTERM: each pauses its transfers at a checkpoint and
@@ -432,7 +563,7 @@ def _run_in_processes(
     processes = [
         context.Process(
             target=_shard_worker,
-            args=(str(job.dir), overrides, tasks, results),
+            args=(str(job.dir), overrides, tasks, results, retry_failed),
             name=f"halftunes-shard-worker-{i}",
         )
         for i in range(count)
@@ -479,7 +610,9 @@ def _run_in_processes(
         )
 
 
-def _shard_worker(job_dir: str, overrides: dict[str, Any], tasks: Any, results: Any) -> None:
+def _shard_worker(
+    job_dir: str, overrides: dict[str, Any], tasks: Any, results: Any, retry_failed: bool
+) -> None:
     """A local worker process: shards from `tasks` until there are none (or a stop)."""
     import queue
     import signal
@@ -502,7 +635,7 @@ def _shard_worker(job_dir: str, overrides: dict[str, Any], tasks: Any, results: 
         if k is None:
             return
         try:
-            counts = job.run_shard(k, overrides)
+            counts = job.run_shard(k, overrides, retry_failed=retry_failed)
         except KeyboardInterrupt:
             return  # (its transfers were paused at a checkpoint)
         except HalftunesError as exc:
@@ -525,6 +658,21 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+def _is_permanent(line: dict[str, Any]) -> bool:
+    if "permanent" in line:
+        return bool(line["permanent"])
+    return line.get("url") is None or line.get("http_status") in (404, 410)  # (older manifests)
+
+
+def _attempts(lines: list[dict[str, Any]], ident: str) -> int:
+    return next((line.get("attempts", 1) for line in lines if line["id"] == ident), 1)
+
+
+def _item_key(item: Item, spec: OutputSpec) -> str:
+    """How the plan knows an input item: its id, or its URL's record id."""
+    return url_target(item.value, spec).id if item.is_url else item.value
+
+
 def _fixed_name(name: str) -> Callable[[str], str]:
     stem, ext = os.path.splitext(name)
     return lambda suffix: f"{stem}{suffix}{ext}"
@@ -538,9 +686,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _shard_task(job_dir: str, k: int, overrides: dict[str, Any]) -> tuple[int, dict[str, int]]:
+def _shard_task(
+    job_dir: str, k: int, overrides: dict[str, Any], retry_failed: bool = False
+) -> tuple[int, dict[str, int]]:
     """One shard as a Dask task: plain data in and out (runs in a worker process)."""
-    return k, Job(Path(job_dir)).run_shard(k, overrides)
+    return k, Job(Path(job_dir)).run_shard(k, overrides, retry_failed=retry_failed)
 
 
 def run_dask(
@@ -549,13 +699,14 @@ def run_dask(
     scheduler: str | None = None,
     on_shard: ShardDone | None = None,
     on_dashboard: Callable[[str], None] | None = None,
+    retry_failed: bool = False,
 ) -> None:
     """The Dask engine: each unfinished shard is one task on the cluster at `scheduler`, or on
     a LocalCluster of two worker processes. Dask reschedules the shard of a worker that dies;
     its replacement finds the dead owner's records paused and resumes their partials."""
     plan = job.plan()
     assert plan is not None
-    todo = [k for k in range(plan["shards"]) if not job.is_done(k)]
+    todo = [k for k in range(plan["shards"]) if job.has_work(k, retry_failed)]
     if not todo:
         return  # a finished job starts no cluster and sends no request
     try:
@@ -580,6 +731,7 @@ def run_dask(
             [str(job.dir)] * len(todo),
             todo,
             [overrides or {}] * len(todo),
+            [retry_failed] * len(todo),
             pure=False,
             retries=3,
         )
