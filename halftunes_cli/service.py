@@ -31,7 +31,8 @@ from .errors import (
 from .events import Subscriber, record_event
 from .headers import is_ascii_number
 from .itunes import ITunesClient, Track
-from .jobs.job import Job, ShardDone, run_dask, run_local
+from .jobs.engines import Hooks, run_dask, run_local
+from .jobs.job import Job
 from .liveness import is_worker_alive
 from .naming import TEMPLATE_FIELDS, template_fields
 from .records import (
@@ -967,12 +968,11 @@ def run_job(
     engine: str,
     shard_size: int | None,
     scheduler: str | None = None,
-    on_shard: ShardDone | None = None,
-    on_dashboard: Callable[[str], None] | None = None,
+    hooks: Hooks | None = None,
     workers: int | None = None,
     retry_failed: bool = False,
 ) -> JobResult:
-    """Plan (once), run every shard without a manifest, report the job's counts.
+    """Plan (or grow the plan), run every shard with work left, report the job's counts.
 
     Exit status: 0 when every item completed or was skipped, 1 when some failed."""
     if engine not in ("local", "dask"):
@@ -986,9 +986,9 @@ def run_job(
         job.resolve_again(lookups)
     overrides = {"max_connections_per_host": configuration.max_connections_per_host}
     if engine == "dask":
-        run_dask(job, overrides, scheduler, on_shard, on_dashboard, retry_failed)
+        run_dask(job, overrides, scheduler, hooks, retry_failed)
     else:
-        run_local(job, overrides, on_shard, workers, retry_failed)
+        run_local(job, overrides, hooks, workers, retry_failed)
     status = job.status()
     return JobResult(
         status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK, plan["growth"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -223,10 +225,13 @@ def test_a_2000_item_job_on_dask(env, tmp_path):
         "250",
         "--json",
     ]
-    first = env.run_process(*args, timeout=240)
+    first = env.run_process(*args, "--progress", "json", timeout=240)
     assert first.returncode == 1, first.stderr[-2000:]
     status = json.loads(first.stdout)
     items = len(source.read_text().splitlines())
+    # every item was told as its shard ended it, through Dask's pub/sub: each once
+    told = [json.loads(x)["id"] for x in first.stderr.splitlines() if x.startswith('{"event"')]
+    assert len(told) == len(set(told)) == items
     assert status["items"] == items and status["shards_done"] == status["shards"]
     done = manifests(job)
     assert len(done) == items and len({m["id"] for m in done}) == items  # no duplicate
@@ -597,3 +602,65 @@ def test_transient_failures_are_retried_by_every_rerun_permanent_ones_on_request
     lines = {m["id"]: m for m in manifests(job)}
     assert all(m["status"] == "completed" for m in lines.values())
     assert sha256_file(lines[gone]["path"]) == env.expected_sha(int(gone))
+
+
+def test_the_overall_bar_moves_per_item_from_the_first_seconds(env, tmp_path):
+    # 200 items served slowly: the bar is there at once and moves with the first items ended,
+    # not with the first shard (a shard here is 50 items)
+    from conftest import Terminal
+
+    urls = [f"{env.server.url}/files/s{i}.bin?size=10000&seed={i % 50}" for i in range(200)]
+    (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
+    env.server.state.throttle_bps = 40_000  # a quarter of a second per item
+    args = _job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out")
+    terminal = Terminal(env, [*args, "--shard-size", "50"], columns=120)
+    terminal.wait_for_text("/200 items", timeout=30)
+    shown = time.monotonic()
+
+    def moved() -> bool:
+        counts = re.findall(r"(\d+)/200 items", "\n".join(terminal.screen()))
+        return bool(counts) and int(counts[-1]) > 0
+
+    env.wait_for(moved, timeout=10, interval=0.05, what="the bar to move")
+    assert time.monotonic() - shown < 2.0
+    assert terminal.wait(timeout=120) == 0
+    screen = "\n".join(terminal.screen())
+    assert "200/200 items" in screen and "4/4 shards" in screen and "0 failed" in screen
+
+
+def test_progress_json_tells_every_item_once(env, tmp_path):
+    env.fault(path="/previews/1000005/", kind="status", status=404, times=-1)
+    url = f"{env.server.url}/files/job.bin?size=50000&seed=4"
+    lines = ["1000001", "1000002", url, "999", str(ALBUM), "1000005", "1000003"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    args = _job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out")
+    result = env.run_process(*args, "--shard-size", "3", "--progress", "json")
+    assert result.returncode == 1, result.stderr
+    events = [json.loads(x) for x in result.stderr.splitlines() if x.startswith("{")]
+    ids = [e["id"] for e in events]
+    expected = sorted(m["id"] for m in manifests(tmp_path / "job"))
+    assert sorted(ids) == expected and len(expected) == 7  # every item, each once
+    by_id = {e["id"]: e for e in events}
+    done = by_id["1000001"]
+    assert done["event"] == "completed" and done["bytes"] > 0 and Path(done["path"]).exists()
+    assert by_id["1000005"]["event"] == "failed" and by_id["1000005"]["http_status"] == 404
+    assert by_id["999"]["error"] == "no track with id 999"
+
+
+def test_off_a_terminal_the_job_says_a_line_every_ten_seconds():
+    from halftunes_cli.render import Console, JobProgress
+
+    now = [0.0]
+    said: list[str] = []
+    progress = JobProgress(Console(), "auto", False, clock=lambda: now[0])
+    progress._stream.write = lambda text: said.append(text) or len(text)  # type: ignore[method-assign]
+    progress.start(30, 3)
+    for second in range(30):
+        now[0] = float(second)
+        progress.item({"id": str(second), "status": "completed", "bytes": 1000})
+    progress.close()
+    assert [line.split(" · ")[0] for line in said] == [
+        "11 of 30 items",
+        "21 of 30 items",
+        "30 of 30 items",
+    ]

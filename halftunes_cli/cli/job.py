@@ -9,9 +9,17 @@ from typing import Annotated, Any
 import typer
 
 from .. import render
-from ..errors import HalftunesError
+from ..errors import HalftunesError, UsageError
 from .app import _Group, _Typer, app
-from .common import AppState, JsonOption, app_state, configuration, exit_with, fail
+from .common import (
+    AppState,
+    JsonOption,
+    ProgressOption,
+    app_state,
+    configuration,
+    exit_with,
+    fail,
+)
 
 job_app = _Typer(
     help="Download lists too large for one command line, resumably, in shards.\n\n"
@@ -90,6 +98,7 @@ def job_run(
         ),
     ] = None,
     json_out: JsonOption = False,
+    progress: ProgressOption = "auto",
 ) -> None:
     """Download every item of a list in shards; a manifest per finished shard.
 
@@ -103,11 +112,20 @@ def job_run(
 
       halftunes job run ./job --input ids.txt --engine dask --scheduler tcp://10.0.0.5:8786
     """
+    from ..jobs.engines import Hooks
     from ..service import run_job  # (start-up speed)
 
     state = app_state(ctx)
+    if progress not in render.PROGRESS_MODES:
+        fail(state, UsageError(f"--progress must be one of {', '.join(render.PROGRESS_MODES)}"))
     config = configuration(state)
-    bar = render.JobProgress(state.console, render.stderr_is_terminal())
+    bar = render.JobProgress(state.console, progress, render.stderr_is_terminal())
+    hooks = Hooks(
+        on_start=bar.start,
+        on_item=bar.item,
+        on_shard=bar.shard,
+        on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"),
+    )
     try:
         result = run_job(
             job_dir,
@@ -117,8 +135,7 @@ def job_run(
             engine=engine,
             shard_size=shard_size,
             scheduler=scheduler,
-            on_shard=bar.shard,
-            on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"),
+            hooks=hooks,
             workers=workers,
             retry_failed=retry_failed,
         )

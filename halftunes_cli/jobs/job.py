@@ -30,7 +30,7 @@ from ..errors import HalftunesError, RateLimitedError, UsageError
 from ..itunes import ITunesClient, Track
 from ..records import ClaimOutcome, RecordStatus
 from ..retry import RetryLoop, RetryPolicy
-from ..runner import Runner
+from ..runner import Outcome, OutcomeStatus, Runner
 from ..session import Session
 from ..targets import OutputSpec, Target, target_for_track, url_target
 from .inputs import Item, read_items
@@ -310,15 +310,24 @@ class Job:
     def has_work(self, k: int, retry_failed: bool = False) -> bool:
         return not self.is_done(k) or bool(self.to_retry(k, retry_failed))
 
+    def work_items(self, shards: list[int], retry_failed: bool = False) -> int:
+        """How many items running `shards` will end (a finished shard: its retries)."""
+        return sum(
+            len(self.to_retry(k, retry_failed)) if self.is_done(k) else len(self.shard_entries(k))
+            for k in shards
+        )
+
     def run_shard(
         self,
         k: int,
         overrides: dict[str, Any] | None = None,
         delegate: Any = None,
         retry_failed: bool = False,
+        on_item: ItemEnded | None = None,
     ) -> dict[str, int]:
         """Download shard k's items and write its manifest last. A finished shard runs again
-        only its failed items (`to_retry`), and its manifest is replaced whole."""
+        only its failed items (`to_retry`), and its manifest is replaced whole. `on_item`
+        hears every item this run ends, once, as it ends (an upload's: once uploaded)."""
         previous: list[dict[str, Any]] | None = None
         if self.is_done(k):
             again = self.to_retry(k, retry_failed)
@@ -342,6 +351,23 @@ class Job:
         session = Session(load_configuration(flags), delegate)
         records = session.records
         started = time.monotonic()
+        heard: set[str] = set()
+
+        def ended(outcome: Outcome) -> None:
+            # (a remote output's item ends when it is uploaded: said with the manifest)
+            if on_item is None or remote is not None or outcome.record is None:
+                return
+            record = outcome.record
+            if outcome.status is OutcomeStatus.COMPLETED:
+                event = {"bytes": record.bytes_total or 0, "path": record.path}
+            elif outcome.status is OutcomeStatus.FAILED:
+                event = {"bytes": 0, "error": str(outcome.error or record.error or "failed")}
+                event["http_status"] = getattr(outcome.error, "status", None)
+            else:
+                return  # (paused: a stop; it ends in a later run)
+            heard.add(outcome.id)
+            on_item({"id": outcome.id, "status": str(outcome.status), **event})
+
         try:
             records.reconcile_dead_owners()  # a shard killed mid-way: its partials are paused
             targets = [
@@ -362,7 +388,7 @@ class Job:
             runner.start_control()
             try:
                 futures = [
-                    runner.submit(c.record)
+                    runner.submit(c.record, ended)
                     for c in claims
                     if c.outcome is ClaimOutcome.CLAIMED and c.record is not None
                 ]
@@ -387,6 +413,10 @@ class Job:
                 lines.append(line)
         finally:
             session.close()
+        if on_item is not None:  # the items that ended without a transfer (or uploaded)
+            for line in lines:
+                if line["id"] not in heard:
+                    on_item(_item_event(line))
         if previous is not None:  # the retried items' lines replace theirs, in place
             fresh = {line["id"]: line for line in lines}
             lines = [fresh.get(line["id"], line) for line in previous]
@@ -504,158 +534,20 @@ def _lookup_patiently(
     raise AssertionError("the retry loop ends by a return or an error")
 
 
-ShardDone = Callable[[int, dict[str, int], int], None]  # (shard, its counts, shards in the job)
+ItemEnded = Callable[[dict[str, Any]], object]  # {"id", "status", "bytes", "path" | "error"}
 
 
-def run_local(
-    job: Job,
-    overrides: dict[str, Any] | None = None,
-    on_shard: ShardDone | None = None,
-    workers: int | None = None,
-    retry_failed: bool = False,
-) -> None:
-    """The local engine: up to `workers` shards at once (default: one per core), each in a
-    worker process of its own with up to max_connections_per_host transfers (the same
-    shard code as the Dask engine); one worker runs them here, one after the other."""
-    plan = job.plan()
-    assert plan is not None
-    total = plan["shards"]
-    todo = [k for k in range(total) if job.has_work(k, retry_failed)]
-    for k in range(total):
-        if k not in todo and on_shard is not None:
-            on_shard(k, {"skipped_shard": 1}, total)
-    count = min(workers or os.cpu_count() or 1, len(todo))
-    if count <= 1:
-        for k in todo:
-            counts = job.run_shard(k, overrides, retry_failed=retry_failed)
-            if on_shard is not None:
-                on_shard(k, counts, total)
-        return
-
-    def shard_done(k: int, counts: dict[str, int]) -> None:
-        if on_shard is not None:
-            on_shard(k, counts, total)
-
-    _run_in_processes(job, todo, {**(overrides or {})}, count, shard_done, retry_failed)
-
-
-def _run_in_processes(
-    job: Job,
-    todo: list[int],
-    overrides: dict[str, Any],
-    count: int,
-    on_shard: Callable[[int, dict[str, int]], object],
-    retry_failed: bool = False,
-) -> None:
-    """Shards in `count` worker processes (spawned: no thread of ours is forked). A stop
-    (Ctrl-C, SIGTERM) reaches them as SIGTERM: each pauses its transfers at a checkpoint and
-    exits; a worker that dies (kill -9) leaves its shard for the next run to finish. Every
-    worker is reaped before this returns."""
-    import multiprocessing
-    import queue
-    import signal
-
-    context = multiprocessing.get_context("spawn")
-    tasks: Any = context.Queue()
-    results: Any = context.Queue()
-    for k in todo:
-        tasks.put(k)
-    processes = [
-        context.Process(
-            target=_shard_worker,
-            args=(str(job.dir), overrides, tasks, results, retry_failed),
-            name=f"halftunes-shard-worker-{i}",
-        )
-        for i in range(count)
-    ]
-    for process in processes:
-        process.start()
-    errors: list[str] = []
-    pending = len(todo)
-    try:
-        while pending:
-            try:
-                k, counts, error = results.get(timeout=0.5)
-            except queue.Empty:
-                if not any(p.is_alive() for p in processes):
-                    break
-                continue
-            pending -= 1
-            if error is not None:
-                errors.append(error)
-            else:
-                on_shard(k, counts)
-    except BaseException:
-        for process in processes:
-            if process.is_alive() and process.pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(process.pid, signal.SIGTERM)  # pause at a checkpoint, then exit
-        raise
-    finally:
-        for _ in processes:
-            tasks.put(None)  # (no more shards: a worker that is still waiting ends)
-        for process in processes:
-            process.join(timeout=60)
-            if process.is_alive():
-                process.kill()
-                process.join()
-        tasks.close()
-        results.close()
-    if errors:
-        raise HalftunesError(errors[0])
-    if pending:
-        raise HalftunesError(
-            f"{pending} shard(s) did not finish: a worker process died",
-            "run the same command again: it continues where they stopped",
-        )
-
-
-def _shard_worker(
-    job_dir: str, overrides: dict[str, Any], tasks: Any, results: Any, retry_failed: bool
-) -> None:
-    """A local worker process: shards from `tasks` until there are none (or a stop)."""
-    import queue
-    import signal
-
-    _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the parent decides, and says SIGTERM)
-
-    def stop(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
-    job = Job(Path(job_dir))
-    while True:
-        try:
-            k = tasks.get(timeout=0.5)
-        except queue.Empty:
-            continue
-        except KeyboardInterrupt:
-            return
-        if k is None:
-            return
-        try:
-            counts = job.run_shard(k, overrides, retry_failed=retry_failed)
-        except KeyboardInterrupt:
-            return  # (its transfers were paused at a checkpoint)
-        except HalftunesError as exc:
-            results.put((k, None, str(exc)))
-            continue
-        results.put((k, counts, None))
-
-
-def _die_with_parent() -> None:
-    """Linux: this process gets SIGTERM when its parent dies (a killed `job run` leaves no
-    worker behind)."""
-    import ctypes
-    import signal
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+def _item_event(line: dict[str, Any]) -> dict[str, Any]:
+    """A manifest line as a progress event."""
+    if line["status"] == "completed":
+        return {
+            "id": line["id"],
+            "status": "completed",
+            "bytes": line["bytes"],
+            "path": line["path"],
+        }
+    event = {"id": line["id"], "status": line["status"], "bytes": 0, "error": line["error"]}
+    return {**event, "http_status": line.get("http_status")}
 
 
 def _is_permanent(line: dict[str, Any]) -> bool:
@@ -684,64 +576,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _shard_task(
-    job_dir: str, k: int, overrides: dict[str, Any], retry_failed: bool = False
-) -> tuple[int, dict[str, int]]:
-    """One shard as a Dask task: plain data in and out (runs in a worker process)."""
-    return k, Job(Path(job_dir)).run_shard(k, overrides, retry_failed=retry_failed)
-
-
-def run_dask(
-    job: Job,
-    overrides: dict[str, Any] | None = None,
-    scheduler: str | None = None,
-    on_shard: ShardDone | None = None,
-    on_dashboard: Callable[[str], None] | None = None,
-    retry_failed: bool = False,
-) -> None:
-    """The Dask engine: each unfinished shard is one task on the cluster at `scheduler`, or on
-    a LocalCluster of two worker processes. Dask reschedules the shard of a worker that dies;
-    its replacement finds the dead owner's records paused and resumes their partials."""
-    plan = job.plan()
-    assert plan is not None
-    todo = [k for k in range(plan["shards"]) if job.has_work(k, retry_failed)]
-    if not todo:
-        return  # a finished job starts no cluster and sends no request
-    try:
-        from distributed import Client, LocalCluster, as_completed
-    except ImportError:
-        raise UsageError(
-            "--engine dask needs Dask distributed", "pip install 'halftunes[dask]'"
-        ) from None
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
-        )
-        client = Client(cluster)
-    else:
-        client = Client(scheduler)
-    try:
-        if on_dashboard is not None and client.dashboard_link:
-            on_dashboard(client.dashboard_link)
-        futures = client.map(
-            _shard_task,
-            [str(job.dir)] * len(todo),
-            todo,
-            [overrides or {}] * len(todo),
-            [retry_failed] * len(todo),
-            pure=False,
-            retries=3,
-        )
-        for _, (k, counts) in as_completed(futures, with_results=True):
-            if on_shard is not None:
-                on_shard(k, counts, plan["shards"])
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 def _filesystem(url: str) -> Any:

@@ -1,7 +1,7 @@
 """Everything the user sees, in rooms: `formats` (sizes, durations, cells), `console`
 (stderr as a side channel, messages, JSON on stdout), `tables` (search results, records,
-configuration), `progress` (event subscribers: nothing, lines, JSON Lines; a job's progress;
-the summary) and `bars` (tqdm, loaded only when bars are drawn). It decides nothing."""
+configuration), `progress` (event subscribers: nothing, lines, JSON Lines; the summary),
+`jobs` (a job's progress) and `bars` (tqdm, loaded only when bars are drawn). It decides nothing."""
 
 from .base import Progress
 from .console import (
@@ -13,9 +13,9 @@ from .console import (
     stderr_is_terminal,
 )
 from .formats import duration, fit, human_bytes, percent, printable
+from .jobs import JobProgress
 from .progress import (
     PROGRESS_MODES,
-    JobProgress,
     JsonProgress,
     LineProgress,
     make_progress,

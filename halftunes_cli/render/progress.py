@@ -1,6 +1,6 @@
 """Progress as the user sees it: subscribers of transfer events (`events.TransferEvent`) that
-draw nothing, plain lines for logs, or JSON Lines for scripts (bars live in `bars`); the
-progress of a job, and the summary line of a command."""
+draw nothing, plain lines for logs, or JSON Lines for scripts (bars live in `bars`), and the
+summary line of a command. (A job's progress: `jobs`.)"""
 
 from __future__ import annotations
 
@@ -115,52 +115,6 @@ class JsonProgress(Progress):
                 return False
             self._last[event.id] = now
         return True
-
-
-class JobProgress:
-    """One overall bar for a job: shards, items, files/s, MB/s, failures (on a terminal);
-    a line per shard otherwise (for logs)."""
-
-    def __init__(self, console: Console, is_tty: bool, clock: Clock = time.monotonic):
-        self.console = console
-        self.is_tty = is_tty and not console.quiet
-        self._clock = clock
-        self._began = self._clock()
-        self._bar: Any = None
-        self.items = self.failed = self.nbytes = 0
-
-    def shard(self, k: int, counts: dict[str, int], shards: int) -> None:
-        if "skipped_shard" in counts:
-            return
-        self.items += counts.get("completed", 0) + counts.get("failed", 0)
-        self.failed += counts.get("failed", 0)
-        self.nbytes += counts.get("bytes", 0)
-        elapsed = max(self._clock() - self._began, 1e-6)
-        figures = (
-            f"{self.items} items · {self.items / elapsed:.0f} files/s · "
-            f"{human_bytes(self.nbytes / elapsed)}/s · {self.failed} failed"
-        )
-        if not self.is_tty:
-            if not self.console.quiet:
-                self.console.info(f"shard {k} done: {figures}")
-            return
-        if self._bar is None:
-            from .bars import Bar  # (start-up speed)
-
-            self._bar = Bar(
-                total=shards,
-                file=SideChannel(),
-                leave=True,
-                unit="shard",
-                bar_format="{n}/{total} shards {bar:20} {desc}",
-            )
-        self._bar.set_description_str(figures, refresh=False)
-        self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def summary(given: int, statuses: list[str], elapsed_seconds: float) -> str:
