@@ -210,6 +210,8 @@ class SessionConfiguration:
             value = self.kind if key == "session" else getattr(self, key)
             if isinstance(value, Path):
                 value = str(value)
+            if key == "connections_per_file" and value == 0:
+                value = "auto"  # (as it is written: 0 is no count)
             out[key] = {"value": value, "source": self.sources.get(key, "default")}
         return out
 

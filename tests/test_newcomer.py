@@ -221,6 +221,7 @@ def test_a_pause_from_elsewhere_shows_on_wait_at_once(env):
 def test_the_overall_line_counts_completed_ones_and_a_true_speed(env):
     bps = 400_000
     ids = many(env, 3, size=1 * MB, bps=bps)
+    env.track(int(ids[2]), size=6 * MB)  # (15 s: the pause surely comes first, under load too)
     term = Terminal(env, ["download", *ids], columns=80, rows=30)
     env.wait_for(lambda: env.part_size(ids[2]) > 100_000, timeout=30)
     assert env.run_process("pause", ids[2]).returncode == 0

@@ -167,11 +167,17 @@ def test_a_file_changed_between_pause_and_resume_restarts_never_a_splice(env):
     assert proc.wait(timeout=30) == 0 and "paused by request" in proc.stderr.read()
     assert env.record(T1)["status"] == "paused"
     env.track(T1, version=2)  # the same size, other bytes, another ETag
-    env.server.state.throttle_bps = None
+    env.server.state.throttle_bps = 4 * MiB
+    with env.server.state.lock:
+        env.server.state.log.clear()
     result = env.run("resume", str(T1))
     assert result.returncode == 0, result.stderr
     assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)  # version 2, whole
     assert "changed" in result.stderr or "restarting" in result.stderr, result.stderr
+    # the restart goes over the connections the download started with (resume has no -x)
+    served = env.preview_requests(T1)
+    restart = next(i for i, e in enumerate(served) if e["status"] == 200)
+    assert sum(1 for e in served[restart:] if e["status"] == 206) >= 3, served
 
 
 def test_a_changed_file_under_a_reused_etag_is_caught_by_a_segment_overlap(env):
@@ -281,11 +287,12 @@ def test_cancel_removes_the_segmented_partial(env):
     env.wait_for(lambda: not __import__("os").path.exists(part), what="the partial gone")
 
 
-@pytest.mark.parametrize("value", ["0", "17", "many", "-1", "٣"])
+@pytest.mark.parametrize("value", ["0", "17", "many", "-1", "٣", "", "1.5"])
 def test_a_bad_connection_count_is_a_usage_error(env, value):
     result = env.run("download", "-x", value, str(T1))
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "connections_per_file" in result.stderr and "Traceback" not in result.stderr
+    assert "-x/--connections must be a number from 1 to 16 or auto" in result.stderr
+    assert "Traceback" not in result.stderr
     assert env.record(T1) is None if (env.state_dir / "downloads.db").exists() else True
 
 
@@ -376,3 +383,95 @@ def test_work_stealing_splits_the_largest_rest_and_keeps_a_partition():
     again = SegmentPlan.from_record(text, 16 * MiB)
     assert again is not None and again.done_bytes == done == 9 * MiB
     assert SegmentPlan.from_record(text, 15 * MiB) is None  # another size: nothing trusted
+
+
+def _pause_with_both_halves_written(env, size: int) -> dict:
+    """A -x 2 download paused once both halves have checkpointed bytes; its record."""
+    env.track(T1, size=size)
+    env.server.state.throttle_bps = 500_000
+    proc = env.spawn("download", "-x", "2", str(T1))
+
+    def both_written():
+        row = env.state_record(str(T1))
+        plan = json.loads(row["segments"]) if row and row["segments"] else None
+        return plan and all(d > OVERLAP_BYTES for _, _, d in plan["segments"])
+
+    env.wait_for(both_written, what="bytes checkpointed in both halves")
+    assert env.run("pause", str(T1)).returncode == 0
+    proc.wait(timeout=30)
+    return env.state_record(str(T1))
+
+
+def _set_plan(env, segments: list[list[int]]) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(env.state_dir / "downloads.db")
+    plan = json.dumps({"connections": 2, "segments": segments})
+    done = sum(d for _, _, d in segments)
+    db.execute("UPDATE downloads SET segments = ?, bytes_received = ?", (plan, done))
+    db.commit()
+    db.close()
+
+
+def test_a_range_that_starts_where_another_segment_ended_compares_that_segment_s_bytes(env):
+    # Every unfinished range starts at 0 bytes of its own, right after a finished one: the
+    # bytes before it are compared, so a file rewritten under the same ETag is caught.
+    size = 4 * MiB
+    env.server.state.styles[T1] = "sticky-etag"
+    row = _pause_with_both_halves_written(env, size)
+    (_, _, d0), _ = json.loads(row["segments"])["segments"]
+    _set_plan(env, [[0, d0, d0], [d0, size, 0]])  # the first ends where it got to
+    env.track(T1, version=2)
+    env.server.state.throttle_bps = None
+    with env.server.state.lock:
+        env.server.state.log.clear()
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)  # version 2, whole
+    assert "differ" in result.stderr, result.stderr
+    assert env.preview_requests(T1)[0]["range"] == f"bytes={d0 - OVERLAP_BYTES}-{size - 1}"
+
+
+def test_a_resume_that_compared_nothing_checks_a_stretch_of_the_partial(env):
+    # A record that says every byte is there although the partial's end is zeros (edited by
+    # hand, or a disk that lied): nothing is left to fetch, so nothing was compared; the
+    # partial's last 64 KiB are asked for and compared before the file gets its name.
+    import os
+
+    size = 4 * MiB
+    row = _pause_with_both_halves_written(env, size)
+    (_, half, _), _ = json.loads(row["segments"])["segments"]
+    _set_plan(env, [[0, half, half], [half, size, size - half]])
+    fd = os.open(row["part_path"], os.O_WRONLY)
+    os.pwrite(fd, bytes(OVERLAP_BYTES), size - OVERLAP_BYTES)
+    os.close(fd)
+    env.server.state.throttle_bps = None
+    with env.server.state.lock:
+        env.server.state.log.clear()
+    result = env.run("resume", str(T1))
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)
+    check = env.preview_requests(T1)[0]
+    assert check["range"] == f"bytes={size - OVERLAP_BYTES}-{size - 1}", check
+    assert "differ" in result.stderr
+
+
+def test_a_server_that_answers_ranges_badly_ends_on_one_connection(env):
+    # It says Accept-Ranges but ignores every Range: after two restarts over several
+    # connections the file goes over one, and completes (it used to restart forever).
+    env.fault(path="/files/big-5.bin", kind="ignore_range", times=-1)
+    env.server.state.throttle_bps = 8 * MiB
+    size = 8 * MiB
+    result = env.run("-v", "download", "-x", "4", file_url(env, size), env=EIGHT)
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(result.stdout.strip()) == body_sha256(5, size)
+    assert len(file_requests(env)) <= 3 * 4 + 1
+    assert "one connection: 2 restarts over several connections" in result.stderr
+
+
+def test_auto_says_why_a_small_file_takes_one_connection(env):
+    result = env.run("-v", "download", "-x", "auto", file_url(env, 2 * MiB))
+    assert result.returncode == 0, result.stderr
+    assert "one connection: auto splits files of 64 MiB or more" in result.stderr
+    shown = env.json("config", "show", env={"HALFTUNES_CONNECTIONS_PER_FILE": "auto"})
+    assert shown["connections_per_file"] == {"value": "auto", "source": "env"}

@@ -307,6 +307,15 @@ def download(
             fail(app_state(ctx), exc)
         settings = {"embed_metadata": embed_metadata, "embed_artwork": embed_artwork}
     if connections is not None:
+        from ..config import parse_connections
+
+        if parse_connections(connections) is None:
+            fail(
+                app_state(ctx),
+                UsageError(
+                    f"-x/--connections must be a number from 1 to 16 or auto, not {connections!r}"
+                ),
+            )
         settings["connections_per_file"] = connections
     schedule = _schedule(ctx, at, priority, background)
     _run(

@@ -31,7 +31,15 @@ from ..transport import body_reader
 from .base import Task, TaskHost, TaskState
 from .checkpointer import shared_checkpointer
 from .partial import PartialFile, PartialShrank, start_writeback
-from .segments import SegmentedDownload, SegmentPlan, _Changed, connections_for
+from .segments import (
+    AUTO_MIN_BYTES,
+    SegmentedDownload,
+    SegmentPlan,
+    _Changed,
+    connections_for,
+)
+
+RESTARTS_SPLIT = 2  # restarts of a segmented transfer after which it takes one connection
 
 CHUNK_BYTES = 1 << 20
 RESUME_DATA_VERSION = 1
@@ -161,6 +169,7 @@ class DownloadTask(Task):
         self._recorded_bytes = 0  # ... and the bytes it vouches for
         self._unreadable_plan = False  # a recorded plan that does not fit: trust nothing
         self._engine: SegmentedDownload | None = None
+        self._restarts = 0  # of a segmented transfer: after RESTARTS_SPLIT, one connection
         self._journal_lock = threading.Lock()
         self._progress_lock = threading.Lock()
         part_path = Path(str(self.destination) + ".part")
@@ -181,6 +190,9 @@ class DownloadTask(Task):
                 else:
                     self._recorded_plan = resume_data.segments
                     self._recorded_bytes = self._plan.done_bytes
+                    # (a resume keeps the connections it started with, also after a restart)
+                    if self.connections != 0:
+                        self.connections = max(self.connections, self._plan.connections)
         self.checkpointer = shared_checkpointer()
         self.partial = PartialFile(
             part_path,
@@ -526,7 +538,13 @@ class DownloadTask(Task):
         n = connections_for(self.connections, total)
         reason = None
         if n < 2:
-            reason = f"the file is small ({total} bytes)" if self.connections > 1 else ""
+            reason = (
+                f"the file is small ({total} bytes)"
+                if self.connections > 1
+                else f"auto splits files of {AUTO_MIN_BYTES >> 20} MiB or more"
+            )
+        elif self._restarts >= RESTARTS_SPLIT:
+            reason = f"{self._restarts} restarts over several connections"
         elif urlsplit(self.url).scheme not in ("http", "https"):
             reason = "not an HTTP URL"
         elif "bytes" not in (response.headers.get("Accept-Ranges") or "").lower():
@@ -536,8 +554,7 @@ class DownloadTask(Task):
         elif self.content_encoding is not None:
             reason = "the server compresses the body"
         if reason is not None:
-            if reason:
-                log.info("%s: one connection: %s", self.url, reason)
+            log.info("%s: one connection: %s", self.url, reason)
             return False
         self._plan = SegmentPlan.split(total, n)
         log.info("%s: planned %d connections", self.url, n)
@@ -625,12 +642,15 @@ class DownloadTask(Task):
             self._tell("on_data_written", n, received, self.bytes_total)
 
     def _restart_segments(self, reason: str) -> _Result:
-        """The server's copy is not the partial's: start again from 0 (never a splice)."""
+        """The server's copy is not the partial's (or its ranges cannot be used): start again
+        from 0, never a splice. Counted: after RESTARTS_SPLIT of them the task goes on over
+        one connection (a server that answers ranges badly must not loop forever)."""
         self._check_stop()
         self._note(reason)
         self._forget_plan()
         self.partial.truncate(0)
         self.bytes_total = self.etag = self.last_modified = None
+        self._restarts += 1
         return _Result(_Step.AGAIN)
 
     def _forget_plan(self) -> None:

@@ -130,6 +130,37 @@ class SegmentPlan:
         with self._lock:
             return all(s.remaining == 0 for s in self.segments)
 
+    def written_before(self, position: int, most: int) -> int:
+        """How many bytes right before `position` are written (up to `most`), across the
+        segments they belong to: what a request from `position` can ask again and compare."""
+        with self._lock:
+            runs = sorted((s.start, s.start + s.done) for s in self.segments if s.done)
+        found, at = 0, position
+        for start, end in reversed(runs):
+            if start >= at:
+                continue
+            if end != at:
+                break
+            found, at = found + end - start, start
+            if found >= most:
+                break
+        return min(found, most)
+
+    def longest_written(self) -> tuple[int, int] | None:
+        """The end of the longest run of written bytes and its length (None: nothing)."""
+        with self._lock:
+            runs = sorted((s.start, s.start + s.done) for s in self.segments if s.done)
+        merged: list[list[int]] = []
+        for start, end in runs:
+            if merged and merged[-1][1] == start:
+                merged[-1][1] = end
+            else:
+                merged.append([start, end])
+        if not merged:
+            return None
+        start, end = max(merged, key=lambda run: run[1] - run[0])
+        return end, end - start
+
     def keep_only(self, lead: Segment) -> bool:
         """Make `lead` the whole file (one connection), if no other segment has started and
         its connection is still reading (it has not claimed its last bytes)."""
@@ -208,10 +239,14 @@ class SegmentedDownload:
         self._idle = threading.Condition(self._lock)
         self.bytes_fetched = 0  # over every connection
         self.first_bytes = 0  # ... of which over the task's first answer
+        # Set once an answer's bytes matched bytes the partial already held (an overlap):
+        # a resume that ends without one checks a stretch of the partial on its own.
+        self.verified = False
 
     # -- the coordinator (the task's own thread) ---------------------------------------------
     def run(self, first: Any = None) -> bool:
         task = self.task
+        resumed = first is None and self.plan.done_bytes > 0  # (bytes of an earlier run)
         lead = self.plan.take()  # (the first answer's body is the first segment's)
         if first is not None:  # (a stop must wake its reads too)
             with self._lock:
@@ -246,7 +281,66 @@ class SegmentedDownload:
             raise _Changed(self._changed)
         if self._errors:
             raise self._errors[0]
-        return self.plan.is_complete
+        complete = self.plan.is_complete
+        if complete and resumed and not self.verified and not task._stop.is_set():
+            self.halt.clear()  # (the connections are done; a stop halts the check again)
+            self._verify_written()
+        return complete
+
+    def _verify_written(self) -> None:
+        """A resume whose requests compared nothing (every unfinished range started where no
+        byte was written, or nothing was left to fetch): the server's copy is compared with
+        the partial's longest written stretch (its last 64 KiB, one request), or the file
+        starts again. No validator can see a file rewritten under the same ETag."""
+        found = self.plan.longest_written()
+        if found is None:
+            return
+        end, length = found
+        start = end - min(ranges.OVERLAP_BYTES, length)
+        task = self.task
+        for attempt in task._retries(f"{task.url} bytes {start}-{end - 1} (a check)"):
+            task._check_stop()  # (a stop during the check: paused, checked at the next resume)
+            try:
+                response, handle = self._send(start, end - 1)
+            except TransferError as error:
+                if not error.is_retryable:
+                    raise
+                attempt.failed(error)
+                continue
+            try:
+                decision = ranges.decide_segment(
+                    response.status_code, response.headers, start, end - 1, self.plan.total
+                )
+                if decision.action is Action.RETRY:
+                    attempt.failed(TransferError(f"{decision.reason} for {task.url}"))
+                    continue
+                if decision.action is Action.FAIL:
+                    raise task._status_error(response, self.plan.done_bytes)
+                if decision.action is not Action.APPEND:
+                    raise _Changed(decision.reason)
+                got = bytearray()
+                readinto = body_reader(response.raw, task.url)
+                view = memoryview(bytearray(end - start))
+                while len(got) < end - start:
+                    n = readinto(view[: end - start - len(got)])
+                    if not n:
+                        break
+                    got += view[:n]
+            except TransferError as broken:
+                attempt.failed(broken)
+                continue
+            finally:
+                self._close(response, handle, 0)
+            if len(got) < end - start:
+                attempt.failed(TransferError(f"{task.url}: the check's answer ended short"))
+                continue
+            if bytes(got) != task.partial.read_back(start, end):
+                raise _Changed(
+                    "the server's copy changed (its bytes differ from those already "
+                    "downloaded): restarting from 0"
+                )
+            self.verified = True
+            return
 
     def _start(self, segment: Segment | None, first: Any, extra_slot: bool) -> threading.Thread:
         with self._lock:
@@ -344,7 +438,9 @@ class SegmentedDownload:
                 response, handle, start = first, task._request, 0
                 first = None
             else:
-                start = segment.position - min(ranges.OVERLAP_BYTES, segment.done)
+                start = segment.position - self.plan.written_before(
+                    segment.position, ranges.OVERLAP_BYTES
+                )
                 asked_end = segment.end - 1  # (the end may move down while the answer comes)
                 try:
                     response, handle = self._send(start, asked_end)
@@ -441,6 +537,7 @@ class SegmentedDownload:
                         "point differ): restarting from 0"
                     )
                 seen += n
+            self.verified = True
         written_back = segment.position  # writeback started for this range up to here
         while not self.halt.is_set():
             n = readinto(reads)
