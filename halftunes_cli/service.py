@@ -982,6 +982,8 @@ def run_job(
     job = Job(job_dir)
     lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
     plan = job.make_plan(input_path, output, shard_size, lookups)
+    if hooks is not None:
+        hooks.planned(plan["growth"])
     if retry_failed:
         job.resolve_again(lookups)
     overrides = {"max_connections_per_host": configuration.max_connections_per_host}

@@ -102,7 +102,8 @@ def job_run(
 ) -> None:
     """Download every item of a list in shards; a manifest per finished shard.
 
-    Running the same command again continues the job; on a finished job it sends nothing.
+    Running the same command again continues the job (and plans the input's new items, and
+    retries what failed for a passing reason); with nothing to do it sends nothing.
 
     Examples:
 
@@ -121,6 +122,7 @@ def job_run(
     config = configuration(state)
     bar = render.JobProgress(state.console, progress, render.stderr_is_terminal())
     hooks = Hooks(
+        on_planned=lambda growth: _say_growth(state, growth),
         on_start=bar.start,
         on_item=bar.item,
         on_shard=bar.shard,
@@ -147,7 +149,6 @@ def job_run(
         exit_with(130)
     finally:
         bar.close()
-    _say_growth(state, result.growth, result.status)
     _show(state, result.status, json_out)
     if result.status["failed"]:
         _name_failures(state, job_dir)
@@ -194,10 +195,10 @@ def job_status(
             print(_failure_line(item))
 
 
-def _say_growth(state: AppState, growth: dict[str, int], status: dict[str, Any]) -> None:
+def _say_growth(state: AppState, growth: dict[str, int]) -> None:
     """What a rerun changed in the plan (nothing said for a new job or an unchanged input)."""
     added, gone = growth.get("added", 0), growth.get("gone", 0)
-    if added and added != status["items"]:
+    if added and not growth.get("new_job"):
         shards = growth.get("new_shards", 0)
         state.console.info(f"{added} new item(s) of the input planned into {shards} new shard(s)")
     if gone:

@@ -25,10 +25,15 @@ class Hooks:
     """What the client hears of a running job (every one optional; called on one thread at
     a time, not always the caller's)."""
 
+    on_planned: Callable[[dict[str, int]], object] | None = None  # (what planning added)
     on_start: Callable[[int, int], object] | None = None  # (items to end, shards in the job)
     on_item: ItemEnded | None = None  # one ended item: {"id", "status", "bytes", ...}
     on_shard: Callable[[int, dict[str, int], int], object] | None = None  # (k, counts, shards)
     on_dashboard: Callable[[str], object] | None = None  # (the Dask dashboard's address)
+
+    def planned(self, growth: dict[str, int]) -> None:
+        if self.on_planned is not None:
+            self.on_planned(growth)
 
     def start(self, items: int, shards: int) -> None:
         if self.on_start is not None:

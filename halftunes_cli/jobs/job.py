@@ -143,7 +143,8 @@ class Job:
             "created": time.time(),
         }
         write_atomically(self.plan_path, json.dumps(plan, indent=1))
-        return {**plan, "growth": {"added": len(entries), "gone": 0, "new_shards": len(shards)}}
+        growth = {"added": len(entries), "gone": 0, "new_shards": len(shards), "new_job": 1}
+        return {**plan, "growth": growth}
 
     def _folder(self, output: str) -> Path:
         return self.staging if "://" in output else Path(os.path.abspath(Path(output).expanduser()))

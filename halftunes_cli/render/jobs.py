@@ -43,11 +43,11 @@ class JobProgress:
         with self._lock:
             self.total, self.shards = items, shards
             self._began = self._last_line = self._clock()
-            if self.mode == "bar":
+            if self.mode == "bar" and items:  # (nothing to do: no bar, the summary says it)
                 from .bars import Bar  # (start-up speed)
 
                 self._bar = Bar(
-                    total=max(items, 1),
+                    total=items,
                     file=SideChannel(),
                     leave=True,
                     unit="item",
