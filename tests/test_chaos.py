@@ -661,3 +661,79 @@ def test_concurrency_storm(request, env):
     print(f"\nstorm: {seconds} s, commands {dict(counts)}")
     reap_children()
     assert not problems, "\n".join(problems[:20])
+
+
+# -- one file over several connections, under faults -------------------------------------------
+SEGMENT_FAULTS = ["kill9", "sigterm", "sigint", "drop", "503", "changed", "same_etag_changed"]
+
+
+def _segmented_round(env: Env, rng: random.Random, kind: str, tid: int) -> list[str]:
+    """-x 4 of a 6 MB preview, a fault at a random moment, then `resume` until it is done:
+    the file is the server's current version, byte for byte, and nothing is left over."""
+    st = env.server.state
+    size = rng.randint(5_000_000, 7_000_000)
+    st.sizes[tid] = size
+    rid, prefix = str(tid), f"/previews/{tid}/"
+    extra = {"HALFTUNES_MAX_CONNECTIONS_PER_HOST": "4", "HALFTUNES_REQUEST_TIMEOUT": "2"}
+    if kind == "drop":
+        env.fault(path=prefix, kind="drop", after=rng.randint(10_000, 1_000_000), times=3)
+    elif kind == "503":
+        env.fault(path=prefix, kind="status", status=503, times=rng.randint(1, 3))
+    elif kind == "same_etag_changed":
+        st.styles[tid] = "sticky-etag"
+    proc = env.spawn("download", "-x", "4", rid, env=extra)
+    env.wait_for(
+        lambda: proc.poll() is not None or env.part_size(rid) > 0, what="the transfer to start"
+    )
+    time.sleep(rng.uniform(0.05, 0.8))  # (a random moment in the transfer: the fault's)
+    if kind == "kill9":
+        proc.send_signal(signal.SIGKILL)
+    elif kind == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif kind == "sigint":
+        proc.send_signal(signal.SIGINT)
+    elif kind in ("changed", "same_etag_changed"):
+        env.run_process("pause", rid, env=extra)
+    proc.communicate(timeout=60)
+    done = (env.record(rid) or {}).get("status") == "completed"  # (before the fault came)
+    if kind in ("changed", "same_etag_changed") and not done:
+        st.versions[tid] = st.versions.get(tid, 1) + 1
+    failures = []
+    for _ in range(6):
+        record = env.record(rid)
+        if record is not None and record["status"] == "completed":
+            break
+        result = env.run_process("resume", rid, env=extra)
+        if "Traceback" in result.stderr:
+            failures.append(f"{kind}: a traceback: {result.stderr[-500:]}")
+    record = env.record(rid)
+    if record is None or record["status"] != "completed":
+        return [*failures, f"{kind}: not completed after six resumes: {record}"]
+    if sha256_file(record["path"]) != st.sha256_of(tid):
+        failures.append(f"{kind}: the file is not the server's version {st.versions.get(tid, 1)}")
+    if Path(record["part_path"]).exists():
+        failures.append(f"{kind}: a partial left next to the finished file")
+    return failures
+
+
+@pytest.mark.timeout(1800)
+def test_segmented_chaos_rounds(request, tmp_path, server):
+    rounds = max(len(SEGMENT_FAULTS), request.config.getoption("--chaos-rounds") // 4)
+    server.state.throttle_bps = 2_000_000  # per connection: about 0.8 s for four of them
+    tracks = [t for t, v in sorted(server.state.tracks.items()) if "previewUrl" in v]
+    failures: list[str] = []
+    for i in range(rounds):
+        root = tmp_path / f"segmented-{i}"
+        root.mkdir()
+        env = Env(root, server)
+        env.env["HALFTUNES_DURABILITY"] = DURABILITY[i % 2]
+        try:
+            found = _segmented_round(
+                env, random.Random(5000 + i), SEGMENT_FAULTS[i % len(SEGMENT_FAULTS)], tracks[i]
+            )
+            failures += [f"round {i}: {f}" for f in found]
+        finally:
+            env.cleanup()
+            with server.state.lock:
+                server.state.faults.clear()
+    assert not failures, failures
