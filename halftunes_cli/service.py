@@ -979,7 +979,41 @@ def run_job(
         raise UsageError(f"--engine must be local or dask, not {engine!r}")
     if workers is not None and not 1 <= workers <= 256:
         raise UsageError(f"--workers must be from 1 to 256, not {workers}")
+    if workers is not None and engine != "local":
+        raise UsageError("--workers is for the local engine (a Dask cluster has its own)")
+    if scheduler is not None and engine != "dask":
+        raise UsageError("--scheduler is for --engine dask")
     job = Job(job_dir)
+    held = job.lock()
+    try:
+        return _run_job(
+            job,
+            input_path,
+            configuration,
+            output,
+            engine,
+            shard_size,
+            scheduler,
+            hooks,
+            workers,
+            retry_failed,
+        )
+    finally:
+        held.close()
+
+
+def _run_job(
+    job: Job,
+    input_path: Path,
+    configuration: SessionConfiguration,
+    output: str | None,
+    engine: str,
+    shard_size: int | None,
+    scheduler: str | None,
+    hooks: Hooks | None,
+    workers: int | None,
+    retry_failed: bool,
+) -> JobResult:
     lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
     plan = job.make_plan(input_path, output, shard_size, lookups)
     if hooks is not None:

@@ -415,7 +415,9 @@ def corrupt_state(state_dir: Path, kind: str) -> None:
 
 
 def reap_children(timeout: float = 5.0) -> None:
-    """Reap every exited child (orphaned workers re-parented to us)."""
+    """Reap every exited child (orphaned workers re-parented to us), waiting up to `timeout`
+    for those still running. (multiprocessing's resource tracker, started in this process
+    by an in-process `job run`, lives as long as the process: it is not waited for.)"""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -423,9 +425,25 @@ def reap_children(timeout: float = 5.0) -> None:
         except ChildProcessError:
             return
         if pid == 0:
-            if time.monotonic() > deadline:
+            if not _children_to_wait_for() or time.monotonic() > deadline:
                 return
             time.sleep(0.02)
+
+
+def _children_to_wait_for() -> set[int]:
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            pids |= {int(x) for x in (task / "children").read_text().split()}
+    out = set()
+    for pid in pids:
+        try:
+            cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"resource_tracker" not in cmdline:
+            out.add(pid)
+    return out
 
 
 @pytest.fixture(autouse=True)

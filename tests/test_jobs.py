@@ -664,3 +664,100 @@ def test_off_a_terminal_the_job_says_a_line_every_ten_seconds():
         "21 of 30 items",
         "30 of 30 items",
     ]
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = (Path("/proc") / str(pid) / "task" / str(pid) / "children").read_text()
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _gone(pid: int) -> bool:
+    """Dead (reaped here, where we can: the tests are the subreaper) or a zombie."""
+    import os
+
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().split(") ")[1][0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_job_killed_while_its_workers_start_leaves_none_behind(env, tmp_path):
+    # killed before its workers could ask to die with it: they see it gone and end
+    _, _, args = four_one_item_shards(env, tmp_path, 2_000_000, 2)
+    env.server.state.throttle_bps = 200_000
+    proc = env.spawn(*args)
+    children = env.wait_for(lambda: len(_children(proc.pid)) >= 2 and _children(proc.pid))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    env.wait_for(lambda: all(_gone(pid) for pid in children), what="the workers to end")
+
+
+def test_a_worker_that_dies_ends_the_run_with_a_clear_error(env, tmp_path):
+    ids, job, args = four_one_item_shards(env, tmp_path, 2_000_000, 2)
+    env.server.state.throttle_bps = 500_000
+    proc = env.spawn(*args)
+    env.wait_for(
+        lambda: len([p for p in (tmp_path / "out").glob("*.part") if p.stat().st_size > 0]) == 2,
+        what="two shards under way",
+    )
+    import os
+
+    workers = [
+        pid
+        for pid in _children(proc.pid)
+        if b"spawn_main" in (Path("/proc") / str(pid) / "cmdline").read_bytes()
+    ]
+    os.kill(workers[0], signal.SIGKILL)  # (not the resource tracker: a shard worker)
+    _, err = proc.communicate(timeout=60)  # (it used to wait forever)
+    assert proc.returncode == 1 and "its worker process died" in err, err
+    env.server.state.throttle_bps = None
+    again = env.run(*args)
+    assert again.returncode == 0, again.stderr
+    assert sorted(m["id"] for m in manifests(job)) == sorted(ids)
+
+
+def test_a_second_run_of_the_same_job_at_once_is_refused(env, tmp_path):
+    _, job, args = four_one_item_shards(env, tmp_path, 2_000_000, 1)
+    env.server.state.throttle_bps = 500_000
+    proc = env.spawn(*args)
+    env.wait_for(lambda: any((tmp_path / "out").glob("*.part")), what="the first run under way")
+    second = env.run(*args)
+    assert second.returncode == 1 and "another `halftunes job run` is running" in second.stderr
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated: the same command continues" in err, err
+    row = next(iter(Path(job, "state").glob("*/downloads.db")))
+    import sqlite3
+
+    db = sqlite3.connect(row)
+    statuses = {s for (s,) in db.execute("SELECT status FROM downloads")}
+    db.close()
+    assert statuses <= {"paused", "completed"}, statuses  # paused at a checkpoint, not lost
+
+
+def test_an_item_named_twice_is_planned_once(env, tmp_path):
+    url = f"{env.server.url}/files/twice.bin?size=30000&seed=3"
+    (tmp_path / "in.txt").write_text(f"1000001\n{url}\n1000002\n1000001\n{url}\n")
+    args = _job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out", "--shard-size", "2")
+    result = env.run(*args)
+    assert result.returncode == 0, result.stderr
+    done = manifests(tmp_path / "job")
+    assert len(done) == 3 and len({m["id"] for m in done}) == 3
+    assert len(list((tmp_path / "out").iterdir())) == 3
+
+
+def test_options_of_the_other_engine_are_refused_and_no_failures_is_said(env, tmp_path):
+    (tmp_path / "in.txt").write_text("1000001\n")
+    base = _job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out")
+    dask = env.run(*base, "--engine", "dask", "--workers", "2")
+    assert dask.returncode == 2 and "--workers is for the local engine" in dask.stderr
+    local = env.run(*base, "--scheduler", "tcp://127.0.0.1:1")
+    assert local.returncode == 2 and "--scheduler is for --engine dask" in local.stderr
+    assert env.run(*base).returncode == 0
+    quiet = env.run("job", "status", str(tmp_path / "job"), "--failed")
+    assert quiet.returncode == 0 and quiet.stdout == "" and "no failed items" in quiet.stderr

@@ -10,7 +10,7 @@ import typer
 
 from .. import render
 from ..errors import HalftunesError, UsageError
-from .app import _Group, _Typer, app
+from .app import _Group, _Typer, app, interruptible
 from .common import (
     AppState,
     JsonOption,
@@ -129,24 +129,31 @@ def job_run(
         on_dashboard=lambda link: state.console.info(f"Dask dashboard: {link}"),
     )
     try:
-        result = run_job(
-            job_dir,
-            input_file,
-            configuration=config,
-            output=output_dir,
-            engine=engine,
-            shard_size=shard_size,
-            scheduler=scheduler,
-            hooks=hooks,
-            workers=workers,
-            retry_failed=retry_failed,
-        )
+        # (Ctrl-C raises KeyboardInterrupt, SIGTERM SystemExit(143): either way the shards
+        # pause their transfers at a checkpoint and the worker processes are stopped)
+        with interruptible(state.console, before_exit=bar.close):
+            result = run_job(
+                job_dir,
+                input_file,
+                configuration=config,
+                output=output_dir,
+                engine=engine,
+                shard_size=shard_size,
+                scheduler=scheduler,
+                hooks=hooks,
+                workers=workers,
+                retry_failed=retry_failed,
+            )
     except HalftunesError as exc:
         fail(state, exc)
     except KeyboardInterrupt:
         bar.close()
         state.console.info("interrupted: the same command continues the job")
         exit_with(130)
+    except SystemExit:
+        bar.close()
+        state.console.info("terminated: the same command continues the job")
+        raise
     finally:
         bar.close()
     _show(state, result.status, json_out)
@@ -190,6 +197,8 @@ def job_status(
         _show(state, status, json_out)
     elif json_out:
         render.print_json(items)
+    elif not items:
+        state.console.info("no failed items")
     else:
         for item in items:
             print(_failure_line(item))

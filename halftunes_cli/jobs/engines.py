@@ -109,28 +109,49 @@ def _run_in_processes(
     processes = [
         context.Process(
             target=_shard_worker,
-            args=(str(job.dir), overrides, tasks, results, retry_failed),
+            args=(str(job.dir), overrides, tasks, results, retry_failed, os.getpid()),
             name=f"halftunes-shard-worker-{i}",
         )
         for i in range(count)
     ]
-    for process in processes:
-        process.start()
+    # A worker ignores Ctrl-C from its first instruction on (the parent stops it with
+    # SIGTERM): an ignored signal stays ignored across the exec of a spawned process.
+    interrupt = signal.getsignal(signal.SIGINT) if _is_main_thread() else None
+    if interrupt is not None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        for process in processes:
+            process.start()
+    finally:
+        if interrupt is not None:
+            signal.signal(signal.SIGINT, interrupt)
     errors: list[str] = []
-    pending = len(todo)
+    pending = set(todo)
+    held: dict[int, int] = {}  # worker pid -> the shard it is running
     try:
         while pending:
             try:
                 message = results.get(timeout=0.5)
             except queue.Empty:
+                for process in processes:  # a worker that died without a word (kill -9, OOM)
+                    if not process.is_alive() and held.get(process.pid or 0) in pending:
+                        k = held.pop(process.pid or 0)
+                        pending.discard(k)
+                        errors.append(
+                            f"shard {k}: its worker process died "
+                            f"(exit {process.exitcode}); the next run finishes it"
+                        )
                 if not any(p.is_alive() for p in processes):
                     break
                 continue
             if message[0] == "item":
                 hooks.item(message[1])
                 continue
+            if message[0] == "took":
+                held[message[2]] = message[1]
+                continue
             _, k, counts, error = message
-            pending -= 1
+            pending.discard(k)
             if error is not None:
                 errors.append(error)
             else:
@@ -155,25 +176,33 @@ def _run_in_processes(
         raise HalftunesError(errors[0])
     if pending:
         raise HalftunesError(
-            f"{pending} shard(s) did not finish: a worker process died",
+            f"{len(pending)} shard(s) did not finish: a worker process died",
             "run the same command again: it continues where they stopped",
         )
 
 
 def _shard_worker(
-    job_dir: str, overrides: dict[str, Any], tasks: Any, results: Any, retry_failed: bool
+    job_dir: str,
+    overrides: dict[str, Any],
+    tasks: Any,
+    results: Any,
+    retry_failed: bool,
+    parent: int,
 ) -> None:
-    """A local worker process: shards from `tasks` until there are none (or a stop)."""
+    """A local worker process: shards from `tasks` until there are none, a stop, or its
+    parent is gone (it ends with it: a killed `job run` leaves no worker behind)."""
     import queue
     import signal
 
-    _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # (the parent decides, and says SIGTERM)
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
+    _die_with_parent()
+    if os.getppid() != parent:
+        return  # (the parent died before this could ask to follow it)
     job = Job(Path(job_dir))
 
     def tell(event: dict[str, Any]) -> None:
@@ -183,11 +212,14 @@ def _shard_worker(
         try:
             k = tasks.get(timeout=0.5)
         except queue.Empty:
+            if os.getppid() != parent:
+                return
             continue
         except KeyboardInterrupt:
             return
         if k is None:
             return
+        results.put(("took", k, os.getpid()))
         try:
             counts = job.run_shard(k, overrides, retry_failed=retry_failed, on_item=tell)
         except KeyboardInterrupt:
@@ -195,7 +227,14 @@ def _shard_worker(
         except HalftunesError as exc:
             results.put(("shard", k, None, str(exc)))
             continue
+        except Exception as exc:  # noqa: BLE001 - a bug: reported as the shard's, never a hang
+            results.put(("shard", k, None, f"shard {k}: internal error: {exc!r}"))
+            continue
         results.put(("shard", k, counts, None))
+
+
+def _is_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
 
 
 def _die_with_parent() -> None:
@@ -256,7 +295,13 @@ def run_dask(
         )
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=30)
+        except (OSError, TimeoutError) as exc:
+            raise HalftunesError(
+                f"cannot reach the Dask scheduler at {scheduler}: {exc}",
+                "check the address (tcp://HOST:8786) and that `dask scheduler` runs there",
+            ) from None
     try:
         if hooks.on_dashboard is not None and client.dashboard_link:
             hooks.on_dashboard(client.dashboard_link)

@@ -85,6 +85,26 @@ class Job:
     def manifest_path(self, k: int) -> Path:
         return self.dir / "manifests" / f"{k:06d}.jsonl"
 
+    def lock(self) -> Any:
+        """Hold the job for one `job run` (flock on JOB_DIR/job.lock, released when the
+        process ends however it ends); another run of the same job is refused."""
+        import fcntl
+
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            handle = open(self.dir / "job.lock", "a+")  # noqa: SIM115 - held until released
+        except OSError as exc:
+            raise HalftunesError(f"cannot use job dir {self.dir}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise HalftunesError(
+                f"another `halftunes job run` is running the job in {self.dir}",
+                "wait for it to end (or stop it), then run this again",
+            ) from None
+        return handle
+
     def plan(self) -> dict[str, Any] | None:
         try:
             plan: dict[str, Any] = json.loads(self.plan_path.read_text())
@@ -127,8 +147,8 @@ class Job:
         remote = "://" in output
         if remote:
             _filesystem(output)  # fails early (exit 2) without the extra
-        items = read_items(input_path)
         folder = self._folder(output)
+        items = _once(read_items(input_path), OutputSpec(folder))
         entries = self._resolve(items, folder, config)
         shards = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         for k, shard in enumerate(shards):
@@ -170,8 +190,8 @@ class Job:
                 "run it as it was planned (or leave those options out), or start another "
                 "job in another JOB_DIR",
             )
-        items = read_items(input_path)
         folder = self._folder(plan["output"])
+        items = _once(read_items(input_path), OutputSpec(folder))
         planned = [Entry(**e) for k in range(plan["shards"]) for e in self.shard_entries(k)]
         known = {e.id for e in planned}
         spec = OutputSpec(folder)
@@ -395,7 +415,7 @@ class Job:
                 ]
                 for future in futures:
                     future.result()
-            except KeyboardInterrupt:
+            except BaseException:  # Ctrl-C, SIGTERM (SystemExit), an error: pause at a checkpoint
                 runner.stop_all("pause")
                 raise
             finally:
@@ -559,6 +579,22 @@ def _is_permanent(line: dict[str, Any]) -> bool:
 
 def _attempts(lines: list[dict[str, Any]], ident: str) -> int:
     return next((line.get("attempts", 1) for line in lines if line["id"] == ident), 1)
+
+
+def _once(items: list[Item], spec: OutputSpec) -> list[Item]:
+    """The input's items, each once (by id or URL: the first line that names it)."""
+    seen: set[str] = set()
+    out = []
+    for item in items:
+        key = _item_key(item, spec)
+        if key not in seen:
+            seen.add(key)
+            out.append(item)
+    if len(out) < len(items):
+        log.info(
+            "%d duplicate line(s) in the input: each item is planned once", len(items) - len(out)
+        )
+    return out
 
 
 def _item_key(item: Item, spec: OutputSpec) -> str:

@@ -43,6 +43,9 @@ class JobProgress:
         with self._lock:
             self.total, self.shards = items, shards
             self._began = self._last_line = self._clock()
+            if self.mode == "line" and items:
+                self._ticker = threading.Thread(target=self._tick, daemon=True, name="job-line")
+                self._ticker.start()
             if self.mode == "bar" and items:  # (nothing to do: no bar, the summary says it)
                 from .bars import Bar  # (start-up speed)
 
@@ -75,13 +78,12 @@ class JobProgress:
                 self._bar.set_description_str(self._figures(), refresh=False)
                 self._bar.update(1)
             elif self.mode == "line" and self._clock() - self._last_line >= self.LINE_SECONDS:
-                self._line()
+                self._line()  # (at an item's end, or by the ticker while a slow one runs)
 
     def shard(self, k: int, counts: dict[str, int], shards: int) -> None:
         with self._lock:
             self.shards = shards
-            if "skipped_shard" not in counts:
-                self.shards_done += 1
+            self.shards_done += 1  # (a shard done in an earlier run counts: it is done)
 
     def close(self) -> None:
         self._closed.set()
@@ -115,6 +117,10 @@ class JobProgress:
         """Redraw at least once a second: the rate and ETA move while a slow item runs."""
         while not self._closed.wait(self.REDRAW_SECONDS):
             with self._lock:
+                if self.mode == "line":
+                    if self._clock() - self._last_line >= self.LINE_SECONDS:
+                        self._line()
+                    continue
                 if self._bar is None:
                     return
                 self._bar.set_description_str(self._figures(), refresh=True)
