@@ -429,7 +429,10 @@ def test_a_range_that_starts_where_another_segment_ended_compares_that_segment_s
     assert result.returncode == 0, result.stderr
     assert sha256_file(env.record(T1)["path"]) == env.expected_sha(T1)  # version 2, whole
     assert "differ" in result.stderr, result.stderr
-    assert env.preview_requests(T1)[0]["range"] == f"bytes={d0 - OVERLAP_BYTES}-{size - 1}"
+    # (the range that resumed the second segment: its end may already have moved down, when
+    # the other connection took half of it before its request went out)
+    asked = [e["range"] or "" for e in env.preview_requests(T1)]
+    assert any(r.startswith(f"bytes={d0 - OVERLAP_BYTES}-") for r in asked), asked
 
 
 def test_a_resume_that_compared_nothing_checks_a_stretch_of_the_partial(env):
