@@ -196,7 +196,7 @@ class PartialFile:
         self._file = f
 
     def write_at(self, position: int, chunk: memoryview) -> None:
-        """Write `chunk` at `position` (any thread; the kernel orders nothing else)."""
+        """Write `chunk` at `position` (from any thread: pwrite shares no file position)."""
         assert self._file is not None
         if self._sync_error is not None:
             raise disk_error(self._sync_error, self.path) from self._sync_error
