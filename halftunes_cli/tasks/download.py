@@ -30,7 +30,7 @@ from ..retry import RETRYABLE_STATUSES, parse_retry_after
 from ..transport import body_reader
 from .base import Task, TaskHost, TaskState
 from .checkpointer import shared_checkpointer
-from .partial import PartialFile, PartialShrank, start_writeback
+from .partial import OverlapMismatch, PartialFile, PartialShrank, start_writeback
 from .segments import (
     AUTO_MIN_BYTES,
     SegmentedDownload,
@@ -109,10 +109,6 @@ class _Result:
 
 class _BodyError(Exception):
     pass
-
-
-class _OverlapMismatch(Exception):
-    """The bytes asked for again before the resume point differ from the partial's."""
 
 
 class DownloadTask(Task):
@@ -366,12 +362,7 @@ class DownloadTask(Task):
         if action is Action.FAIL:
             raise self._status_error(response, offset)
         if action is Action.RETRY:
-            if response.status_code in RETRYABLE_STATUSES:
-                error: TransferError = HTTPStatusError(response.status_code, self.url)
-            else:  # a malformed answer: the server's fault, tried again as a 5xx is
-                error = TransferError(f"{decision.reason} for {self.url}")
-            retry_after = parse_retry_after(response.headers.get("Retry-After"))
-            return _Result(_Step.RETRY, error, retry_after)
+            return _Result(_Step.RETRY, *self._retry_error(response, decision))
         if action is Action.COMPLETE:
             if not self._commit():
                 self._check_stop()
@@ -405,6 +396,16 @@ class DownloadTask(Task):
             return self._run_segments(response)
         return self._receive(response, offset, start)
 
+    def _retry_error(
+        self, response: Any, decision: ranges.Decision
+    ) -> tuple[TransferError, float | None]:
+        """What a retryable answer is to the retry loop: its error and its Retry-After."""
+        if response.status_code in RETRYABLE_STATUSES:
+            error: TransferError = HTTPStatusError(response.status_code, self.url)
+        else:  # a malformed answer: the server's fault, tried again as a 5xx is
+            error = TransferError(f"{decision.reason} for {self.url}")
+        return error, parse_retry_after(response.headers.get("Retry-After"))
+
     def _status_error(self, response: Any, offset: int) -> HTTPStatusError:
         status = response.status_code
         if status in (404, 410):
@@ -419,7 +420,7 @@ class DownloadTask(Task):
         """The body into the partial, and what the end of it means."""
         try:
             self._stream(response, offset, start)
-        except _OverlapMismatch:
+        except OverlapMismatch:
             self._check_stop()
             self._note(
                 "the server's copy changed (the bytes before the resume point "
@@ -671,7 +672,8 @@ class DownloadTask(Task):
         total = self.bytes_total
         try:
             if start < offset:
-                self._verify_overlap(readinto, view, partial.read_back(start, offset))
+                partial.compare(readinto, view, start, offset, self._stop, self.url, self._read)
+                self._check_stop()
             while self._committed or not self._stop.is_set():
                 n = readinto(reads)
                 if not n:
@@ -709,19 +711,8 @@ class DownloadTask(Task):
                     self._journal()
                 partial.close()
 
-    def _verify_overlap(
-        self, readinto: Callable[[memoryview], int], view: memoryview, expected: bytes
-    ) -> None:
-        seen = 0
-        while seen < len(expected):
-            self._check_stop()
-            n = readinto(view[: min(len(view), len(expected) - seen)])
-            if not n:
-                raise _BodyError(f"{self.url}: connection closed before the resume point")
-            self.bytes_fetched += n
-            if view[:n] != expected[seen : seen + n]:
-                raise _OverlapMismatch
-            seen += n
+    def _read(self, n: int) -> None:
+        self.bytes_fetched += n
 
     def _finish(self, total: int | None) -> None:
         if self.group_commit:

@@ -24,6 +24,10 @@ CHECKPOINT_SECONDS = 1.0
 WRITEBACK_BYTES = 8 << 20
 
 
+class OverlapMismatch(Exception):
+    """Bytes an answer sent again differ from the partial's: the server's copy changed."""
+
+
 class PartialShrank(Exception):
     """The partial lost bytes under us (deleted or cut while paused): never append after a hole."""
 
@@ -272,6 +276,32 @@ class PartialFile:
             return os.pread(self._file.fileno(), end - start, start)
         except OSError as exc:
             raise disk_error(exc, self.path) from exc
+
+    def compare(
+        self,
+        readinto: Callable[[memoryview], int],
+        view: memoryview,
+        start: int,
+        end: int,
+        stop: threading.Event,
+        url: str,
+        on_read: Callable[[int], object],
+    ) -> None:
+        """Read an answer's bytes [start, end) of the resource, which the partial already
+        holds, and compare them with the partial's, a chunk at a time, before anything is
+        written (the overlap check). Returns early when `stop` is set (the caller stops);
+        `on_read(n)` hears each read. OverlapMismatch on a difference, TransferError when
+        the body ends first."""
+        expected = self.read_back(start, end)
+        seen = 0
+        while seen < len(expected) and not stop.is_set():
+            n = readinto(view[: min(len(view), len(expected) - seen)])
+            if not n:
+                raise TransferError(f"{url}: connection closed before the resume point")
+            on_read(n)
+            if view[:n] != expected[seen : seen + n]:
+                raise OverlapMismatch
+            seen += n
 
     @property
     def is_checkpoint_due(self) -> bool:

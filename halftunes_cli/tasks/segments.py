@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import ranges
-from ..errors import HTTPStatusError, TransferError
+from ..errors import TransferError
 from ..ranges import Action
-from ..retry import RETRYABLE_STATUSES, parse_retry_after
 from ..transport import RequestHandle, abort, body_reader
-from .partial import WRITEBACK_BYTES
+from .partial import WRITEBACK_BYTES, OverlapMismatch
 
 if TYPE_CHECKING:
     from .download import DownloadTask
@@ -214,6 +213,10 @@ class SegmentPlan:
             segment.active = False
 
 
+def _ignore(n: int) -> None:
+    """(A check's bytes are not counted as the file's.)"""
+
+
 class _Changed(Exception):
     """The server's copy is not the one the partial holds: start the file again from 0."""
 
@@ -302,43 +305,37 @@ class SegmentedDownload:
             task._check_stop()  # (a stop during the check: paused, checked at the next resume)
             try:
                 response, handle = self._send(start, end - 1)
-            except TransferError as error:
-                if not error.is_retryable:
+            except TransferError as unanswered:
+                if not unanswered.is_retryable:
                     raise
-                attempt.failed(error)
+                attempt.failed(unanswered)
                 continue
             try:
                 decision = ranges.decide_segment(
                     response.status_code, response.headers, start, end - 1, self.plan.total
                 )
                 if decision.action is Action.RETRY:
-                    attempt.failed(TransferError(f"{decision.reason} for {task.url}"))
+                    error, retry_after = task._retry_error(response, decision)
+                    attempt.failed(error, retry_after=retry_after)
                     continue
                 if decision.action is Action.FAIL:
                     raise task._status_error(response, self.plan.done_bytes)
                 if decision.action is not Action.APPEND:
                     raise _Changed(decision.reason)
-                got = bytearray()
                 readinto = body_reader(response.raw, task.url)
                 view = memoryview(bytearray(end - start))
-                while len(got) < end - start:
-                    n = readinto(view[: end - start - len(got)])
-                    if not n:
-                        break
-                    got += view[:n]
+                task.partial.compare(readinto, view, start, end, self.halt, task.url, _ignore)
             except TransferError as broken:
                 attempt.failed(broken)
                 continue
-            finally:
-                self._close(response, handle, 0)
-            if len(got) < end - start:
-                attempt.failed(TransferError(f"{task.url}: the check's answer ended short"))
-                continue
-            if bytes(got) != task.partial.read_back(start, end):
+            except OverlapMismatch:
                 raise _Changed(
                     "the server's copy changed (its bytes differ from those already "
                     "downloaded): restarting from 0"
-                )
+                ) from None
+            finally:
+                self._close(response, handle, 0)
+            task._check_stop()  # (a stop cut the check short: checked at the next resume)
             self.verified = True
             return
 
@@ -459,13 +456,7 @@ class SegmentedDownload:
                     if decision.action is Action.FAIL:
                         raise task._status_error(response, segment.done)
                     if decision.action is Action.RETRY:
-                        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                        status = response.status_code
-                        error: TransferError = (
-                            HTTPStatusError(status, task.url)
-                            if status in RETRYABLE_STATUSES
-                            else TransferError(f"{decision.reason} for {task.url}")
-                        )
+                        error, retry_after = task._retry_error(response, decision)
                         attempt.failed(error, retry_after=retry_after)
                         continue
                     raise _Changed(decision.reason)
@@ -520,23 +511,23 @@ class SegmentedDownload:
         limit = task._limit
         reads = view[: limit.chunk_bytes] if limit is not None else view
         fetched = 0
-        overlap_end = segment.position
-        if start < overlap_end:
-            expected = task.partial.read_back(start, overlap_end)
-            seen = 0
-            while seen < len(expected):
-                if self.halt.is_set():
-                    return fetched
-                n = readinto(view[: min(len(view), len(expected) - seen)])
-                if not n:
-                    raise TransferError(f"{task.url}: connection closed before the resume point")
-                fetched += n
-                if view[:n] != expected[seen : seen + n]:
-                    raise _Changed(
-                        "the server's copy changed (the bytes before a segment's resume "
-                        "point differ): restarting from 0"
-                    )
-                seen += n
+
+        def count(n: int) -> None:
+            nonlocal fetched
+            fetched += n
+
+        if start < segment.position:
+            try:
+                task.partial.compare(
+                    readinto, view, start, segment.position, self.halt, task.url, count
+                )
+            except OverlapMismatch:
+                raise _Changed(
+                    "the server's copy changed (the bytes before a segment's resume "
+                    "point differ): restarting from 0"
+                ) from None
+            if self.halt.is_set():
+                return fetched
             self.verified = True
         written_back = segment.position  # writeback started for this range up to here
         while not self.halt.is_set():
