@@ -53,12 +53,19 @@ def _todo(job: Job, retry_failed: bool, hooks: Hooks) -> tuple[list[int], int, i
     plan = job.plan()
     assert plan is not None
     total = plan["shards"]
-    todo = [k for k in range(total) if job.has_work(k, retry_failed)]
-    items = job.work_items(todo, retry_failed)
+    todo, items, done = [], 0, []
+    for k in range(total):  # (each shard's files read once here)
+        if not job.is_done(k):
+            todo.append(k)
+            items += len(job.shard_entries(k))
+        elif again := job.to_retry(k, retry_failed):
+            todo.append(k)
+            items += len(again)
+        else:
+            done.append(k)
     hooks.start(items, total)
-    for k in range(total):
-        if k not in todo:
-            hooks.shard(k, {"skipped_shard": 1}, total)
+    for k in done:
+        hooks.shard(k, {"skipped_shard": 1}, total)
     return todo, total, items
 
 

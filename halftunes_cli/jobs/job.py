@@ -328,16 +328,6 @@ class Job:
             if line["status"] == "failed" and (retry_failed or not _is_permanent(line))
         }
 
-    def has_work(self, k: int, retry_failed: bool = False) -> bool:
-        return not self.is_done(k) or bool(self.to_retry(k, retry_failed))
-
-    def work_items(self, shards: list[int], retry_failed: bool = False) -> int:
-        """How many items running `shards` will end (a finished shard: its retries)."""
-        return sum(
-            len(self.to_retry(k, retry_failed)) if self.is_done(k) else len(self.shard_entries(k))
-            for k in shards
-        )
-
     def run_shard(
         self,
         k: int,
