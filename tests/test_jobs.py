@@ -761,3 +761,12 @@ def test_options_of_the_other_engine_are_refused_and_no_failures_is_said(env, tm
     assert env.run(*base).returncode == 0
     quiet = env.run("job", "status", str(tmp_path / "job"), "--failed")
     assert quiet.returncode == 0 and quiet.stdout == "" and "no failed items" in quiet.stderr
+
+
+def test_a_job_lock_that_is_a_folder_is_one_line(env, tmp_path):
+    (tmp_path / "job" / "job.lock").mkdir(parents=True)
+    (tmp_path / "in.txt").write_text("1000001\n")
+    result = env.run(*_job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out"))
+    assert result.returncode == 1, result.stderr
+    assert f"cannot use {tmp_path / 'job' / 'job.lock'}: Is a directory" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()

@@ -90,11 +90,13 @@ class Job:
         process ends however it ends); another run of the same job is refused."""
         import fcntl
 
+        path = self.dir / "job.lock"
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            handle = open(self.dir / "job.lock", "a+")  # noqa: SIM115 - held until released
+            handle = open(path, "a+")  # noqa: SIM115 - held until released
         except OSError as exc:
-            raise HalftunesError(f"cannot use job dir {self.dir}: {exc.strerror}") from exc
+            where = exc.filename or path
+            raise HalftunesError(f"cannot use {where}: {exc.strerror}") from exc
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
