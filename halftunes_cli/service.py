@@ -960,7 +960,7 @@ class JobResult:
 
 
 def run_job(
-    job_dir: Path,
+    job_dir: str | Path,
     input_path: Path,
     *,
     configuration: SessionConfiguration,
@@ -971,8 +971,11 @@ def run_job(
     hooks: Hooks | None = None,
     workers: int | None = None,
     retry_failed: bool = False,
+    scratch: str | None = None,
 ) -> JobResult:
     """Plan (or grow the plan), run every shard with work left, report the job's counts.
+    `job_dir`: a folder or an fsspec URL; `scratch`: each worker machine's folder for the
+    shards' records and partials (None: see `Job.scratch_dir`).
 
     Exit status: 0 when every item completed or was skipped, 1 when some failed."""
     if engine not in ("local", "dask"):
@@ -983,8 +986,10 @@ def run_job(
         raise UsageError("--workers is for the local engine (a Dask cluster has its own)")
     if scheduler is not None and engine != "dask":
         raise UsageError("--scheduler is for --engine dask")
-    job = Job(job_dir)
-    held = job.lock()
+    job = Job(job_dir, scratch)
+    if scheduler is not None and not _is_loopback(scheduler):
+        _reachable_by_workers(job, output, scheduler)
+    held = job.lock(configuration.state_dir)
     try:
         return _run_job(
             job,
@@ -1014,7 +1019,7 @@ def _run_job(
     workers: int | None,
     retry_failed: bool,
 ) -> JobResult:
-    lookups = dataclasses.replace(configuration, kind="default", state_dir=job.dir)
+    lookups = dataclasses.replace(configuration, kind="default")  # (paced as this machine)
     plan = job.make_plan(input_path, output, shard_size, lookups)
     if hooks is not None:
         hooks.planned(plan["growth"])
@@ -1031,10 +1036,36 @@ def _run_job(
     )
 
 
-def job_status(job_dir: Path) -> dict[str, Any]:
+def _is_loopback(scheduler: str) -> bool:
+    """A scheduler on this machine (its workers are, too)."""
+    host = scheduler.split("://", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    return host in ("localhost", "::1", "") or host.startswith("127.")
+
+
+def _reachable_by_workers(job: Job, output: str | None, scheduler: str) -> None:
+    """A cluster beyond this machine cannot reach this machine's folders: a job there lives
+    at a URL (s3://..., or file:// for a disk every machine shares), its output too."""
+    local = []
+    if not job.store.shared:
+        local.append(f"the job dir {job.location}")
+    plan = job.plan() if output is None else None
+    where = output if output is not None else plan["output"] if plan is not None else None
+    if where is None or "://" not in where:
+        local.append(f"the output folder {where or 'the download dir'} (-P)")
+    if local:
+        raise UsageError(
+            f"the Dask workers at {scheduler} cannot reach "
+            + " and ".join(local)
+            + " on this machine",
+            "give an object store (s3://bucket/jobs/x, -P s3://bucket/previews) or, for a "
+            "disk every machine shares at the same path, a file:// URL",
+        )
+
+
+def job_status(job_dir: str | Path) -> dict[str, Any]:
     return Job(job_dir).status()
 
 
-def job_failures(job_dir: Path) -> list[dict[str, Any]]:
+def job_failures(job_dir: str | Path) -> list[dict[str, Any]]:
     """The failed items of a job's finished shards (their manifest lines)."""
     return Job(job_dir).failed_items()

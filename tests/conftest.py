@@ -624,3 +624,22 @@ class Terminal:
 
     def screen(self) -> list[str]:
         return visible_lines(self.output, self.columns, self.rows)
+
+
+@pytest.fixture
+def s3():
+    """An S3 server (moto) on 127.0.0.1 for this test, and the environment that reaches it."""
+    pytest.importorskip("s3fs")
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}",
+        }
+    finally:
+        server.stop()

@@ -295,53 +295,38 @@ def test_a_dask_worker_killed_mid_job(env, tmp_path):
     assert not list(out.glob("*.part"))
 
 
-def test_output_to_s3_on_a_local_s3_server(env, tmp_path):
-    pytest.importorskip("s3fs")
-    moto_server = pytest.importorskip("moto.server")
+def test_output_to_s3_on_a_local_s3_server(env, tmp_path, s3):
     import hashlib
 
-    s3 = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    s3.start()
-    try:
-        host, port = s3.get_host_and_port()
-        creds = {
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "FSSPEC_S3_ENDPOINT_URL": f"http://{host}:{port}",
-        }
-        import s3fs
+    import s3fs
 
-        fs = s3fs.S3FileSystem(
-            key="test", secret="test", endpoint_url=creds["FSSPEC_S3_ENDPOINT_URL"]
-        )
-        fs.mkdir("previews")
-        lines = ["1000001", "1000002", f"{env.server.url}/files/s3.bin?size=300000&seed=6"]
-        (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
-        job = tmp_path / "job"
-        result = env.run_process(
-            "job",
-            "run",
-            str(job),
-            "--input",
-            str(tmp_path / "in.txt"),
-            "-P",
-            "s3://previews/set1",
-            "--json",
-            env=creds,
-        )
-        assert result.returncode == 0, result.stderr[-2000:]
-        done = manifests(job)
-        assert [m["status"] for m in done] == ["completed"] * 3
-        keys = sorted(fs.ls("previews/set1"))
-        assert keys == sorted(m["path"].removeprefix("s3://") for m in done)
-        for m in done:
-            data = fs.cat(m["path"])
-            assert len(data) == m["bytes"] and hashlib.sha256(data).hexdigest() == m["sha256"]
-        assert done[0]["sha256"] == env.expected_sha(1000001)
-        assert not [p for p in (job / "staging").rglob("*") if p.is_file()]  # nothing left
-    finally:
-        s3.stop()
+    fs = s3fs.S3FileSystem(key="test", secret="test", endpoint_url=s3["FSSPEC_S3_ENDPOINT_URL"])
+    fs.mkdir("previews")
+    lines = ["1000001", "1000002", f"{env.server.url}/files/s3.bin?size=300000&seed=6"]
+    (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
+    job = tmp_path / "job"
+    result = env.run_process(
+        "job",
+        "run",
+        str(job),
+        "--input",
+        str(tmp_path / "in.txt"),
+        "-P",
+        "s3://previews/set1",
+        "--json",
+        env=s3,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    done = manifests(job)
+    assert [m["status"] for m in done] == ["completed"] * 3
+    keys = sorted(fs.ls("previews/set1"))
+    assert keys == sorted(m["path"].removeprefix("s3://") for m in done)
+    for m in done:
+        data = fs.cat(m["path"])
+        assert len(data) == m["bytes"] and hashlib.sha256(data).hexdigest() == m["sha256"]
+    assert done[0]["sha256"] == env.expected_sha(1000001)
+    staging = job / "state" / "staging"  # (this machine's scratch: the job is a folder here)
+    assert staging.is_dir() and not [p for p in staging.rglob("*") if p.is_file()]
 
 
 def test_a_rate_limited_lookup_slows_the_job_down(env, monkeypatch):
@@ -520,7 +505,7 @@ def test_a_killed_job_leaves_no_worker_behind_and_a_rerun_finishes(env, tmp_path
     assert all(sha256_file(m["path"]) == env.expected_sha(int(m["id"])) for m in done)
 
 
-def _job_args(job: Path, input_file: Path, out: Path, *extra: str) -> list[str]:
+def _job_args(job: Path | str, input_file: Path, out: Path, *extra: str) -> list[str]:
     return ["job", "run", str(job), "--input", str(input_file), "-P", str(out), *extra]
 
 
@@ -770,3 +755,41 @@ def test_a_job_lock_that_is_a_folder_is_one_line(env, tmp_path):
     assert result.returncode == 1, result.stderr
     assert f"cannot use {tmp_path / 'job' / 'job.lock'}: Is a directory" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_job_at_a_url_keeps_its_shard_records_in_the_machines_scratch(env, tmp_path):
+    # file:// names a folder every worker sees (a shared disk): the plan and the manifests
+    # are there, and each shard's records and partials in the worker machine's own state dir
+    _, _, args = four_one_item_shards(env, tmp_path, 50_000, 2)
+    url = f"file://{tmp_path / 'shared' / 'job'}"
+    args[2] = url
+    result = env.run_process(*args, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["completed"] == 4
+    assert len(manifests(tmp_path / "shared" / "job")) == 4
+    assert not (tmp_path / "shared" / "job" / "state").exists()
+    assert not list((tmp_path / "shared" / "job").rglob("downloads.db"))
+    assert len(list(env.state_dir.glob("jobs/*/00000[0-3]/downloads.db"))) == 4
+    status = env.run("job", "status", url, "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["shards_done"] == 4
+    # --scratch: where the operator says
+    (tmp_path / "more.txt").write_text("1000001\n")
+    scratch = tmp_path / "scratch"
+    more = [f"{url}2", tmp_path / "more.txt", tmp_path / "out", "--scratch", str(scratch)]
+    other = env.run_process(*_job_args(*more))
+    assert other.returncode == 0, other.stderr
+    assert (scratch / "000000" / "downloads.db").exists()
+
+
+def test_a_folder_of_this_machine_with_a_remote_scheduler_is_refused(env, tmp_path):
+    (tmp_path / "in.txt").write_text("1000001\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    remote = ["--engine", "dask", "--scheduler", "tcp://10.0.0.5:8786"]
+    result = env.run(*_job_args(job, tmp_path / "in.txt", out, *remote))
+    assert result.returncode == 2, result.stderr
+    assert f"the job dir {job} and the output folder {out} (-P)" in result.stderr
+    assert "s3://bucket/jobs/x" in result.stderr and not job.exists()
+    # a job at a URL, files to a folder here: the folder is what the workers cannot reach
+    shared = env.run(*_job_args(f"file://{job}", tmp_path / "in.txt", out, *remote))
+    assert shared.returncode == 2 and "cannot reach the output folder" in shared.stderr
+    assert not job.exists()

@@ -36,10 +36,11 @@ app.add_typer(job_app, name="job")
 def job_run(
     ctx: typer.Context,
     job_dir: Annotated[
-        Path,
+        str,
         typer.Argument(
             metavar="JOB_DIR",
-            help="Where the plan and the manifests live (created; run again to continue).",
+            help="Where the plan and the manifests live, a folder or a URL (s3://bucket/jobs/x); "
+            "created; run again to continue.",
         ),
     ],
     input_file: Annotated[
@@ -56,7 +57,7 @@ def job_run(
             "-P",
             "--output-dir",
             metavar="DIR",
-            help="Where the files go (default: the download dir).",
+            help="Where the files go, a folder or a URL (default: the download dir).",
         ),
     ] = None,
     engine: Annotated[
@@ -97,6 +98,15 @@ def job_run(
             help="local engine: shards at once, each in its own process (default: one per core).",
         ),
     ] = None,
+    scratch: Annotated[
+        str | None,
+        typer.Option(
+            "--scratch",
+            metavar="DIR",
+            help="Each worker machine's folder for the shards' transfer records and partials "
+            "(default: JOB_DIR/state, or for a JOB_DIR URL <state dir>/jobs/<job> there).",
+        ),
+    ] = None,
     json_out: JsonOption = False,
     progress: ProgressOption = "auto",
 ) -> None:
@@ -111,7 +121,8 @@ def job_run(
 
       halftunes job run ./job --input tracks.csv --shard-size 500 --json
 
-      halftunes job run ./job --input ids.txt --engine dask --scheduler tcp://10.0.0.5:8786
+      halftunes job run s3://bucket/jobs/x --input ids.txt -P s3://bucket/previews \\
+          --engine dask --scheduler tcp://10.0.0.5:8786
     """
     from ..jobs.engines import Hooks
     from ..service import run_job  # (start-up speed)
@@ -143,6 +154,7 @@ def job_run(
                 hooks=hooks,
                 workers=workers,
                 retry_failed=retry_failed,
+                scratch=scratch,
             )
     except HalftunesError as exc:
         fail(state, exc)
@@ -165,7 +177,7 @@ def job_run(
 @job_app.command("status")
 def job_status(
     ctx: typer.Context,
-    job_dir: Annotated[Path, typer.Argument(metavar="JOB_DIR")],
+    job_dir: Annotated[str, typer.Argument(metavar="JOB_DIR", help="A folder or a URL.")],
     json_out: JsonOption = False,
     failed: Annotated[
         bool,
@@ -224,7 +236,7 @@ def _failure_line(item: dict[str, Any]) -> str:
     return f"{item['id']}\t{status}\t{item.get('error') or 'failed'}"
 
 
-def _name_failures(state: AppState, job_dir: Path) -> None:
+def _name_failures(state: AppState, job_dir: str) -> None:
     """Up to FAILURES_NAMED failed items with their reasons on stderr, and where the rest are."""
     from ..service import job_failures
 
@@ -235,7 +247,7 @@ def _name_failures(state: AppState, job_dir: Path) -> None:
     for item in items[:FAILURES_NAMED]:
         state.console.info(f"failed: {_failure_line(item)}".replace("\t", "  "))
     more = f" (and {len(items) - FAILURES_NAMED} more)" if len(items) > FAILURES_NAMED else ""
-    where = shlex.quote(str(job_dir))
+    where = shlex.quote(job_dir)
     state.console.info(f"all failed items{more}: halftunes job status {where} --failed")
 
 

@@ -10,7 +10,6 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ..errors import HalftunesError, UsageError
@@ -54,8 +53,9 @@ def _todo(job: Job, retry_failed: bool, hooks: Hooks) -> tuple[list[int], int, i
     assert plan is not None
     total = plan["shards"]
     todo, items, done = [], 0, []
-    for k in range(total):  # (each shard's files read once here)
-        if not job.is_done(k):
+    finished = job.done_shards()  # (one listing; each shard's files read once here)
+    for k in range(total):
+        if k not in finished:
             todo.append(k)
             items += len(job.shard_entries(k))
         elif again := job.to_retry(k, retry_failed):
@@ -116,7 +116,7 @@ def _run_in_processes(
     processes = [
         context.Process(
             target=_shard_worker,
-            args=(str(job.dir), overrides, tasks, results, retry_failed, os.getpid()),
+            args=(job.location, job.scratch, overrides, tasks, results, retry_failed, os.getpid()),
             name=f"halftunes-shard-worker-{i}",
         )
         for i in range(count)
@@ -189,7 +189,8 @@ def _run_in_processes(
 
 
 def _shard_worker(
-    job_dir: str,
+    location: str,
+    scratch: str | None,
     overrides: dict[str, Any],
     tasks: Any,
     results: Any,
@@ -210,7 +211,7 @@ def _shard_worker(
     _die_with_parent()
     if os.getppid() != parent:
         return  # (the parent died before this could ask to follow it)
-    job = Job(Path(job_dir))
+    job = Job(location, scratch)
 
     def tell(event: dict[str, Any]) -> None:
         results.put(("item", event))
@@ -260,7 +261,11 @@ def _die_with_parent() -> None:
 
 # -- Dask --------------------------------------------------------------------------------------
 def _shard_task(
-    job_dir: str, k: int, overrides: dict[str, Any], retry_failed: bool = False
+    location: str,
+    scratch: str | None,
+    k: int,
+    overrides: dict[str, Any],
+    retry_failed: bool = False,
 ) -> tuple[int, dict[str, int]]:
     """One shard as a Dask task: plain data in and out (runs in a worker process); each item
     it ends is published on ITEM_TOPIC for the client."""
@@ -271,7 +276,8 @@ def _shard_task(
     def tell(event: dict[str, Any]) -> None:
         worker.log_event(ITEM_TOPIC, event)
 
-    return k, Job(Path(job_dir)).run_shard(k, overrides, retry_failed=retry_failed, on_item=tell)
+    job = Job(location, scratch)
+    return k, job.run_shard(k, overrides, retry_failed=retry_failed, on_item=tell)
 
 
 def run_dask(
@@ -326,7 +332,8 @@ def run_dask(
         client.subscribe_topic(ITEM_TOPIC, hear)
         futures = client.map(
             _shard_task,
-            [str(job.dir)] * len(todo),
+            [job.location] * len(todo),
+            [job.scratch] * len(todo),
             todo,
             [overrides or {}] * len(todo),
             [retry_failed] * len(todo),

@@ -1,14 +1,20 @@
-"""A job dir: its plan, its shards and their manifests.
+"""A job: its plan, its shards and their manifests, in a job store (a folder or a URL).
 
-    JOB_DIR/plan.json              what the job is (input, output folder, shard size, counts)
-    JOB_DIR/shards/<k>.json        the items of shard k, resolved (id, url, file name, metadata)
-    JOB_DIR/state/<k>/             shard k's download records (resume of its partials)
-    JOB_DIR/manifests/<k>.jsonl    written last and atomically: shard k is done
-    JOB_DIR/downloads.db           lookups cached for reruns, and the API pacing bucket
+    plan.json              what the job is (input, output folder, shard size, counts)
+    shards/<k>.json        the items of shard k, resolved (id, url, file name, metadata)
+    lookups/<chunk>.json   lookups made while planning, kept for a planning that is resumed
+    uploads/<k>.jsonl      shard k's items already in an object-store output (noted as it runs)
+    manifests/<k>.jsonl    written last: shard k is done
 
-A shard is a pure, idempotent unit of work: plain data in (the job dir and its number), files
-and one manifest out. Running it again after its manifest exists does nothing; running it
-after an interruption finishes what is missing, resuming partials like `download`.
+Every one of them is written whole (`store.JobStore`). A shard's download records and
+partials live in the scratch folder of the machine that runs it (`--scratch`; by default
+`JOB_DIR/state/<k>` for a job in a plain folder, and `<state dir>/jobs/<job>/<k>` of the
+worker's machine for a job at a URL), with the staging folder of an object-store output.
+
+A shard is a pure, idempotent unit of work: plain data in (the job's location and its
+number), files and one manifest out. Running it again after its manifest exists does nothing;
+running it after an interruption finishes what is missing, resuming partials like `download`
+on the same machine, and starting its unfinished items again on another.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,10 +40,12 @@ from ..runner import Outcome, OutcomeStatus, Runner
 from ..session import Session
 from ..targets import OutputSpec, Target, target_for_track, url_target
 from .inputs import Item, read_items
+from .store import JobStore, LocalStore, filesystem, is_url
 
 log = logging.getLogger(__name__)
 PLAN_VERSION = 1
 DEFAULT_SHARD_SIZE = 1000
+UPLOAD_NOTE_SECONDS = 2.0  # how often a running shard notes its uploads in the job store
 
 
 @dataclass
@@ -55,74 +63,52 @@ class Entry:
     error: str | None = None  # set when the item cannot be downloaded (unknown id, album...)
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """A temp file in the same folder, fsync, rename: a reader sees all of it or nothing."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class Job:
-    def __init__(self, job_dir: Path):
-        self.dir = Path(job_dir).absolute()
+    def __init__(self, location: str | os.PathLike[str], scratch: str | None = None):
+        """`scratch`: where this machine keeps the shards' records and partials (None: the
+        default, see the module's docstring)."""
+        self.store = JobStore.at(location)
+        self.location = self.store.location
+        self.scratch = scratch
 
-    @property
-    def plan_path(self) -> Path:
-        return self.dir / "plan.json"
+    @staticmethod
+    def shard_name(k: int) -> str:
+        return f"{k:06d}"
 
-    def shard_path(self, k: int) -> Path:
-        return self.dir / "shards" / f"{k:06d}.json"
-
-    def manifest_path(self, k: int) -> Path:
-        return self.dir / "manifests" / f"{k:06d}.jsonl"
-
-    def lock(self) -> Any:
-        """Hold the job for one `job run` (flock on JOB_DIR/job.lock, released when the
-        process ends however it ends); another run of the same job is refused."""
-        import fcntl
-
-        path = self.dir / "job.lock"
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            handle = open(path, "a+")  # noqa: SIM115 - held until released
-        except OSError as exc:
-            where = exc.filename or path
-            raise HalftunesError(f"cannot use {where}: {exc.strerror}") from exc
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise HalftunesError(
-                f"another `halftunes job run` is running the job in {self.dir}",
-                "wait for it to end (or stop it), then run this again",
-            ) from None
-        return handle
+    def lock(self, state_dir: Path) -> Any:
+        return self.store.lock(state_dir)
 
     def plan(self) -> dict[str, Any] | None:
-        try:
-            plan: dict[str, Any] = json.loads(self.plan_path.read_text())
-            return plan
-        except FileNotFoundError:
+        text = self.store.read("plan.json")
+        if text is None:
             return None
-        except (OSError, ValueError) as exc:
-            raise HalftunesError(f"job plan {self.plan_path} is unreadable: {exc}") from exc
+        try:
+            plan: dict[str, Any] = json.loads(text)
+            return plan
+        except ValueError as exc:
+            raise HalftunesError(
+                f"job plan {self.location}/plan.json is unreadable: {exc}"
+            ) from exc
 
-    @property
-    def staging(self) -> Path:
-        """Where shards download before uploading, for an object-store output."""
-        return self.dir / "staging"
+    def scratch_dir(self, overrides: dict[str, Any] | None = None) -> Path:
+        """This machine's folder for the job's shard records (and an upload's staging)."""
+        if self.scratch is not None:
+            return Path(os.path.abspath(Path(self.scratch).expanduser()))
+        if isinstance(self.store, LocalStore) and not self.store.shared:
+            return self.store.dir / "state"
+        state_dir = load_configuration(dict(overrides or {})).state_dir
+        return Path(state_dir) / "jobs" / self.store.key
+
+    def done_shards(self) -> set[int]:
+        """The shards with a manifest (one listing of the store)."""
+        return {
+            int(name.removesuffix(".jsonl"))
+            for name in self.store.names("manifests")
+            if name.endswith(".jsonl") and name.removesuffix(".jsonl").isdigit()
+        }
 
     def is_done(self, k: int) -> bool:
-        return self.manifest_path(k).exists()
+        return self.manifest_lines(k) is not None
 
     # -- planning ------------------------------------------------------------------------
     def make_plan(
@@ -146,15 +132,15 @@ class Job:
         if shard_size < 1:
             raise UsageError(f"--shard-size must be at least 1, not {shard_size}")
         output = output or str(config.download_dir)
-        remote = "://" in output
+        remote = is_url(output)
         if remote:
-            _filesystem(output)  # fails early (exit 2) without the extra
+            filesystem(output)  # fails early (exit 2) without the extra
         folder = self._folder(output)
         items = _once(read_items(input_path), OutputSpec(folder))
         entries = self._resolve(items, folder, config)
         shards = [entries[i : i + shard_size] for i in range(0, len(entries), shard_size)]
         for k, shard in enumerate(shards):
-            write_atomically(self.shard_path(k), json.dumps([asdict(e) for e in shard]))
+            self._write_shard(k, shard)
         plan = {
             "version": PLAN_VERSION,
             "input": str(input_path.absolute()),
@@ -164,12 +150,20 @@ class Job:
             "shards": len(shards),
             "created": time.time(),
         }
-        write_atomically(self.plan_path, json.dumps(plan, indent=1))
+        self._planned(plan)
         growth = {"added": len(entries), "gone": 0, "new_shards": len(shards), "new_job": 1}
         return {**plan, "growth": growth}
 
-    def _folder(self, output: str) -> Path:
-        return self.staging if "://" in output else Path(os.path.abspath(Path(output).expanduser()))
+    @staticmethod
+    def _folder(output: str) -> Path:
+        # (an object-store output's files are named relative to a staging folder that each
+        # worker chooses: the plan only keeps names relative to the output)
+        return Path(os.sep) if is_url(output) else Path(os.path.abspath(Path(output).expanduser()))
+
+    def _write_shard(self, k: int, entries: list[Entry]) -> None:
+        self.store.write(
+            f"shards/{self.shard_name(k)}.json", json.dumps([asdict(e) for e in entries])
+        )
 
     def _grow(
         self,
@@ -181,14 +175,14 @@ class Job:
     ) -> dict[str, Any]:
         differs = []
         if output is not None:
-            wanted = output.rstrip("/") if "://" in output else str(self._folder(output))
+            wanted = output.rstrip("/") if is_url(output) else str(self._folder(output))
             if wanted != plan["output"]:
                 differs.append(f"-P {wanted} (the job's: {plan['output']})")
         if shard_size is not None and shard_size != plan["shard_size"]:
             differs.append(f"--shard-size {shard_size} (the job's: {plan['shard_size']})")
         if differs:
             raise UsageError(
-                f"{self.dir} was planned otherwise: " + "; ".join(differs),
+                f"{self.location} was planned otherwise: " + "; ".join(differs),
                 "run it as it was planned (or leave those options out), or start another "
                 "job in another JOB_DIR",
             )
@@ -207,7 +201,7 @@ class Job:
             size, first = plan["shard_size"], plan["shards"]
             shards = [entries[i : i + size] for i in range(0, len(entries), size)]
             for n, shard in enumerate(shards):
-                write_atomically(self.shard_path(first + n), json.dumps([asdict(e) for e in shard]))
+                self._write_shard(first + n, shard)
             # the plan last: shard files beyond its count are ignored (and written again)
             plan = {
                 **plan,
@@ -215,7 +209,7 @@ class Job:
                 "items": plan["items"] + len(entries),
                 "shards": first + len(shards),
             }
-            write_atomically(self.plan_path, json.dumps(plan, indent=1))
+            self._planned(plan)
             growth.update(added=len(entries), new_shards=len(shards))
         return {**plan, "growth": growth}
 
@@ -236,13 +230,37 @@ class Job:
             better = {e.id: e for e in fresh if e.url is not None}
             if better:
                 merged = [better.get(e.id, e) for e in entries]
-                write_atomically(self.shard_path(k), json.dumps([asdict(e) for e in merged]))
+                self._write_shard(k, merged)
                 found += len(better)
+        self._forget_lookups()
         return found
 
     def shard_entries(self, k: int) -> list[dict[str, Any]]:
-        entries: list[dict[str, Any]] = json.loads(self.shard_path(k).read_text())
+        text = self.store.read(f"shards/{self.shard_name(k)}.json")
+        if text is None:
+            raise HalftunesError(f"{self.location}: shard {k} of the plan has no shard file")
+        entries: list[dict[str, Any]] = json.loads(text)
         return entries
+
+    def _looked_up(self, ids: set[str], api_url: str) -> dict[str, dict[str, Any]]:
+        """What the lookups of a planning that was interrupted found of `ids` (one chunk
+        file per lookup call in the store's `lookups/`, removed once the shards hold it)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.store.names("lookups"):
+            with contextlib.suppress(ValueError, TypeError, AttributeError, KeyError):
+                chunk = json.loads(self.store.read(f"lookups/{name}") or "{}")
+                if chunk["api"] == api_url:
+                    out.update((i, raw) for i, raw in chunk["tracks"].items() if i in ids)
+        return out
+
+    def _planned(self, plan: dict[str, Any]) -> None:
+        """The plan written, last: its shards are all there; the lookups are in them now."""
+        self.store.write("plan.json", json.dumps(plan, indent=1))
+        self._forget_lookups()
+
+    def _forget_lookups(self) -> None:
+        for name in self.store.names("lookups"):
+            self.store.remove(f"lookups/{name}")
 
     def _resolve(
         self,
@@ -256,18 +274,21 @@ class Job:
         ids = list(dict.fromkeys(i.value for i in items if not i.is_url))
         tracks: dict[str, dict[str, Any]] = {}
         if ids:
-            session = Session(config)  # its state file is the job's lookup cache and pacing
+            # (a job keeps what it looked up for good, in its store: a planning that was
+            # interrupted sends no lookup twice; the pacing is this machine's, in its state)
+            tracks = self._looked_up(set(ids), config.api_url)
+            missing = [i for i in ids if i not in tracks]
+            session = Session(config)
             try:
-                cache = session.cache
-                assert cache is not None
-                # (a job keeps what it looked up for good: a rerun sends no request)
-                cached = cache.get_tracks(config.api_url, ids)
-                tracks = {ident: raw for ident, (raw, _) in cached.items()}
-                missing = [i for i in ids if i not in tracks]
                 client = ITunesClient(session)
                 for start in range(0, len(missing), LOOKUP_BATCH):
-                    for track in _lookup_patiently(client, missing[start : start + LOOKUP_BATCH]):
-                        tracks[str(track.trackId)] = track.raw
+                    found = {
+                        str(t.trackId): t.raw
+                        for t in _lookup_patiently(client, missing[start : start + LOOKUP_BATCH])
+                    }
+                    name = f"lookups/{time.time_ns():020d}-{os.getpid()}.json"
+                    self.store.write(name, json.dumps({"api": config.api_url, "tracks": found}))
+                    tracks.update(found)
             finally:
                 session.close()
         entries = []
@@ -316,17 +337,19 @@ class Job:
         return entries
 
     # -- one shard -------------------------------------------------------------------------
-    def manifest_lines(self, k: int) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in self.manifest_path(k).read_text().splitlines()]
+    def manifest_lines(self, k: int) -> list[dict[str, Any]] | None:
+        """Shard k's manifest, or None while the shard is not done."""
+        text = self.store.read(f"manifests/{self.shard_name(k)}.jsonl")
+        if text is None:
+            return None
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def to_retry(self, k: int, retry_failed: bool) -> set[str]:
         """Ids of a finished shard's failed items to run again: the transient failures (a 5xx,
         429, a timeout, a reset), and with `retry_failed` the permanent ones too."""
-        if not self.is_done(k):
-            return set()
         return {
             line["id"]
-            for line in self.manifest_lines(k)
+            for line in self.manifest_lines(k) or []
             if line["status"] == "failed" and (retry_failed or not _is_permanent(line))
         }
 
@@ -341,22 +364,22 @@ class Job:
         """Download shard k's items and write its manifest last. A finished shard runs again
         only its failed items (`to_retry`), and its manifest is replaced whole. `on_item`
         hears every item this run ends, once, as it ends (an upload's: once uploaded)."""
-        previous: list[dict[str, Any]] | None = None
-        if self.is_done(k):
+        previous = self.manifest_lines(k)
+        if previous is not None:
             again = self.to_retry(k, retry_failed)
             if not again:
                 return {"skipped_shard": 1}
-            previous = self.manifest_lines(k)
         plan = self.plan()
         assert plan is not None
         entries = [Entry(**e) for e in self.shard_entries(k)]
         if previous is not None:
             entries = [e for e in entries if e.id in again]
-        remote = plan["output"] if "://" in plan["output"] else None
-        folder = self.staging if remote else Path(plan["output"])
-        uploads = _Uploads(self.dir / "state" / f"{k:06d}" / "uploaded.jsonl")
+        scratch = self.scratch_dir(overrides)
+        remote = plan["output"] if is_url(plan["output"]) else None
+        folder = scratch / "staging" if remote else Path(plan["output"])
+        uploads = _Uploads(self.store, k, scratch / self.shard_name(k), folder, remote)
         flags = {
-            "state_dir": str(self.dir / "state" / f"{k:06d}"),
+            "state_dir": str(scratch / self.shard_name(k)),
             "download_dir": str(folder),
             "session": "default",
             **(overrides or {}),
@@ -365,12 +388,26 @@ class Job:
         records = session.records
         started = time.monotonic()
         heard: set[str] = set()
+        by_id = {e.id: e for e in entries}
 
         def ended(outcome: Outcome) -> None:
-            # (a remote output's item ends when it is uploaded: said with the manifest)
-            if on_item is None or remote is not None or outcome.record is None:
-                return
             record = outcome.record
+            if record is None:
+                return
+            if remote is not None and outcome.status is OutcomeStatus.COMPLETED:
+                # uploaded as soon as it is here: a shard that moves to another machine
+                # finds it in the output (an upload that fails is tried again at the end)
+                try:
+                    line = uploads.upload(self._manifest_line(by_id[outcome.id], record, started))
+                except (HalftunesError, OSError) as exc:
+                    log.info("upload of %s deferred: %s", outcome.id, exc)
+                    return
+                if on_item is not None:
+                    heard.add(outcome.id)
+                    on_item(_item_event(line))
+                return
+            if on_item is None:
+                return
             if outcome.status is OutcomeStatus.COMPLETED:
                 event = {"bytes": record.bytes_total or 0, "path": record.path}
             elif outcome.status is OutcomeStatus.FAILED:
@@ -414,17 +451,17 @@ class Job:
                 runner.shutdown()
             lines = []
             for e in entries:
-                line = self._manifest_line(e, records.get(e.id), started)
+                if e.id in uploads.done:
+                    line = uploads.done_line(self._manifest_line(e, None, started))
+                else:
+                    line = self._manifest_line(e, records.get(e.id), started)
+                    if remote is not None:
+                        line = uploads.upload(line)
                 if previous is not None and line["status"] == "failed":
                     line["attempts"] = _attempts(previous, e.id) + 1
-                if remote is not None:
-                    line = (
-                        uploads.upload(e.id, line, remote)
-                        if e.id not in uploads.done
-                        else {**line, **uploads.done[e.id], "status": "completed", "error": None}
-                    )
                 lines.append(line)
         finally:
+            uploads.note(force=True)
             session.close()
         if on_item is not None:  # the items that ended without a transfer (or uploaded)
             for line in lines:
@@ -433,8 +470,12 @@ class Job:
         if previous is not None:  # the retried items' lines replace theirs, in place
             fresh = {line["id"]: line for line in lines}
             lines = [fresh.get(line["id"], line) for line in previous]
-        _parquet_manifest(self.manifest_path(k).with_suffix(".parquet"), lines)
-        write_atomically(self.manifest_path(k), "".join(json.dumps(x) + "\n" for x in lines))
+        name = f"manifests/{self.shard_name(k)}"
+        parquet = _parquet_manifest(lines)
+        if parquet is not None:  # (before the JSON Lines one, which marks the shard done)
+            self.store.write(f"{name}.parquet", parquet)
+        self.store.write(f"{name}.jsonl", "".join(json.dumps(x) + "\n" for x in lines))
+        uploads.forget()  # (the manifest says it all now)
         counts = {"completed": 0, "failed": 0, "skipped": 0, "bytes": 0}
         for line in lines:
             counts[line["status"]] += 1
@@ -488,21 +529,25 @@ class Job:
     def failed_items(self) -> list[dict[str, Any]]:
         """Every failed item of the finished shards, as its manifest line says (plus its
         shard), in the input's order."""
-        plan = self._known_plan()
-        out = []
-        for k in range(plan["shards"]):
-            with contextlib.suppress(FileNotFoundError):
-                for line in self.manifest_path(k).read_text().splitlines():
-                    item = json.loads(line)
-                    if item["status"] == "failed":
-                        out.append({**item, "shard": k})
+        out = [
+            {**item, "shard": k}
+            for k, lines in self._manifests()
+            for item in lines
+            if item["status"] == "failed"
+        ]
         return sorted(out, key=lambda item: item.get("line") or 0)
+
+    def _manifests(self) -> list[tuple[int, list[dict[str, Any]]]]:
+        """The finished shards of the plan, each with its manifest."""
+        plan = self._known_plan()
+        done = sorted(k for k in self.done_shards() if k < plan["shards"])
+        return [(k, lines) for k in done if (lines := self.manifest_lines(k)) is not None]
 
     def _known_plan(self) -> dict[str, Any]:
         plan = self.plan()
         if plan is None:
             raise UsageError(
-                f"{self.dir} is not a job dir (no plan.json)",
+                f"{self.location} is not a job dir (no plan.json)",
                 "start one with `halftunes job run JOB_DIR --input FILE`",
             )
         return plan
@@ -510,14 +555,10 @@ class Job:
     def status(self) -> dict[str, Any]:
         plan = self._known_plan()
         counts = {"completed": 0, "failed": 0, "skipped": 0}
-        done, nbytes = 0, 0
-        for k in range(plan["shards"]):
-            path = self.manifest_path(k)
-            if not path.exists():
-                continue
-            done += 1
-            for line in path.read_text().splitlines():
-                item = json.loads(line)
+        manifests = self._manifests()
+        done, nbytes = len(manifests), 0
+        for _, lines in manifests:
+            for item in lines:
                 counts[item["status"]] = counts.get(item["status"], 0) + 1
                 nbytes += item.get("bytes") or 0
         return {
@@ -607,70 +648,122 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _filesystem(url: str) -> Any:
-    """The fsspec file system of an output URL (s3:// needs the s3 extra)."""
-    try:
-        import fsspec
-
-        return fsspec.filesystem(url.split("://", 1)[0])
-    except ImportError as exc:
-        raise UsageError(
-            f"output {url!r} needs fsspec and its driver ({exc.name})",
-            "pip install 'halftunes[s3]'",
-        ) from None
-    except ValueError as exc:
-        raise UsageError(f"output {url!r}: {exc}") from exc
-
-
 class _Uploads:
-    """A shard's uploads to an object store, noted durably one by one: an interrupted shard
-    neither uploads nor downloads a finished item twice."""
+    """A shard's uploads to an object-store output, each one PUT (an object appears whole or
+    not at all). Each is noted durably in the shard's scratch folder as it lands (the same
+    machine neither uploads nor downloads it twice) and, every few seconds, in the job
+    store's `uploads/<k>.jsonl`: a shard that moves to another machine finds there what is
+    in the output already, and fetches only the rest. Thread-safe (transfers end on their
+    own threads)."""
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, store: JobStore, k: int, scratch: Path, staging: Path, remote: str | None):
+        self.store, self.remote, self.staging = store, remote, staging
+        self.name = f"uploads/{Job.shard_name(k)}.jsonl"
+        self.path = scratch / "uploaded.jsonl"
         self.done: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.writing = threading.Lock()
+        self.noted = 0  # entries in the store's note
+        self.noted_at = 0.0
+        if remote is None:
+            return
         with contextlib.suppress(FileNotFoundError):
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    item = json.loads(line)
-                    self.done[item.pop("id")] = item
+            self._read(self.path.read_text(encoding="utf-8"))
+        self._found_in_store()
 
-    def upload(self, ident: str, line: dict[str, Any], remote: str) -> dict[str, Any]:
-        if line["status"] != "completed":
-            return line
-        local = Path(line["path"])
-        target = f"{remote}/{local.relative_to(self.path.parents[2] / 'staging').as_posix()}"
-        fs = _filesystem(remote)
-        # One PUT: the object appears whole or not at all (never half-written).
-        fs.put_file(str(local), target)
-        if fs.info(target)["size"] != line["bytes"]:
-            raise HalftunesError(f"upload of {local.name} to {target} came out the wrong size")
-        note = {"path": target, "bytes": line["bytes"], "sha256": line["sha256"]}
+    def _read(self, text: str) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                item = json.loads(line)
+                ident = str(item.pop("id"))
+                out.append((ident, item))
+        self.done.update(out)
+        return out
+
+    def _found_in_store(self) -> None:
+        """What the job store notes as uploaded by an earlier run elsewhere, each checked in
+        the output (the object there, of the noted size)."""
+        assert self.remote is not None
+        note = self.store.read(self.name)
+        if not note:
+            return
+        before = dict(self.done)
+        fs = filesystem(self.remote)
+        found = []
+        for ident, item in self._read(note):
+            if ident in before:
+                continue
+            try:
+                size = fs.info(item["path"])["size"]
+            except (OSError, KeyError, ValueError):
+                size = None
+            if size == item["bytes"]:
+                found.append(ident)
+            else:
+                del self.done[ident]
+        for ident in found:
+            self._keep(ident, self.done[ident])
+
+    def _keep(self, ident: str, note: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"id": ident, **note}) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self.done[ident] = note
+
+    def upload(self, line: dict[str, Any]) -> dict[str, Any]:
+        """A completed manifest line's file put in the output; the line, now naming it there."""
+        if line["status"] != "completed" or self.remote is None:
+            return line
+        with self.lock:
+            if line["id"] in self.done:
+                return self.done_line(line)
+        local = Path(line["path"])
+        target = f"{self.remote}/{local.relative_to(self.staging).as_posix()}"
+        # one PUT: the object is there whole once it returns, or not at all (an error)
+        filesystem(self.remote).put_file(str(local), target)
+        note = {"path": target, "bytes": line["bytes"], "sha256": line["sha256"]}
+        with self.lock:
+            self._keep(line["id"], note)
         local.unlink()
+        self.note()
         return {**line, **note}
 
+    def done_line(self, line: dict[str, Any]) -> dict[str, Any]:
+        """The manifest line of an item that is in the output already."""
+        note = self.done[line["id"]]
+        return {**line, **note, "status": "completed", "error": None, "permanent": False}
 
-def _parquet_manifest(path: Path, lines: list[dict[str, Any]]) -> None:
-    """The manifest as Parquet too, when pyarrow is installed (written before the JSON Lines
-    one, which marks the shard done)."""
+    def note(self, force: bool = False) -> None:
+        """The uploads so far, in the job store (every UPLOAD_NOTE_SECONDS, or now)."""
+        with self.writing:  # (one at a time: a later note never lands before an earlier one)
+            with self.lock:
+                if self.remote is None or len(self.done) == self.noted:
+                    return
+                if not force and time.monotonic() - self.noted_at < UPLOAD_NOTE_SECONDS:
+                    return
+                text = "".join(json.dumps({"id": i, **n}) + "\n" for i, n in self.done.items())
+                count = len(self.done)
+                self.noted_at = time.monotonic()
+            with contextlib.suppress(HalftunesError):  # (only a hint for another machine)
+                self.store.write(self.name, text)
+                self.noted = count
+
+    def forget(self) -> None:
+        if self.remote is not None:
+            self.store.remove(self.name)
+
+
+def _parquet_manifest(lines: list[dict[str, Any]]) -> bytes | None:
+    """The manifest as Parquet, when pyarrow is installed."""
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pylist(lines), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        return None
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(lines), sink)
+    data: bytes = sink.getvalue().to_pybytes()
+    return data
