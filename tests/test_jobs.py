@@ -793,3 +793,42 @@ def test_a_folder_of_this_machine_with_a_remote_scheduler_is_refused(env, tmp_pa
     shared = env.run(*_job_args(f"file://{job}", tmp_path / "in.txt", out, *remote))
     assert shared.returncode == 2 and "cannot reach the output folder" in shared.stderr
     assert not job.exists()
+
+
+def test_a_shard_that_moves_fetches_only_what_its_note_does_not_show_in_the_output(env, tmp_path):
+    # The output at a URL (file:// here, as S3): a shard run again on a machine without its
+    # records trusts the job store's upload note only for objects there with the noted size.
+    urls = [f"{env.server.url}/files/mv{i}.bin?size={20_000 + i}&seed={i}" for i in range(4)]
+    (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    args = _job_args(job, tmp_path / "in.txt", tmp_path / "unused", "--workers", "1")
+    args[args.index("-P") + 1] = f"file://{out}"
+    first = env.run(*args)
+    assert first.returncode == 0, first.stderr
+    done = manifests(job)
+    # the shard "moved": no manifest, no records here; the note it left says all four
+    note = "".join(
+        json.dumps({"id": m["id"], "path": m["path"], "bytes": m["bytes"], "sha256": m["sha256"]})
+        + "\n"
+        for m in done
+    )
+    assert not list((job / "uploads").iterdir())  # (removed with the manifest)
+    (job / "uploads" / "000000.jsonl").write_text(note)
+    (job / "manifests" / "000000.jsonl").unlink()
+    import shutil
+
+    shutil.rmtree(job / "state")
+    (out / "mv1.bin").unlink()  # gone from the output
+    (out / "mv2.bin").write_bytes(b"short")  # not the noted size
+    with env.server.state.lock:
+        env.server.state.log.clear()
+    again = env.run(*args)
+    assert again.returncode == 0, again.stderr
+    fetched = sorted(e["path"] for e in env.server.state.log if e["path"].startswith("/files/"))
+    assert fetched == ["/files/mv1.bin", "/files/mv2.bin"]
+    from halftunes_cli.testing.catalog import body_sha256
+
+    for i, m in enumerate(sorted(manifests(job), key=lambda m: m["url"])):
+        assert m["status"] == "completed" and m["path"] == f"file://{out}/mv{i}.bin"
+        assert sha256_file(out / f"mv{i}.bin") == body_sha256(i, 20_000 + i) == m["sha256"]
+    assert not (job / "uploads" / "000000.jsonl").exists()  # the manifest says it all now

@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -388,23 +389,37 @@ class Job:
         records = session.records
         started = time.monotonic()
         heard: set[str] = set()
+        telling = threading.Lock()  # (items are told one at a time, from any thread)
         by_id = {e.id: e for e in entries}
+
+        def tell(event: dict[str, Any]) -> None:
+            if on_item is not None:
+                with telling:
+                    heard.add(event["id"])
+                    on_item(event)
+
+        def upload(entry: Entry, record: Any) -> None:
+            # uploaded as soon as it is here: a shard that moves to another machine finds it
+            # in the output (an upload that fails is tried again with the manifest)
+            try:
+                line = uploads.upload(self._manifest_line(entry, record, started))
+            except Exception as exc:  # noqa: BLE001 - any failure: tried again at the end
+                log.info("upload of %s deferred: %s", entry.id, exc)
+                return
+            tell(_item_event(line))
+
+        # (the outcomes are told on the runner's one settling thread: uploads run beside it)
+        uploader = ThreadPoolExecutor(
+            max_workers=session.configuration.max_connections_per_host,
+            thread_name_prefix="upload",
+        )
 
         def ended(outcome: Outcome) -> None:
             record = outcome.record
             if record is None:
                 return
             if remote is not None and outcome.status is OutcomeStatus.COMPLETED:
-                # uploaded as soon as it is here: a shard that moves to another machine
-                # finds it in the output (an upload that fails is tried again at the end)
-                try:
-                    line = uploads.upload(self._manifest_line(by_id[outcome.id], record, started))
-                except (HalftunesError, OSError) as exc:
-                    log.info("upload of %s deferred: %s", outcome.id, exc)
-                    return
-                if on_item is not None:
-                    heard.add(outcome.id)
-                    on_item(_item_event(line))
+                uploader.submit(upload, by_id[outcome.id], record)
                 return
             if on_item is None:
                 return
@@ -415,8 +430,7 @@ class Job:
                 event["http_status"] = getattr(outcome.error, "status", None)
             else:
                 return  # (paused: a stop; it ends in a later run)
-            heard.add(outcome.id)
-            on_item({"id": outcome.id, "status": str(outcome.status), **event})
+            tell({"id": outcome.id, "status": str(outcome.status), **event})
 
         try:
             records.reconcile_dead_owners()  # a shard killed mid-way: its partials are paused
@@ -446,9 +460,11 @@ class Job:
                     future.result()
             except BaseException:  # Ctrl-C, SIGTERM (SystemExit), an error: pause at a checkpoint
                 runner.stop_all("pause")
-                raise
-            finally:
                 runner.shutdown()
+                uploader.shutdown(wait=True, cancel_futures=True)  # (one under way ends)
+                raise
+            runner.shutdown()
+            uploader.shutdown(wait=True)  # (every item that completed is uploaded, or failed to)
             lines = []
             for e in entries:
                 if e.id in uploads.done:
@@ -723,7 +739,10 @@ class _Uploads:
         local = Path(line["path"])
         target = f"{self.remote}/{local.relative_to(self.staging).as_posix()}"
         # one PUT: the object is there whole once it returns, or not at all (an error)
-        filesystem(self.remote).put_file(str(local), target)
+        try:
+            filesystem(self.remote).put_file(str(local), target)
+        except OSError as exc:
+            raise HalftunesError(f"cannot upload {local.name} to {target}: {exc}") from exc
         note = {"path": target, "bytes": line["bytes"], "sha256": line["sha256"]}
         with self.lock:
             self._keep(line["id"], note)

@@ -30,7 +30,10 @@ def filesystem(url: str) -> Any:
     try:
         import fsspec
 
-        return fsspec.filesystem(url.split("://", 1)[0])
+        protocol = url.split("://", 1)[0]
+        if protocol in ("file", "local"):  # (folders made as needed, as an object store's)
+            return fsspec.filesystem(protocol, auto_mkdir=True)
+        return fsspec.filesystem(protocol)
     except ImportError as exc:
         raise UsageError(
             f"{url!r} needs fsspec and its driver ({exc.name})",
