@@ -30,7 +30,13 @@ from ..retry import RETRYABLE_STATUSES, parse_retry_after
 from ..transport import body_reader
 from .base import Task, TaskHost, TaskState
 from .checkpointer import shared_checkpointer
-from .partial import OverlapMismatch, PartialFile, PartialShrank, start_writeback
+from .partial import (
+    OverlapMismatch,
+    PartialFile,
+    PartialShrank,
+    receive_buffer,
+    start_writeback,
+)
 from .segments import (
     AUTO_MIN_BYTES,
     SegmentedDownload,
@@ -41,7 +47,6 @@ from .segments import (
 
 RESTARTS_SPLIT = 2  # restarts of a segmented transfer after which it takes one connection
 
-CHUNK_BYTES = 1 << 20
 RESUME_DATA_VERSION = 1
 log = logging.getLogger(__name__)
 
@@ -663,7 +668,7 @@ class DownloadTask(Task):
         """Write the body at `offset`; its first `offset - start` bytes are the overlap, which
         must equal the partial's before a single byte is appended."""
         readinto = body_reader(response.raw, self.url)
-        view = memoryview(bytearray(CHUNK_BYTES))  # one buffer for the whole body
+        view = receive_buffer()  # (this thread's, for the whole body)
         limit = self._limit
         reads = view[: limit.chunk_bytes] if limit is not None else view  # (paced: smaller)
         partial = self.partial

@@ -22,6 +22,21 @@ CHECKPOINT_SECONDS = 1.0
 # started at once (Linux sync_file_range), so the disk works while bytes still arrive and a
 # checkpoint's fsync finds little left to write.
 WRITEBACK_BYTES = 8 << 20
+CHUNK_BYTES = 1 << 20  # the most one read of a body takes
+
+_buffers = threading.local()
+
+
+def receive_buffer() -> memoryview:
+    """This thread's buffer for a body's bytes, CHUNK_BYTES long, made once per thread and
+    used by one body at a time (its bytes are written before the next read). A fresh
+    megabyte per transfer was an allocation the size of glibc's mmap threshold: with the
+    threshold fixed (a Dask worker sets MALLOC_TRIM_THRESHOLD_), every small file paid
+    for 256 page faults and a munmap."""
+    view: memoryview | None = getattr(_buffers, "view", None)
+    if view is None:
+        view = _buffers.view = memoryview(bytearray(CHUNK_BYTES))
+    return view
 
 
 class OverlapMismatch(Exception):

@@ -25,7 +25,7 @@ from .. import ranges
 from ..errors import TransferError
 from ..ranges import Action
 from ..transport import RequestHandle, abort, body_reader
-from .partial import WRITEBACK_BYTES, OverlapMismatch
+from .partial import WRITEBACK_BYTES, OverlapMismatch, receive_buffer
 
 if TYPE_CHECKING:
     from .download import DownloadTask
@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 MIN_SEGMENT_BYTES = 1 << 20  # no segment is made smaller (aria2's -k 1M)
 AUTO_CONNECTIONS = 8  # `-x auto`: this many ...
 AUTO_MIN_BYTES = 64 << 20  # ... for files at least this big (else one)
-CHUNK_BYTES = 1 << 20
 CHECKPOINT_SECONDS = 1.0
 # A first connection that brings PROBE_BYTES at this rate or faster keeps the file to itself.
 FAST_BYTES_PER_SECOND = 160 << 20
@@ -507,7 +506,7 @@ class SegmentedDownload:
         partial's bytes, then written in place until the body or the segment ends."""
         task = self.task
         readinto = body_reader(response.raw, task.url)
-        view = memoryview(bytearray(CHUNK_BYTES))
+        view = receive_buffer()  # (this thread's, for the whole body)
         limit = task._limit
         reads = view[: limit.chunk_bytes] if limit is not None else view
         fetched = 0
