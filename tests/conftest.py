@@ -631,6 +631,9 @@ def s3():
     """An S3 server (moto) on 127.0.0.1 for this test, and the environment that reaches it."""
     pytest.importorskip("s3fs")
     moto_server = pytest.importorskip("moto.server")
+    from moto.s3.models import s3_backends
+
+    s3_backends.reset()  # (moto keeps its buckets per process, not per server)
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     try:

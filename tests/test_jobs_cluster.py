@@ -122,8 +122,8 @@ def test_a_job_on_three_machines_without_a_shared_disk(env, tmp_path, tmp_path_f
     import s3fs
 
     fs = s3fs.S3FileSystem(key="test", secret="test", endpoint_url=s3["FSSPEC_S3_ENDPOINT_URL"])
-    fs.mkdir("jobs")
-    fs.mkdir("previews")
+    fs.mkdir("cluster-jobs")
+    fs.mkdir("cluster-previews")
     base = env.server.url
     lines, expected = [], {}
     for i in range(ITEMS):
@@ -146,11 +146,11 @@ def test_a_job_on_three_machines_without_a_shared_disk(env, tmp_path, tmp_path_f
         job = env.spawn(
             "job",
             "run",
-            "s3://jobs/x",
+            "s3://cluster-jobs/x",
             "--input",
             str(tmp_path / "in.txt"),
             "-P",
-            "s3://previews/set",
+            "s3://cluster-previews/set",
             "--engine",
             "dask",
             "--scheduler",
@@ -167,9 +167,11 @@ def test_a_job_on_three_machines_without_a_shared_disk(env, tmp_path, tmp_path_f
             """A worker mid-shard: some of its uploads noted in the job store already."""
             for proc, home in cluster.workers:
                 for shard in home.glob(".local/state/halftunes/jobs/*/[0-9]*"):
-                    note = f"jobs/x/uploads/{shard.name}.jsonl"
+                    note = f"cluster-jobs/x/uploads/{shard.name}.jsonl"
                     fs.invalidate_cache()
-                    if fs.exists(note) and not fs.exists(f"jobs/x/manifests/{shard.name}.jsonl"):
+                    if fs.exists(note) and not fs.exists(
+                        f"cluster-jobs/x/manifests/{shard.name}.jsonl"
+                    ):
                         return proc, shard.name, fs.cat(note).decode()
             return None
 
@@ -189,7 +191,7 @@ def test_a_job_on_three_machines_without_a_shared_disk(env, tmp_path, tmp_path_f
     assert (status["completed"], status["failed"]) == (ITEMS - MISSING, MISSING)
     done = [
         json.loads(line)
-        for path in sorted(fs.ls("jobs/x/manifests"))
+        for path in sorted(fs.ls("cluster-jobs/x/manifests"))
         if path.endswith(".jsonl")
         for line in fs.cat(path).decode().splitlines()
     ]
@@ -199,9 +201,9 @@ def test_a_job_on_three_machines_without_a_shared_disk(env, tmp_path, tmp_path_f
         if "/gone/" in m["url"]:
             assert (m["status"], m["http_status"], m["permanent"]) == ("failed", 404, True), m
             continue
-        assert m["status"] == "completed" and m["path"] == f"s3://previews/set/{name}", m
+        assert m["status"] == "completed" and m["path"] == f"s3://cluster-previews/set/{name}", m
         assert m["sha256"] == expected[name]
-    stored = _objects("previews")  # every object's bytes, as the S3 server holds them
+    stored = _objects("cluster-previews")  # every object's bytes, as the S3 server holds them
     assert set(stored) == {f"set/{name}" for name in expected}
     for key, data in stored.items():
         assert hashlib.sha256(data).hexdigest() == expected[key.removeprefix("set/")], key
