@@ -989,6 +989,8 @@ def run_job(
     job = Job(job_dir, scratch)
     if scheduler is not None and not _is_loopback(scheduler):
         _reachable_by_workers(job, output, scheduler)
+    if scheduler is not None:
+        _reach_scheduler(scheduler)  # (before planning, which may take long)
     held = job.lock(configuration.state_dir)
     try:
         return _run_job(
@@ -1034,6 +1036,26 @@ def _run_job(
     return JobResult(
         status, ExitStatus.ERROR if status["failed"] else ExitStatus.OK, plan["growth"]
     )
+
+
+def _reach_scheduler(scheduler: str) -> None:
+    """A TCP connection to the scheduler's address, or a clear error (a typo in the address,
+    no scheduler there) before the job is planned."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
+    if parts.scheme not in ("tcp", "tls") or parts.hostname is None:
+        return  # (another transport: Dask's own client says what is wrong)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or 8786), timeout=10):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise HalftunesError(
+            f"cannot reach the Dask scheduler at {scheduler}: {reason}",
+            "check the address (tcp://HOST:8786) and that `dask scheduler` runs there",
+        ) from None
 
 
 def _is_loopback(scheduler: str) -> bool:

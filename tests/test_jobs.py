@@ -27,6 +27,12 @@ def manifests(job: Path) -> list[dict]:
     ]
 
 
+def scratch_of(job: Path, root: Path | None = None) -> Path:
+    """Where a job's shard records are on this machine: a folder per plan (by its id)."""
+    plan_id = json.loads((job / "plan.json").read_text())["id"]
+    return (root or job / "state") / plan_id
+
+
 def test_a_mixed_job_and_a_rerun_that_sends_nothing(env, tmp_path):
     env.fault(path="/previews/1000005/", kind="status", status=404, times=-1)
     url = f"{env.server.url}/files/job.bin?size=50000&seed=4"
@@ -275,7 +281,7 @@ def test_a_dask_worker_killed_mid_job(env, tmp_path):
     )
 
     def a_shard_owner() -> int | None:
-        for lock in (job / "state").glob("*/owners/*.lock"):
+        for lock in (job / "state").glob("*/*/owners/*.lock"):
             if any(p.stat().st_size > 50_000 for p in out.glob("*.part")):
                 return int(lock.name.split("-")[0])
         return None
@@ -325,7 +331,7 @@ def test_output_to_s3_on_a_local_s3_server(env, tmp_path, s3):
         data = fs.cat(m["path"])
         assert len(data) == m["bytes"] and hashlib.sha256(data).hexdigest() == m["sha256"]
     assert done[0]["sha256"] == env.expected_sha(1000001)
-    staging = job / "state" / "staging"  # (this machine's scratch: the job is a folder here)
+    staging = scratch_of(job) / "staging"  # (this machine's: the job is a folder here)
     assert staging.is_dir() and not [p for p in staging.rglob("*") if p.is_file()]
 
 
@@ -716,7 +722,7 @@ def test_a_second_run_of_the_same_job_at_once_is_refused(env, tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and "terminated: the same command continues" in err, err
-    row = next(iter(Path(job, "state").glob("*/downloads.db")))
+    row = next(iter(scratch_of(job).glob("*/downloads.db")))
     import sqlite3
 
     db = sqlite3.connect(row)
@@ -778,7 +784,7 @@ def test_a_job_at_a_url_keeps_its_shard_records_in_the_machines_scratch(env, tmp
     more = [f"{url}2", tmp_path / "more.txt", tmp_path / "out", "--scratch", str(scratch)]
     other = env.run_process(*_job_args(*more))
     assert other.returncode == 0, other.stderr
-    assert (scratch / "000000" / "downloads.db").exists()
+    assert (scratch_of(tmp_path / "shared" / "job2", scratch) / "000000" / "downloads.db").exists()
 
 
 def test_a_folder_of_this_machine_with_a_remote_scheduler_is_refused(env, tmp_path):
@@ -832,3 +838,98 @@ def test_a_shard_that_moves_fetches_only_what_its_note_does_not_show_in_the_outp
         assert m["status"] == "completed" and m["path"] == f"file://{out}/mv{i}.bin"
         assert sha256_file(out / f"mv{i}.bin") == body_sha256(i, 20_000 + i) == m["sha256"]
     assert not (job / "uploads" / "000000.jsonl").exists()  # the manifest says it all now
+
+
+def test_a_job_begun_again_where_one_was_deleted_fetches_everything_again(env, tmp_path):
+    # The job at a URL, its records on this machine: deleting the job (and its output) and
+    # running the same command makes a new job; nothing of the old one's passes for it. And a
+    # rerun on the same machine trusts its own upload notes only for objects still there.
+    urls = [f"{env.server.url}/files/ag{i}.bin?size={30_000 + i}&seed={i}" for i in range(3)]
+    (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
+    job, out = tmp_path / "job", tmp_path / "out"
+    args = _job_args(f"file://{job}", tmp_path / "in.txt", tmp_path / "x", "--workers", "1")
+    args[args.index("-P") + 1] = f"file://{out}"
+    from halftunes_cli.testing.catalog import body_sha256
+
+    def fetched() -> list[str]:
+        paths = [e["path"] for e in env.server.state.log if e["path"].startswith("/files/")]
+        with env.server.state.lock:
+            env.server.state.log.clear()
+        return sorted(paths)
+
+    def all_there() -> None:
+        for i in range(3):
+            assert sha256_file(out / f"ag{i}.bin") == body_sha256(i, 30_000 + i)
+
+    assert env.run(*args).returncode == 0
+    assert len(fetched()) == 3
+    import shutil
+
+    shutil.rmtree(job)
+    shutil.rmtree(out)
+    again = env.run(*args)
+    assert again.returncode == 0, again.stderr
+    assert fetched() == [f"/files/ag{i}.bin" for i in range(3)]
+    all_there()
+    # the same job, its shard to run again here: one object deleted, one cut short
+    (job / "manifests" / "000000.jsonl").unlink()
+    (out / "ag0.bin").unlink()
+    (out / "ag1.bin").write_bytes(b"short")
+    third = env.run(*args)
+    assert third.returncode == 0, third.stderr
+    assert fetched() == ["/files/ag0.bin", "/files/ag1.bin"]
+    all_there()
+
+
+def test_one_job_has_one_name_whatever_the_url_says():
+    pytest.importorskip("s3fs")
+    from halftunes_cli.jobs.store import JobStore
+
+    names = {JobStore.at(u).location for u in ("s3://b/x", "s3://b//x/", "s3a://b/x")}
+    assert names == {"s3://b/x"}
+    assert JobStore.at("file://localhost/tmp/j").location == "file:///tmp/j"
+    for bad in ("file://relative/x", "file://host/x"):
+        with pytest.raises(UsageError, match="not a folder of this machine"):
+            JobStore.at(bad)
+
+
+def test_a_damaged_or_unreachable_store_is_one_line_naming_the_file(env, tmp_path):
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    memory.pipe_file(
+        "/jobs/d/plan.json", json.dumps({"shards": 2, "items": 2, "output": "x"}).encode()
+    )
+    memory.pipe_file("/jobs/d/manifests/000000.jsonl", b'{"id": "1", "status": "comp')
+    result = env.run("job", "status", "memory://jobs/d")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "memory://jobs/d/manifests/000000.jsonl is damaged" in result.stderr
+    memory.pipe_file("/jobs/d/manifests/000000.jsonl", b"")
+    memory.pipe_file("/jobs/d/manifests/000001.jsonl", b"\xff\xfe not text")
+    result = env.run("job", "status", "memory://jobs/d")
+    assert result.returncode == 1, result.stderr
+    assert "cannot read memory://jobs/d/manifests/000001.jsonl" in result.stderr
+    # an S3 endpoint nobody answers: the store's error, not a bug report
+    pytest.importorskip("s3fs")
+    (tmp_path / "in.txt").write_text("1000001\n")
+    nobody = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1"}
+    nobody["FSSPEC_S3_ENDPOINT_URL"] = "http://127.0.0.1:9"
+    down = env.run_process(
+        *_job_args("s3://bucket/j", tmp_path / "in.txt", tmp_path / "out"), env=nobody
+    )
+    assert down.returncode == 1 and "cannot read s3://bucket/j/plan.json" in down.stderr
+    assert "internal error" not in down.stderr and "Traceback" not in down.stderr
+
+
+def test_a_scheduler_that_is_not_there_is_said_before_planning(env, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # (closed again: nobody listens there)
+    (tmp_path / "in.txt").write_text("1000001\n")
+    args = _job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out")
+    result = env.run(*args, "--engine", "dask", "--scheduler", f"tcp://127.0.0.1:{port}")
+    assert result.returncode == 1, result.stderr
+    assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in result.stderr
+    assert not (tmp_path / "job" / "plan.json").exists()

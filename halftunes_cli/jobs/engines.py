@@ -53,12 +53,14 @@ def _todo(job: Job, retry_failed: bool, hooks: Hooks) -> tuple[list[int], int, i
     assert plan is not None
     total = plan["shards"]
     todo, items, done = [], 0, []
-    finished = job.done_shards()  # (one listing; each shard's files read once here)
+    finished = job.done_shards()  # (one listing; each shard's files read once, side by side)
+    manifests = job.manifests_of(sorted(finished & set(range(total))))
+    unfinished = job.shards_entries([k for k in range(total) if k not in finished])
     for k in range(total):
-        if k not in finished:
+        if k in unfinished:
             todo.append(k)
-            items += len(job.shard_entries(k))
-        elif again := job.to_retry(k, retry_failed):
+            items += len(unfinished[k])
+        elif again := job.to_retry(manifests[k], retry_failed):
             todo.append(k)
             items += len(again)
         else:

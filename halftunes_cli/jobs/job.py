@@ -26,6 +26,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -41,7 +42,7 @@ from ..runner import Outcome, OutcomeStatus, Runner
 from ..session import Session
 from ..targets import OutputSpec, Target, target_for_track, url_target
 from .inputs import Item, read_items
-from .store import JobStore, LocalStore, filesystem, is_url
+from .store import JobStore, LocalStore, canonical, filesystem, is_local, is_url, write_atomically
 
 log = logging.getLogger(__name__)
 PLAN_VERSION = 1
@@ -91,14 +92,18 @@ class Job:
                 f"job plan {self.location}/plan.json is unreadable: {exc}"
             ) from exc
 
-    def scratch_dir(self, overrides: dict[str, Any] | None = None) -> Path:
-        """This machine's folder for the job's shard records (and an upload's staging)."""
+    def scratch_dir(self, plan: dict[str, Any], overrides: dict[str, Any] | None = None) -> Path:
+        """This machine's folder for the job's shard records (and an upload's staging): one
+        per plan, named by its id, so that nothing of a job that is gone (deleted, lost
+        with its store) passes for this one's."""
         if self.scratch is not None:
-            return Path(os.path.abspath(Path(self.scratch).expanduser()))
-        if isinstance(self.store, LocalStore) and not self.store.shared:
-            return self.store.dir / "state"
-        state_dir = load_configuration(dict(overrides or {})).state_dir
-        return Path(state_dir) / "jobs" / self.store.key
+            root = Path(os.path.abspath(Path(self.scratch).expanduser()))
+        elif isinstance(self.store, LocalStore) and not self.store.shared:
+            root = self.store.dir / "state"
+        else:
+            root = Path(load_configuration(dict(overrides or {})).state_dir) / "jobs"
+        # (a plan of halftunes before 2026-12 has no id: its folders as they were)
+        return root / str(plan["id"]) if "id" in plan else root
 
     def done_shards(self) -> set[int]:
         """The shards with a manifest (one listing of the store)."""
@@ -107,9 +112,6 @@ class Job:
             for name in self.store.names("manifests")
             if name.endswith(".jsonl") and name.removesuffix(".jsonl").isdigit()
         }
-
-    def is_done(self, k: int) -> bool:
-        return self.manifest_lines(k) is not None
 
     # -- planning ------------------------------------------------------------------------
     def make_plan(
@@ -144,8 +146,9 @@ class Job:
             self._write_shard(k, shard)
         plan = {
             "version": PLAN_VERSION,
+            "id": uuid.uuid4().hex[:16],  # (names this job's scratch on every machine)
             "input": str(input_path.absolute()),
-            "output": output.rstrip("/") if remote else str(folder),
+            "output": canonical(output) if remote else str(folder),
             "shard_size": shard_size,
             "items": len(entries),
             "shards": len(shards),
@@ -176,7 +179,7 @@ class Job:
     ) -> dict[str, Any]:
         differs = []
         if output is not None:
-            wanted = output.rstrip("/") if is_url(output) else str(self._folder(output))
+            wanted = canonical(output) if is_url(output) else str(self._folder(output))
             if wanted != plan["output"]:
                 differs.append(f"-P {wanted} (the job's: {plan['output']})")
         if shard_size is not None and shard_size != plan["shard_size"]:
@@ -189,7 +192,8 @@ class Job:
             )
         folder = self._folder(plan["output"])
         items = _once(read_items(input_path), OutputSpec(folder))
-        planned = [Entry(**e) for k in range(plan["shards"]) for e in self.shard_entries(k)]
+        every = self.shards_entries(list(range(plan["shards"])))
+        planned = [Entry(**e) for k in range(plan["shards"]) for e in every[k]]
         known = {e.id for e in planned}
         spec = OutputSpec(folder)
         fresh = [i for i in items if _item_key(i, spec) not in known]
@@ -220,7 +224,8 @@ class Job:
         now. Returns how many were resolved."""
         plan = self._known_plan()
         folder = self._folder(plan["output"])
-        shards = {k: [Entry(**e) for e in self.shard_entries(k)] for k in range(plan["shards"])}
+        every = self.shards_entries(list(range(plan["shards"])))
+        shards = {k: [Entry(**e) for e in entries] for k, entries in every.items()}
         names = {e.name.casefold() for entries in shards.values() for e in entries if e.name}
         found = 0
         for k, entries in shards.items():
@@ -237,11 +242,42 @@ class Job:
         return found
 
     def shard_entries(self, k: int) -> list[dict[str, Any]]:
-        text = self.store.read(f"shards/{self.shard_name(k)}.json")
-        if text is None:
-            raise HalftunesError(f"{self.location}: shard {k} of the plan has no shard file")
-        entries: list[dict[str, Any]] = json.loads(text)
-        return entries
+        return self.shards_entries([k])[k]
+
+    def shards_entries(self, ks: list[int]) -> dict[int, list[dict[str, Any]]]:
+        """The items of shards `ks` (their files read side by side)."""
+        names = {k: f"shards/{self.shard_name(k)}.json" for k in ks}
+        texts = self.store.read_many(list(names.values()))
+        out = {}
+        for k, name in names.items():
+            text = texts[name]
+            if text is None:
+                raise HalftunesError(f"{self.location}: shard {k} of the plan has no shard file")
+            out[k] = self._parsed(name, text, lines=False)
+        return out
+
+    def manifests_of(self, ks: list[int]) -> dict[int, list[dict[str, Any]] | None]:
+        """The manifests of shards `ks` (None: not done), read side by side."""
+        names = {k: f"manifests/{self.shard_name(k)}.jsonl" for k in ks}
+        texts = self.store.read_many(list(names.values()))
+        return {
+            k: None if texts[name] is None else self._parsed(name, texts[name] or "", lines=True)
+            for k, name in names.items()
+        }
+
+    def _parsed(self, name: str, text: str, lines: bool) -> list[dict[str, Any]]:
+        """A shard file (a JSON list) or a manifest (JSON Lines) of the store, or an error
+        that names it."""
+        try:
+            if lines:
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
+            entries: list[dict[str, Any]] = json.loads(text)
+            return entries
+        except ValueError as exc:
+            raise HalftunesError(
+                f"{self.location}/{name} is damaged: {exc}",
+                "restore it, or delete it to run that shard again",
+            ) from None
 
     def _looked_up(self, ids: set[str], api_url: str) -> dict[str, dict[str, Any]]:
         """What the lookups of a planning that was interrupted found of `ids` (one chunk
@@ -340,17 +376,16 @@ class Job:
     # -- one shard -------------------------------------------------------------------------
     def manifest_lines(self, k: int) -> list[dict[str, Any]] | None:
         """Shard k's manifest, or None while the shard is not done."""
-        text = self.store.read(f"manifests/{self.shard_name(k)}.jsonl")
-        if text is None:
-            return None
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        return self.manifests_of([k])[k]
 
-    def to_retry(self, k: int, retry_failed: bool) -> set[str]:
-        """Ids of a finished shard's failed items to run again: the transient failures (a 5xx,
-        429, a timeout, a reset), and with `retry_failed` the permanent ones too."""
+    @staticmethod
+    def to_retry(lines: list[dict[str, Any]] | None, retry_failed: bool) -> set[str]:
+        """Ids of a finished shard's failed items (its manifest `lines`) to run again: the
+        transient failures (a 5xx, 429, a timeout, a reset), and with `retry_failed` the
+        permanent ones too."""
         return {
             line["id"]
-            for line in self.manifest_lines(k) or []
+            for line in lines or []
             if line["status"] == "failed" and (retry_failed or not _is_permanent(line))
         }
 
@@ -367,7 +402,7 @@ class Job:
         hears every item this run ends, once, as it ends (an upload's: once uploaded)."""
         previous = self.manifest_lines(k)
         if previous is not None:
-            again = self.to_retry(k, retry_failed)
+            again = self.to_retry(previous, retry_failed)
             if not again:
                 return {"skipped_shard": 1}
         plan = self.plan()
@@ -375,10 +410,11 @@ class Job:
         entries = [Entry(**e) for e in self.shard_entries(k)]
         if previous is not None:
             entries = [e for e in entries if e.id in again]
-        scratch = self.scratch_dir(overrides)
+        scratch = self.scratch_dir(plan, overrides)
         remote = plan["output"] if is_url(plan["output"]) else None
         folder = scratch / "staging" if remote else Path(plan["output"])
-        uploads = _Uploads(self.store, k, scratch / self.shard_name(k), folder, remote)
+        wanted = {e.id for e in entries}
+        uploads = _Uploads(self.store, k, scratch / self.shard_name(k), folder, remote, wanted)
         flags = {
             "state_dir": str(scratch / self.shard_name(k)),
             "download_dir": str(folder),
@@ -557,7 +593,8 @@ class Job:
         """The finished shards of the plan, each with its manifest."""
         plan = self._known_plan()
         done = sorted(k for k in self.done_shards() if k < plan["shards"])
-        return [(k, lines) for k in done if (lines := self.manifest_lines(k)) is not None]
+        found = self.manifests_of(done)
+        return [(k, lines) for k in done if (lines := found[k]) is not None]
 
     def _known_plan(self) -> dict[str, Any]:
         plan = self.plan()
@@ -672,7 +709,15 @@ class _Uploads:
     in the output already, and fetches only the rest. Thread-safe (transfers end on their
     own threads)."""
 
-    def __init__(self, store: JobStore, k: int, scratch: Path, staging: Path, remote: str | None):
+    def __init__(
+        self,
+        store: JobStore,
+        k: int,
+        scratch: Path,
+        staging: Path,
+        remote: str | None,
+        wanted: set[str],
+    ):
         self.store, self.remote, self.staging = store, remote, staging
         self.name = f"uploads/{Job.shard_name(k)}.jsonl"
         self.path = scratch / "uploaded.jsonl"
@@ -681,45 +726,47 @@ class _Uploads:
         self.writing = threading.Lock()
         self.noted = 0  # entries in the store's note
         self.noted_at = 0.0
-        if remote is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            self._read(self.path.read_text(encoding="utf-8"))
-        self._found_in_store()
+        if remote is not None:
+            self._found(wanted)
 
-    def _read(self, text: str) -> list[tuple[str, dict[str, Any]]]:
-        out = []
+    @staticmethod
+    def _parse(text: str) -> dict[str, dict[str, Any]]:
+        out = {}
         for line in text.splitlines():
-            with contextlib.suppress(ValueError, KeyError, TypeError):
+            with contextlib.suppress(ValueError, KeyError, TypeError, AttributeError):
                 item = json.loads(line)
-                ident = str(item.pop("id"))
-                out.append((ident, item))
-        self.done.update(out)
+                out[str(item.pop("id"))] = item
         return out
 
-    def _found_in_store(self) -> None:
-        """What the job store notes as uploaded by an earlier run elsewhere, each checked in
-        the output (the object there, of the noted size)."""
-        assert self.remote is not None
-        note = self.store.read(self.name)
-        if not note:
-            return
-        before = dict(self.done)
-        fs = filesystem(self.remote)
-        found = []
-        for ident, item in self._read(note):
-            if ident in before:
+    def _found(self, wanted: set[str]) -> None:
+        """The uploads of earlier runs of the shard, as this machine's note (same machine) or
+        the job store's (another machine) has them, each of the `wanted` items trusted only
+        when its object is in the output with the noted size (the output may have lost it,
+        or the note may be of a job that is gone)."""
+        notes: dict[str, dict[str, Any]] = {}
+        with contextlib.suppress(HalftunesError):  # (a hint: unreadable, it is none)
+            notes.update(self._parse(self.store.read(self.name) or ""))
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            notes.update(self._parse(self.path.read_text(encoding="utf-8")))
+        fs = filesystem(self.remote or "")
+        kept = []
+        for ident, note in notes.items():
+            if ident not in wanted:
                 continue
             try:
-                size = fs.info(item["path"])["size"]
-            except (OSError, KeyError, ValueError):
-                size = None
-            if size == item["bytes"]:
-                found.append(ident)
-            else:
-                del self.done[ident]
-        for ident in found:
-            self._keep(ident, self.done[ident])
+                size = fs.info(note["path"])["size"]
+            except FileNotFoundError:
+                continue
+            except (KeyError, TypeError, ValueError):
+                continue  # (a note that names no object)
+            except Exception as exc:  # (the output unreachable: say so, do not guess)
+                raise HalftunesError(f"cannot check {note['path']}: {exc}") from exc
+            if size == note.get("bytes"):
+                kept.append(json.dumps({"id": ident, **note}) + "\n")
+                self.done[ident] = note
+        # this machine's note from now on: what was checked, and what is uploaded next
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, "".join(kept))
 
     def _keep(self, ident: str, note: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -738,10 +785,15 @@ class _Uploads:
                 return self.done_line(line)
         local = Path(line["path"])
         target = f"{self.remote}/{local.relative_to(self.staging).as_posix()}"
-        # one PUT: the object is there whole once it returns, or not at all (an error)
+        fs = filesystem(self.remote)
         try:
-            filesystem(self.remote).put_file(str(local), target)
-        except OSError as exc:
+            if is_local(fs):  # a copy, then a rename: a reader sees all of it or nothing
+                partial = f"{target}.part-{os.getpid()}"
+                fs.put_file(str(local), partial)
+                fs.mv(partial, target)
+            else:  # one PUT: the object is there whole once it returns, or not at all
+                fs.put_file(str(local), target)
+        except Exception as exc:  # (the store's driver raises its own kinds)
             raise HalftunesError(f"cannot upload {local.name} to {target}: {exc}") from exc
         note = {"path": target, "bytes": line["bytes"], "sha256": line["sha256"]}
         with self.lock:

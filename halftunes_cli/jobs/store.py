@@ -14,15 +14,47 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from ..errors import HalftunesError, UsageError
 
 
 def is_url(location: str) -> bool:
     return "://" in location
+
+
+def canonical(url: str) -> str:
+    """A URL as every machine and every run of a job names it: the file system's own
+    protocol name (`s3a://` is `s3://`), no repeated or trailing slash."""
+    if url.startswith("file://"):
+        return f"file://{local_folder(url)}"
+    fs = filesystem(url)
+    root = re.sub(r"/{2,}", "/", fs._strip_protocol(url)).strip("/")
+    if not root:
+        raise UsageError(f"{url!r} names no folder")
+    text: str = fs.unstrip_protocol(root)
+    return text
+
+
+def local_folder(url: str) -> Path:
+    """The folder of a file:// URL (file:///x, file://localhost/x)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+        raise UsageError(
+            f"{url!r} is not a folder of this machine",
+            "a file:// URL names an absolute path: file:///shared/jobs/x",
+        )
+    return Path(os.path.normpath(unquote(parts.path)))
+
+
+def is_local(fs: Any) -> bool:
+    """An fsspec file system of this machine's files (a rename is atomic there)."""
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
 
 
 def filesystem(url: str) -> Any:
@@ -53,9 +85,9 @@ class JobStore:
     def at(location: str | os.PathLike[str]) -> JobStore:
         text = os.fspath(location)
         if text.startswith("file://"):
-            return LocalStore(Path(text.removeprefix("file://")), shared=True)
+            return LocalStore(local_folder(text), shared=True)
         if is_url(text):
-            return ObjectStore(text.rstrip("/"))
+            return ObjectStore(canonical(text))
         return LocalStore(Path(text).expanduser())
 
     @property
@@ -65,6 +97,10 @@ class JobStore:
 
     def read(self, name: str) -> str | None:
         """The file's text, or None when there is none."""
+        raise NotImplementedError
+
+    def read_many(self, names: list[str]) -> dict[str, str | None]:
+        """Files by name, as `read` gives each."""
         raise NotImplementedError
 
     def write(self, name: str, data: str | bytes) -> None:
@@ -120,6 +156,9 @@ class LocalStore(JobStore):
         except (OSError, ValueError) as exc:
             raise HalftunesError(f"cannot read {self.dir / name}: {exc}") from exc
 
+    def read_many(self, names: list[str]) -> dict[str, str | None]:
+        return {name: self.read(name) for name in names}
+
     def write(self, name: str, data: str | bytes) -> None:
         write_atomically(self.dir / name, data)
 
@@ -140,7 +179,8 @@ class LocalStore(JobStore):
 
 
 class ObjectStore(JobStore):
-    """A job under an fsspec URL: every write one PUT of the whole file."""
+    """A job under an fsspec URL: every write one PUT of the whole file. Any failure of the
+    store (unreachable, no such bucket, refused) is a HalftunesError that names the file."""
 
     def __init__(self, url: str):
         self.location = url
@@ -154,31 +194,63 @@ class ObjectStore(JobStore):
     def read(self, name: str) -> str | None:
         try:
             data: bytes = self.fs.cat_file(self._path(name))
+            return data.decode("utf-8")
         except FileNotFoundError:
             return None
-        except OSError as exc:
-            raise HalftunesError(f"cannot read {self.location}/{name}: {exc}") from exc
-        return data.decode("utf-8")
+        except Exception as exc:  # (the store's driver raises its own kinds: botocore's...)
+            raise HalftunesError(f"cannot read {self.location}/{name}: {_said(exc)}") from exc
+
+    def read_many(self, names: list[str]) -> dict[str, str | None]:
+        """Many files at once (the driver fetches them side by side); None for a missing one."""
+        if not names:
+            return {}
+        paths = {self._path(n): n for n in names}
+        try:
+            found = self.fs.cat(list(paths), on_error="return")
+        except Exception as exc:
+            raise HalftunesError(f"cannot read {self.location}: {_said(exc)}") from exc
+        out: dict[str, str | None] = {}
+        for path, name in paths.items():
+            data = found.get(path, found.get(self.fs._strip_protocol(path)))
+            if data is None or isinstance(data, FileNotFoundError):
+                out[name] = None
+            elif isinstance(data, BaseException):
+                raise HalftunesError(f"cannot read {self.location}/{name}: {_said(data)}")
+            else:
+                try:
+                    out[name] = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise HalftunesError(f"cannot read {self.location}/{name}: {exc}") from exc
+        return out
 
     def write(self, name: str, data: str | bytes) -> None:
         body = data.encode("utf-8") if isinstance(data, str) else data
         try:
             self.fs.pipe_file(self._path(name), body)
-        except OSError as exc:
-            raise HalftunesError(f"cannot write {self.location}/{name}: {exc}") from exc
+        except Exception as exc:
+            raise HalftunesError(f"cannot write {self.location}/{name}: {_said(exc)}") from exc
 
     def names(self, folder: str) -> list[str]:
         try:
             found = self.fs.ls(self._path(folder), detail=False, refresh=True)
         except FileNotFoundError:
             return []
-        except OSError as exc:
-            raise HalftunesError(f"cannot list {self.location}/{folder}: {exc}") from exc
+        except Exception as exc:
+            raise HalftunesError(f"cannot list {self.location}/{folder}: {_said(exc)}") from exc
         return sorted(str(p).rstrip("/").rsplit("/", 1)[-1] for p in found)
 
     def remove(self, name: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.fs.rm_file(self._path(name))
+        except FileNotFoundError:
+            pass
+        except Exception as exc:
+            raise HalftunesError(f"cannot remove {self.location}/{name}: {_said(exc)}") from exc
+
+
+def _said(exc: BaseException) -> str:
+    """A driver's error in a few words (botocore's carry their own sentence)."""
+    return str(exc) or type(exc).__name__
 
 
 def write_atomically(path: Path, data: str | bytes) -> None:
