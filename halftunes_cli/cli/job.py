@@ -104,7 +104,7 @@ def job_run(
             "--scratch",
             metavar="DIR",
             help="Each worker machine's folder for the shards' transfer records and partials "
-            "(default: JOB_DIR/state, or for a JOB_DIR URL <state dir>/jobs/<job> there).",
+            "(default: JOB_DIR/state, or for a JOB_DIR URL <state dir>/jobs there).",
         ),
     ] = None,
     json_out: JsonOption = False,
