@@ -61,7 +61,9 @@ class RequestHandle:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sockets: list[Any] = []
+        # (weakly: `_owners` maps each socket to its handle, so a strong reference back would
+        # keep every socket ever opened, and its handle, alive)
+        self._sockets: weakref.WeakSet[Any] = weakref.WeakSet()
         self.is_aborted = False
         # The task metrics of this exchange: one transaction per request (a redirect is one).
         self.transactions: list[TransactionMetrics] = []
@@ -100,8 +102,7 @@ class RequestHandle:
         with _owners_lock:
             _owners[sock] = self
         with self._lock:
-            if sock not in self._sockets:
-                self._sockets.append(sock)
+            self._sockets.add(sock)
             aborted = self.is_aborted
         if aborted:
             _shut(sock)

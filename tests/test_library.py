@@ -210,3 +210,36 @@ def test_protocol_classes_mount_a_custom_scheme(tmp_path):
     task = Session(config).data_task("memory://song")
     task.run()
     assert task.error is None and task.data == b"from memory: memory://song"
+
+
+def test_a_closed_session_leaves_no_connection_behind(tmp_path):
+    # Each request's handle knows its sockets (to cut them on a stop); a socket knows its
+    # handle only weakly. A worker that runs shard after shard must not keep every
+    # connection it ever opened.
+    code = """
+import gc
+from halftunes_cli import Session, SessionConfiguration
+from halftunes_cli import transport
+from halftunes_cli.testing.catalog import CatalogServer
+
+server = CatalogServer().start()
+for round in range(5):
+    session = Session(SessionConfiguration.ephemeral(download_dir=r"DOWNLOAD_DIR"))
+    tasks = [session.download_task(server.url + f"/files/c{round}-{i}.bin?size=2000")
+             for i in range(4)]
+    for task in tasks:
+        task.resume()
+    for task in tasks:
+        task.wait()
+        assert task.error is None, task.error
+    session.invalidate_and_cancel()
+    del session, tasks, task
+gc.collect()
+print(len(transport._owners))  # (20 before: every connection, with its request's handle)
+server.stop()
+""".replace("DOWNLOAD_DIR", str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["0"], result.stdout
