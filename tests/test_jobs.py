@@ -7,7 +7,6 @@ import itertools
 import json
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -596,27 +595,32 @@ def test_transient_failures_are_retried_by_every_rerun_permanent_ones_on_request
 
 
 def test_the_overall_bar_moves_per_item_from_the_first_seconds(env, tmp_path):
-    # 200 items served slowly: the bar is there at once and moves with the first items ended,
-    # not with the first shard (a shard here is 50 items)
+    # 200 items served slowly (a quarter of a second each): the bar is there at once and
+    # moves with the first items ended, long before the first shard (100 items, at least 4 s
+    # on its connections) ends. (Told by what the screen shows together, not by a clock: a
+    # machine under load starts the worker processes late.)
     from conftest import Terminal
 
     urls = [f"{env.server.url}/files/s{i}.bin?size=10000&seed={i % 50}" for i in range(200)]
     (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
-    env.server.state.throttle_bps = 40_000  # a quarter of a second per item
+    env.server.state.throttle_bps = 40_000
     args = _job_args(tmp_path / "job", tmp_path / "in.txt", tmp_path / "out")
-    terminal = Terminal(env, [*args, "--shard-size", "50"], columns=120)
+    terminal = Terminal(env, [*args, "--shard-size", "100"], columns=120)
     terminal.wait_for_text("/200 items", timeout=30)
-    shown = time.monotonic()
 
-    def moved() -> bool:
-        counts = re.findall(r"(\d+)/200 items", "\n".join(terminal.screen()))
-        return bool(counts) and int(counts[-1]) > 0
+    def moved() -> tuple[int, int] | None:
+        screen = "\n".join(terminal.screen())
+        counts = re.findall(r"(\d+)/200 items", screen)
+        shards = re.findall(r"(\d+)/2 shards", screen)
+        if counts and shards and int(counts[-1]) > 0:
+            return int(counts[-1]), int(shards[-1])
+        return None
 
-    env.wait_for(moved, timeout=10, interval=0.05, what="the bar to move")
-    assert time.monotonic() - shown < 2.0
+    items, shards = env.wait_for(moved, timeout=30, interval=0.05, what="the bar to move")
+    assert shards == 0 and items < 100, (items, shards)  # moved by items, not by a shard
     assert terminal.wait(timeout=120) == 0
     screen = "\n".join(terminal.screen())
-    assert "200/200 items" in screen and "4/4 shards" in screen and "0 failed" in screen
+    assert "200/200 items" in screen and "2/2 shards" in screen and "0 failed" in screen
 
 
 def test_progress_json_tells_every_item_once(env, tmp_path):
