@@ -913,9 +913,15 @@ def test_a_damaged_or_unreachable_store_is_one_line_naming_the_file(env, tmp_pat
     result = env.run("job", "status", "memory://jobs/d")
     assert result.returncode == 1, result.stderr
     assert "cannot read memory://jobs/d/manifests/000001.jsonl" in result.stderr
+    # a job folder that cannot hold its shard files
+    (tmp_path / "in.txt").write_text("1000001\n")
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "shards").write_text("a file where a folder goes")
+    blocked = env.run(*_job_args(tmp_path / "blocked", tmp_path / "in.txt", tmp_path / "out"))
+    assert blocked.returncode == 1 and "Traceback" not in blocked.stderr
+    assert f"cannot write {tmp_path / 'blocked' / 'shards' / '000000.json'}" in blocked.stderr
     # an S3 endpoint nobody answers: the store's error, not a bug report
     pytest.importorskip("s3fs")
-    (tmp_path / "in.txt").write_text("1000001\n")
     nobody = {"AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_MAX_ATTEMPTS": "1"}
     nobody["FSSPEC_S3_ENDPOINT_URL"] = "http://127.0.0.1:9"
     down = env.run_process(

@@ -78,7 +78,7 @@ def filesystem(url: str) -> Any:
 class JobStore:
     """A job's files by their names relative to the job (`plan.json`, `shards/000001.json`)."""
 
-    location: str  # what the user named, as shown in messages (an absolute path, or the URL)
+    location: str  # as messages show it: an absolute path, or the URL in its canonical form
     shared: bool  # every worker reaches it (a URL), not only this machine (a plain path)
 
     @staticmethod
@@ -160,7 +160,10 @@ class LocalStore(JobStore):
         return {name: self.read(name) for name in names}
 
     def write(self, name: str, data: str | bytes) -> None:
-        write_atomically(self.dir / name, data)
+        try:
+            write_atomically(self.dir / name, data)
+        except OSError as exc:
+            raise HalftunesError(f"cannot write {self.dir / name}: {exc.strerror}") from exc
 
     def names(self, folder: str) -> list[str]:
         try:
@@ -169,6 +172,8 @@ class LocalStore(JobStore):
             )
         except (FileNotFoundError, NotADirectoryError):
             return []
+        except OSError as exc:
+            raise HalftunesError(f"cannot list {self.dir / folder}: {exc.strerror}") from exc
 
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
