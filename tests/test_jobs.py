@@ -895,6 +895,9 @@ def test_one_job_has_one_name_whatever_the_url_says():
     for bad in ("file://relative/x", "file://host/x"):
         with pytest.raises(UsageError, match="not a folder of this machine"):
             JobStore.at(bad)
+    for bad in ("s3://b/./x", "s3://b/x/../y", "s3://b/x[1]", "s3://b/j*"):
+        with pytest.raises(UsageError, match="names its folder plainly"):
+            JobStore.at(bad)
 
 
 def test_a_damaged_or_unreachable_store_is_one_line_naming_the_file(env, tmp_path):
@@ -943,3 +946,34 @@ def test_a_scheduler_that_is_not_there_is_said_before_planning(env, tmp_path):
     assert result.returncode == 1, result.stderr
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in result.stderr
     assert not (tmp_path / "job" / "plan.json").exists()
+
+
+def test_two_runs_of_one_shard_on_one_machine_take_turns(env, tmp_path):
+    # A Dask rerun right after its client was killed: the killed run's shard still runs in
+    # the worker when the rerun's copy starts. The second waits for the first, then finds
+    # its manifest: no item "ended running" in a manifest, every file whole.
+    import threading
+
+    from halftunes_cli.config import load_configuration
+    from halftunes_cli.jobs.job import Job
+    from halftunes_cli.testing.catalog import body_sha256
+
+    urls = [f"{env.server.url}/files/tt{i}.bin?size=40000&seed={i}" for i in range(6)]
+    (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
+    job = Job(str(tmp_path / "job"))
+    config = load_configuration({"state_dir": str(env.state_dir)})
+    job.make_plan(tmp_path / "in.txt", str(tmp_path / "out"), 10, config)
+    env.server.state.throttle_bps = 200_000  # (a fifth of a second a file)
+    counts: list[dict] = []
+    runs = [threading.Thread(target=lambda: counts.append(job.run_shard(0))) for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=60)
+    assert sorted(map(str, counts)) == sorted(
+        [str({"completed": 6, "failed": 0, "skipped": 0, "bytes": 240_000}), "{'skipped_shard': 1}"]
+    ), counts
+    lines = manifests(tmp_path / "job")
+    assert [m["status"] for m in lines] == ["completed"] * 6
+    for i, m in enumerate(lines):
+        assert sha256_file(m["path"]) == body_sha256(i, 40_000)

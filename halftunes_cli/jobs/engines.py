@@ -312,9 +312,9 @@ def run_dask(
     else:
         try:
             client = Client(scheduler, timeout=30)
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # noqa: BLE001 - what answers there may not be a Dask scheduler
             raise HalftunesError(
-                f"cannot reach the Dask scheduler at {scheduler}: {exc}",
+                f"cannot reach the Dask scheduler at {scheduler}: {str(exc) or type(exc).__name__}",
                 "check the address (tcp://HOST:8786) and that `dask scheduler` runs there",
             ) from None
     try:

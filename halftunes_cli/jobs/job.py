@@ -24,11 +24,11 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -274,10 +274,12 @@ class Job:
             entries: list[dict[str, Any]] = json.loads(text)
             return entries
         except ValueError as exc:
-            raise HalftunesError(
-                f"{self.location}/{name} is damaged: {exc}",
-                "restore it, or delete it to run that shard again",
-            ) from None
+            hint = (
+                "delete it to run that shard again"
+                if lines  # (a manifest: the shard's records make it again)
+                else "restore it from a copy: a shard file holds what planning resolved"
+            )
+            raise HalftunesError(f"{self.location}/{name} is damaged: {exc}", hint) from None
 
     def _looked_up(self, ids: set[str], api_url: str) -> dict[str, dict[str, Any]]:
         """What the lookups of a planning that was interrupted found of `ids` (one chunk
@@ -399,14 +401,30 @@ class Job:
     ) -> dict[str, int]:
         """Download shard k's items and write its manifest last. A finished shard runs again
         only its failed items (`to_retry`), and its manifest is replaced whole. `on_item`
-        hears every item this run ends, once, as it ends (an upload's: once uploaded)."""
+        hears every item this run ends, once, as it ends (an upload's: once uploaded).
+
+        One run of a shard at a time on a machine: a second (a rerun while the run of a
+        killed client still goes on in a Dask worker) waits for the first, then finds what
+        it did, instead of writing a manifest of items "ended running"."""
+        plan = self.plan()
+        assert plan is not None
+        with _held(self.scratch_dir(plan, overrides) / self.shard_name(k) / "shard.lock"):
+            return self._run_shard(k, plan, overrides, delegate, retry_failed, on_item)
+
+    def _run_shard(
+        self,
+        k: int,
+        plan: dict[str, Any],
+        overrides: dict[str, Any] | None,
+        delegate: Any,
+        retry_failed: bool,
+        on_item: ItemEnded | None,
+    ) -> dict[str, int]:
         previous = self.manifest_lines(k)
         if previous is not None:
             again = self.to_retry(previous, retry_failed)
             if not again:
                 return {"skipped_shard": 1}
-        plan = self.plan()
-        assert plan is not None
         entries = [Entry(**e) for e in self.shard_entries(k)]
         if previous is not None:
             entries = [e for e in entries if e.id in again]
@@ -445,10 +463,7 @@ class Job:
             tell(_item_event(line))
 
         # (the outcomes are told on the runner's one settling thread: uploads run beside it)
-        uploader = ThreadPoolExecutor(
-            max_workers=session.configuration.max_connections_per_host,
-            thread_name_prefix="upload",
-        )
+        uploader = _Uploader(session.configuration.max_connections_per_host)
 
         def ended(outcome: Outcome) -> None:
             record = outcome.record
@@ -497,10 +512,10 @@ class Job:
             except BaseException:  # Ctrl-C, SIGTERM (SystemExit), an error: pause at a checkpoint
                 runner.stop_all("pause")
                 runner.shutdown()
-                uploader.shutdown(wait=True, cancel_futures=True)  # (one under way ends)
+                uploader.abandon()  # (a PUT under way is not waited for: the store may hang)
                 raise
             runner.shutdown()
-            uploader.shutdown(wait=True)  # (every item that completed is uploaded, or failed to)
+            uploader.drain()  # (every item that completed is uploaded, or failed to)
             lines = []
             for e in entries:
                 if e.id in uploads.done:
@@ -513,7 +528,6 @@ class Job:
                     line["attempts"] = _attempts(previous, e.id) + 1
                 lines.append(line)
         finally:
-            uploads.note(force=True)
             session.close()
         if on_item is not None:  # the items that ended without a transfer (or uploaded)
             for line in lines:
@@ -701,6 +715,61 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def _held(path: Path) -> Iterator[None]:
+    """An exclusive flock on `path`, waited for (released when the process ends, however)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+class _Uploader:
+    """Uploads beside the runner: daemon threads, so that a stop never waits for a PUT to a
+    store that hangs (a pool's threads are joined when the interpreter exits)."""
+
+    def __init__(self, count: int):
+        self.jobs: queue.Queue[tuple[Callable[..., object], tuple[Any, ...]] | None] = queue.Queue()
+        self.threads = [
+            threading.Thread(target=self._work, daemon=True, name=f"upload-{i}")
+            for i in range(max(1, count))
+        ]
+        self.started = False
+
+    def submit(self, fn: Callable[..., object], *args: Any) -> None:
+        if not self.started:
+            self.started = True
+            for thread in self.threads:
+                thread.start()
+        self.jobs.put((fn, args))
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                job[0](*job[1])
+            finally:
+                self.jobs.task_done()
+        self.jobs.task_done()
+
+    def drain(self) -> None:
+        """Every upload submitted, done; the threads end."""
+        if self.started:
+            self.jobs.join()
+            for _ in self.threads:
+                self.jobs.put(None)
+
+    def abandon(self) -> None:
+        """No more uploads: what is queued is dropped, one under way is not waited for."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.jobs.get_nowait()
+                self.jobs.task_done()
+        for _ in self.threads:
+            self.jobs.put(None)
+
+
 class _Uploads:
     """A shard's uploads to an object-store output, each one PUT (an object appears whole or
     not at all). Each is noted durably in the shard's scratch folder as it lands (the same
@@ -807,13 +876,14 @@ class _Uploads:
         note = self.done[line["id"]]
         return {**line, **note, "status": "completed", "error": None, "permanent": False}
 
-    def note(self, force: bool = False) -> None:
-        """The uploads so far, in the job store (every UPLOAD_NOTE_SECONDS, or now)."""
+    def note(self) -> None:
+        """The uploads so far, in the job store, every UPLOAD_NOTE_SECONDS while uploading (not
+        when the shard stops: a stop must not wait for a store that may hang)."""
         with self.writing:  # (one at a time: a later note never lands before an earlier one)
             with self.lock:
                 if self.remote is None or len(self.done) == self.noted:
                     return
-                if not force and time.monotonic() - self.noted_at < UPLOAD_NOTE_SECONDS:
+                if time.monotonic() - self.noted_at < UPLOAD_NOTE_SECONDS:
                     return
                 text = "".join(json.dumps({"id": i, **n}) + "\n" for i, n in self.done.items())
                 count = len(self.done)

@@ -36,6 +36,11 @@ def canonical(url: str) -> str:
     root = re.sub(r"/{2,}", "/", fs._strip_protocol(url)).strip("/")
     if not root:
         raise UsageError(f"{url!r} names no folder")
+    if set(root.split("/")) & {".", ".."} or set(root) & set("*?[]"):
+        raise UsageError(
+            f"{url!r}: a job or output URL names its folder plainly",
+            "no . or .. parts and no * ? [ ] (object stores read those as patterns)",
+        )
     text: str = fs.unstrip_protocol(root)
     return text
 
