@@ -1047,14 +1047,35 @@ def _reach_scheduler(scheduler: str) -> None:
     parts = urlsplit(scheduler if "://" in scheduler else f"tcp://{scheduler}")
     if parts.scheme not in ("tcp", "tls") or parts.hostname is None:
         return  # (another transport: Dask's own client says what is wrong)
+    hint = "check the address (tcp://HOST:8786) and that `dask scheduler` runs there"
     try:
         with socket.create_connection((parts.hostname, parts.port or 8786), timeout=10):
             pass
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
         raise HalftunesError(
-            f"cannot reach the Dask scheduler at {scheduler}: {reason}",
-            "check the address (tcp://HOST:8786) and that `dask scheduler` runs there",
+            f"cannot reach the Dask scheduler at {scheduler}: {reason}", hint
+        ) from None
+    try:
+        import asyncio
+        import contextlib
+
+        from distributed.comm import connect
+    except ImportError:
+        return  # (run_dask says the extra is missing)
+    with contextlib.suppress(RuntimeError):
+        asyncio.get_running_loop()
+        return  # (called from async code: Dask's own client says what is wrong)
+
+    async def handshake() -> None:  # (something else there, an HTTP server, never answers one)
+        comm = await asyncio.wait_for(connect(scheduler, timeout=5), 8)
+        await comm.close()
+
+    try:
+        asyncio.run(handshake())
+    except Exception:  # noqa: BLE001 - whatever it is, it is not a scheduler that answers
+        raise HalftunesError(
+            f"{scheduler} answers, but not as a Dask scheduler (no Dask handshake in 5 s)", hint
         ) from None
 
 

@@ -946,6 +946,13 @@ def test_a_scheduler_that_is_not_there_is_said_before_planning(env, tmp_path):
     assert result.returncode == 1, result.stderr
     assert f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in result.stderr
     assert not (tmp_path / "job" / "plan.json").exists()
+    # something else listens there (an HTTP server: the catalog): said before planning too
+    pytest.importorskip("distributed")
+    http = env.server.url.replace("http://", "tcp://")
+    other = env.run(*args, "--engine", "dask", "--scheduler", http)
+    assert other.returncode == 1, other.stderr
+    assert f"{http} answers, but not as a Dask scheduler" in other.stderr
+    assert not (tmp_path / "job" / "plan.json").exists()
 
 
 def test_two_runs_of_one_shard_on_one_machine_take_turns(env, tmp_path):
