@@ -1093,7 +1093,7 @@ def _reachable_by_workers(job: Job, output: str | None, scheduler: str) -> None:
         local.append(f"the job dir {job.location}")
     plan = job.plan() if output is None else None
     where = output if output is not None else plan["output"] if plan is not None else None
-    if where is None or "://" not in where:
+    if where is None or not is_url(where):
         local.append(f"the output folder {where or 'the download dir'} (-P)")
     if local:
         raise UsageError(

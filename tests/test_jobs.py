@@ -311,15 +311,7 @@ def test_output_to_s3_on_a_local_s3_server(env, tmp_path, s3):
     (tmp_path / "in.txt").write_text("\n".join(lines) + "\n")
     job = tmp_path / "job"
     result = env.run_process(
-        "job",
-        "run",
-        str(job),
-        "--input",
-        str(tmp_path / "in.txt"),
-        "-P",
-        "s3://previews/set1",
-        "--json",
-        env=s3,
+        *_job_args(job, tmp_path / "in.txt", "s3://previews/set1", "--json"), env=s3
     )
     assert result.returncode == 0, result.stderr[-2000:]
     done = manifests(job)
@@ -510,7 +502,7 @@ def test_a_killed_job_leaves_no_worker_behind_and_a_rerun_finishes(env, tmp_path
     assert all(sha256_file(m["path"]) == env.expected_sha(int(m["id"])) for m in done)
 
 
-def _job_args(job: Path | str, input_file: Path, out: Path, *extra: str) -> list[str]:
+def _job_args(job: Path | str, input_file: Path, out: Path | str, *extra: str) -> list[str]:
     return ["job", "run", str(job), "--input", str(input_file), "-P", str(out), *extra]
 
 
@@ -811,8 +803,7 @@ def test_a_shard_that_moves_fetches_only_what_its_note_does_not_show_in_the_outp
     urls = [f"{env.server.url}/files/mv{i}.bin?size={20_000 + i}&seed={i}" for i in range(4)]
     (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
     job, out = tmp_path / "job", tmp_path / "out"
-    args = _job_args(job, tmp_path / "in.txt", tmp_path / "unused", "--workers", "1")
-    args[args.index("-P") + 1] = f"file://{out}"
+    args = _job_args(job, tmp_path / "in.txt", f"file://{out}", "--workers", "1")
     first = env.run(*args)
     assert first.returncode == 0, first.stderr
     done = manifests(job)
@@ -851,8 +842,7 @@ def test_a_job_begun_again_where_one_was_deleted_fetches_everything_again(env, t
     urls = [f"{env.server.url}/files/ag{i}.bin?size={30_000 + i}&seed={i}" for i in range(3)]
     (tmp_path / "in.txt").write_text("\n".join(urls) + "\n")
     job, out = tmp_path / "job", tmp_path / "out"
-    args = _job_args(f"file://{job}", tmp_path / "in.txt", tmp_path / "x", "--workers", "1")
-    args[args.index("-P") + 1] = f"file://{out}"
+    args = _job_args(f"file://{job}", tmp_path / "in.txt", f"file://{out}", "--workers", "1")
     from halftunes_cli.testing.catalog import body_sha256
 
     def fetched() -> list[str]:
